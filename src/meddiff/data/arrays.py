@@ -49,38 +49,61 @@ def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 class ArrayDataset(Dataset):
-    """Images ``[N, C, H, W]`` in [-1, 1] and optional masks ``[N, H, W]`` held in memory.
+    """Images ``[N, C, H, W]`` in [-1, 1], optional masks ``[N, H, W]`` and optional second-modality images
+    ``images_b [N, C_b, H, W]``, held in memory.
 
-    ``hflip`` flips a sample left-right with probability 0.5 (torch's global RNG, so a seeded trainer
-    replays the same augmentations on resume).
+    ``images`` may be None for a masks-only dataset (label maps to synthesise from; ``in_channels`` is then 0).
+    Masks may be stored in any integer dtype (uint8 saves memory); samples always carry int64 masks.
+    Augmentation, applied identically to every tensor of a sample: ``crop`` takes a random ``crop`` x
+    ``crop`` window, ``hflip`` / ``vflip`` flip left-right / top-bottom with probability 0.5. All of it
+    draws from torch's global RNG, so a seeded trainer replays the same augmentations on resume.
     """
 
-    def __init__(self, images: torch.Tensor, masks: torch.Tensor | None, names: Sequence[str],
-                 class_names: Sequence[str] | None = None, hflip: bool = False):
-        if masks is not None and masks.shape[0] != images.shape[0]:
-            raise ValueError("images and masks must have the same count")
-        self.images, self.masks, self.names = images.float(), masks, list(names)
+    def __init__(self, images: torch.Tensor | None, masks: torch.Tensor | None, names: Sequence[str],
+                 class_names: Sequence[str] | None = None, hflip: bool = False, *, vflip: bool = False,
+                 images_b: torch.Tensor | None = None, crop: int | None = None):
+        if images is None and masks is None:
+            raise ValueError("a dataset needs images or masks")
+        count = (images if images is not None else masks).shape[0]
+        for other in (masks, images_b):
+            if other is not None and other.shape[0] != count:
+                raise ValueError("images, masks and images_b must have the same count")
+        if len(names) != count:
+            raise ValueError("there must be one name per sample")
+        self.images = images.float() if images is not None else None
+        self.masks, self.names = masks, list(names)
+        self.images_b = images_b.float() if images_b is not None else None
         self.class_names = list(class_names) if class_names is not None else None
-        self.hflip = hflip
+        self.hflip, self.vflip, self.crop = hflip, vflip, crop
 
     @property
     def in_channels(self) -> int:
-        return self.images.shape[1]
+        return self.images.shape[1] if self.images is not None else 0
+
+    @property
+    def in_channels_b(self) -> int:
+        """Channels of the second modality (0 when the dataset is not paired)."""
+        return self.images_b.shape[1] if self.images_b is not None else 0
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names) if self.class_names else 0
 
     def __len__(self) -> int:
-        return self.images.shape[0]
+        return len(self.names)
 
     def __getitem__(self, index: int) -> Sample:
-        image = self.images[index]
-        mask = self.masks[index] if self.masks is not None else None
+        parts = {"image": self.images, "mask": self.masks, "image_b": self.images_b}
+        parts = {key: value[index] for key, value in parts.items() if value is not None}
+        if self.crop:
+            h, w = next(iter(parts.values())).shape[-2:]
+            top = int(torch.randint(0, h - self.crop + 1, ()))
+            left = int(torch.randint(0, w - self.crop + 1, ()))
+            parts = {k: v[..., top:top + self.crop, left:left + self.crop] for k, v in parts.items()}
         if self.hflip and torch.rand(()) < 0.5:
-            image = image.flip(-1)
-            mask = mask.flip(-1) if mask is not None else None
-        sample: Sample = {"image": image, "name": self.names[index]}
-        if mask is not None:
-            sample["mask"] = mask
-        return sample
+            parts = {k: v.flip(-1) for k, v in parts.items()}
+        if self.vflip and torch.rand(()) < 0.5:
+            parts = {k: v.flip(-2) for k, v in parts.items()}
+        if "mask" in parts:
+            parts["mask"] = parts["mask"].long()
+        return Sample(**parts, name=self.names[index])

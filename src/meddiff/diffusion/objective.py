@@ -1,0 +1,57 @@
+"""The training objective: noise an image, predict epsilon or v, mean squared error."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from meddiff.diffusion.conditioning import Conditioning
+from meddiff.diffusion.schedulers import NoiseConfig, training_scheduler
+
+
+class Diffusion:
+    """The forward process of ``NoiseConfig``: noising, model time input and the training loss."""
+
+    def __init__(self, config: NoiseConfig):
+        self.config = config
+        self.scheduler = training_scheduler(config)
+        self.alphas_cumprod = self.scheduler.alphas_cumprod.float()
+
+    def model_time(self, t: torch.Tensor) -> torch.Tensor:
+        """What the UNet receives as time for integer steps ``t`` (the step, or its scaled noise level)."""
+        if self.config.time_input == "timestep":
+            return t
+        return 1000.0 * self.alphas_cumprod.to(t.device)[t.long()].sqrt()
+
+    def loss(self, model: nn.Module, x0: torch.Tensor, cond: Conditioning | None, generator: torch.Generator,
+             cond_drop_prob: float = 0.0) -> torch.Tensor:
+        """Denoising loss for a batch ``x0`` in [-1, 1]. ``cond_drop_prob`` of the samples get the null
+        conditioning (classifier-free guidance training). All randomness comes from ``generator``."""
+        b = x0.shape[0]
+        t = torch.randint(0, self.config.num_train_timesteps, (b,), generator=generator, device=x0.device)
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        if self.config.time_input == "timestep":
+            x_t = self.scheduler.add_noise(x0, noise, t)
+            target = noise if self.config.prediction_type == "epsilon" else self.scheduler.get_velocity(x0, noise, t)
+            time = t
+        else:
+            # SR3's continuous noise level, drawn between neighbouring discrete levels: diffusers' add_noise
+            # only takes integer steps, so the two-line interpolation is written here.
+            ac = self.alphas_cumprod.to(x0.device)
+            hi = torch.where(t > 0, ac[(t - 1).clamp(min=0)], torch.ones_like(ac[t])).sqrt()
+            lo = ac[t].sqrt()
+            u = torch.rand(b, generator=generator, device=x0.device)
+            gamma = (lo + u * (hi - lo)).view(-1, 1, 1, 1).to(x0.dtype)
+            sigma = (1 - gamma**2).sqrt()
+            x_t = gamma * x0 + sigma * noise
+            target = noise if self.config.prediction_type == "epsilon" else gamma * noise - sigma * x0
+            time = 1000.0 * gamma.flatten()
+        kwargs = {}
+        if cond is not None:
+            if cond_drop_prob > 0:
+                keep = torch.rand(b, generator=generator, device=x0.device) >= cond_drop_prob
+                cond = cond.drop(keep)
+            kwargs = cond.model_kwargs()
+        prediction = model(x_t, time, **kwargs)
+        return F.mse_loss(prediction.float(), target.float())

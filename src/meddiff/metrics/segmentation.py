@@ -1,0 +1,112 @@
+"""Per-class IoU and Dice, mIoU and mean Dice, from a confusion matrix accumulated over a whole test set.
+
+Semantics (the same for the streaming ``SegmentationMeter`` and the one-shot ``segmentation_scores``):
+
+- Scores are pooled over the whole set: every labelled pixel of every image counts once in one confusion
+  matrix (rows = ground truth, columns = prediction), and IoU_k = TP / (TP + FP + FN),
+  Dice_k = 2 TP / (2 TP + FP + FN) are computed from it at the end. They are not per-image averages,
+  so a large test set never has to be held in memory and small structures in one image do not dominate.
+- Pixels whose ground truth is ``IGNORE_INDEX`` (255) are excluded whatever was predicted there.
+- Class 0 is background. It is included in the means by default (``include_background=True``), which
+  raises mIoU on images that are mostly background; pass ``include_background=False`` to average over the
+  foreground classes only. The per-class vectors always list every class, background included.
+- A class absent from both the prediction and the ground truth in the whole set has no defined IoU/Dice
+  (0 / 0): its entry is NaN and it is left out of the means (a NaN mean means no class was scorable).
+  A class present in only one of them scores 0 and does count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+from meddiff.data.labels import IGNORE_INDEX
+from meddiff.errors import UserError
+
+
+@dataclass(frozen=True)
+class SegmentationScores:
+    """Per-class ``iou`` and ``dice`` (float64 ``[K]``, NaN = class absent everywhere), their means over
+    the included classes, and the ``confusion`` matrix (int64 ``[K, K]``, rows ground truth)."""
+
+    iou: torch.Tensor
+    dice: torch.Tensor
+    miou: float
+    mean_dice: float
+    confusion: torch.Tensor
+    include_background: bool
+
+    def per_class(self, class_names: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
+        """``{class name: {"iou": ..., "dice": ...}}``; names default to the class ids as strings."""
+        names = list(class_names) if class_names is not None else [str(k) for k in range(len(self.iou))]
+        if len(names) != len(self.iou):
+            raise UserError(f"'class_names' has {len(names)} names for {len(self.iou)} classes")
+        return {name: {"iou": float(i), "dice": float(d)} for name, i, d in zip(names, self.iou, self.dice)}
+
+
+def scores_from_confusion(confusion: torch.Tensor, include_background: bool = True) -> SegmentationScores:
+    """IoU / Dice per class and their NaN-skipping means from a ``[K, K]`` confusion matrix."""
+    confusion = confusion.to(torch.int64)
+    cm = confusion.double()
+    tp = cm.diagonal()
+    fp = cm.sum(dim=0) - tp
+    fn = cm.sum(dim=1) - tp
+    union = tp + fp + fn
+    absent = union == 0
+    nan = torch.full_like(tp, float("nan"))
+    iou = torch.where(absent, nan, tp / union.clamp(min=1))
+    dice = torch.where(absent, nan, 2 * tp / (union + tp).clamp(min=1))
+    first = 0 if include_background else 1
+    return SegmentationScores(iou=iou, dice=dice, miou=float(iou[first:].nanmean()),
+                              mean_dice=float(dice[first:].nanmean()), confusion=confusion,
+                              include_background=include_background)
+
+
+class SegmentationMeter:
+    """Streaming segmentation scores: ``update`` with batches of masks, ``compute`` at the end.
+
+    Holds only a ``[K, K]`` confusion matrix (torchmetrics' ``MulticlassConfusionMatrix``).
+    """
+
+    def __init__(self, num_classes: int, include_background: bool = True):
+        if num_classes < 2:
+            raise UserError(f"'num_classes' must be at least 2 (background + one class), got {num_classes}")
+        self.num_classes = num_classes
+        self.include_background = include_background
+        self._confusion = MulticlassConfusionMatrix(num_classes, ignore_index=IGNORE_INDEX, validate_args=False)
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        """Add a batch: ``pred`` and ``target`` int ``[N, H, W]`` (or ``[H, W]``) class ids; ``target`` may
+        hold ``IGNORE_INDEX``."""
+        if pred.shape != target.shape:
+            raise UserError(f"'pred' has shape {tuple(pred.shape)} but 'target' has {tuple(target.shape)}; "
+                            "they must match")
+        if pred.is_floating_point() or target.is_floating_point():
+            raise UserError("'pred' and 'target' must be integer class-id masks, not float tensors "
+                            "(take the argmax of the logits first)")
+        if pred.numel() and (pred.min() < 0 or pred.max() >= self.num_classes):
+            raise UserError(f"'pred' holds class ids outside 0..{self.num_classes - 1}")
+        labelled = target[target != IGNORE_INDEX]
+        if labelled.numel() and (labelled.min() < 0 or labelled.max() >= self.num_classes):
+            raise UserError(f"'target' holds class ids outside 0..{self.num_classes - 1} "
+                            f"(other than the ignore index {IGNORE_INDEX})")
+        self._confusion.update(pred.long().reshape(-1), target.long().reshape(-1))
+
+    def compute(self) -> SegmentationScores:
+        """Scores of everything added since construction or the last ``reset``."""
+        return scores_from_confusion(self._confusion.compute(), self.include_background)
+
+    def reset(self) -> None:
+        """Forget all added batches."""
+        self._confusion.reset()
+
+
+def segmentation_scores(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
+                        include_background: bool = True) -> SegmentationScores:
+    """One-shot version of ``SegmentationMeter`` for masks that fit in memory."""
+    meter = SegmentationMeter(num_classes, include_background)
+    meter.update(pred, target)
+    return meter.compute()

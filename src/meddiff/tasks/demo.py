@@ -1,0 +1,116 @@
+"""``meddiff demo``: the main job a newcomer runs first.
+
+Trains a joint image + tissue-label generator on the embedded MNI152 brain MRI slices for a fixed time
+budget, samples labelled pairs with a fast sampler, and writes a run folder with a sample grid, the loss
+curve, real-versus-generated figures and an HTML report. The settings below were chosen by measurement on
+a 2-core CPU (see benchmarks/results/demo.md).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from meddiff.config import from_dict
+from meddiff.data.build import DataConfig, build_dataset
+from meddiff.data.labels import IGNORE_INDEX
+from meddiff.data.samples import BRAIN_CLASSES
+from meddiff.diffusion.schedulers import NoiseConfig, SamplerConfig
+from meddiff.errors import UserError
+from meddiff.nets.unet import UNetConfig
+from meddiff.report import Section, pairs_grid, save_png, write_report
+from meddiff.tasks import generate
+from meddiff.train.engine import TrainConfig
+
+MARKER = "demo.json"
+DEMO_SAMPLER = SamplerConfig(name="dpm++", steps=20)
+DEMO_SAMPLES = 32
+
+
+def demo_config(minutes: float) -> generate.GenerateConfig:
+    """The demo's generator config: a 4.5M-parameter UNet at 64 px, v-prediction, bf16 on AMX."""
+    return generate.GenerateConfig(
+        data=from_dict(DataConfig, {"kind": "brain_mri", "size": 64, "hflip": True}),
+        model=UNetConfig(base_channels=32, channel_mults=[1, 2, 2, 4], attention_levels=[2, 3]),
+        noise=NoiseConfig(beta_schedule="cosine", prediction_type="v_prediction"),
+        train=TrainConfig(steps=100_000, batch_size=16, lr=1e-3, warmup_steps=50, ema_decay=0.995,
+                          mixed_precision="bf16", max_minutes=minutes, log_every=10, sample_every=200,
+                          checkpoint_every=200, keep_checkpoints=1),
+        sampler=DEMO_SAMPLER,
+        joint_mask=True,
+        grid_samples=16,
+    )
+
+
+def _fresh_run_dir(out: Path) -> None:
+    """The demo always starts from scratch; it only ever deletes a folder an earlier demo wrote."""
+    if out.exists() and any(out.iterdir()):
+        if not (out / MARKER).is_file():
+            raise UserError(f"{out}: folder exists and was not written by `meddiff demo`; choose another --out")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text(json.dumps({"written_by": "meddiff demo"}))
+
+
+def _class_fractions(masks: torch.Tensor, num_classes: int) -> list[float]:
+    valid = masks[masks != IGNORE_INDEX]
+    counts = torch.bincount(valid.flatten(), minlength=num_classes).float()
+    return (counts / counts.sum()).tolist()
+
+
+def run_demo(out: Path, minutes: float = 6.0) -> Path:
+    """Train, sample and report; returns the path of ``report.html``."""
+    out = Path(out)
+    _fresh_run_dir(out)
+    started = time.monotonic()
+    config = demo_config(minutes)
+    result = generate.fit(config, out)
+    train_seconds = time.monotonic() - started
+
+    sample_started = time.monotonic()
+    synthetic = generate.run(out, DEMO_SAMPLES, out / "synthetic", DEMO_SAMPLER, seed=0, autocast_bf16=True)
+    sample_seconds = time.monotonic() - sample_started
+
+    real = build_dataset(config.data)
+    real_images, real_masks = real.images, real.masks
+    idx = torch.linspace(0, len(real) - 1, 8).long()
+    real_grid = save_png(pairs_grid(real_images[idx], real_masks[idx], len(BRAIN_CLASSES), ncol=4, scale=2),
+                         out / "real_pairs.png")
+    fake_masks = _read_masks(synthetic)
+
+    num_classes = len(BRAIN_CLASSES)
+    metrics = {
+        "final_loss": float(np.mean(list(result.losses.values())[-50:])),
+        "train_steps": result.step,
+        "train_minutes": round(train_seconds / 60, 2),
+        "sampler": {"name": DEMO_SAMPLER.name, "steps": DEMO_SAMPLER.steps, "samples": DEMO_SAMPLES,
+                    "seconds_per_image": round(sample_seconds / DEMO_SAMPLES, 3)},
+        "tissue_fractions": [
+            {"class": name, "real": round(r, 4), "generated": round(g, 4)}
+            for name, r, g in zip(BRAIN_CLASSES, _class_fractions(real_masks, num_classes),
+                                  _class_fractions(fake_masks, num_classes))
+        ],
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    sections = [
+        Section("Generated labelled pairs",
+                f"{DEMO_SAMPLES} image + tissue-label pairs sampled with {DEMO_SAMPLER.name}, "
+                f"{DEMO_SAMPLER.steps} steps (seed 0). Left: image; right: its generated label map "
+                "(orange other brain tissue / CSF, light blue grey matter, green white matter).",
+                [synthetic / "grid.png"]),
+        Section("Real training pairs", "Axial slices of the MNI152 template with their tissue labels.",
+                [real_grid]),
+    ]
+    return write_report(out, title="meddiff demo: brain MRI image + label generation", sections=sections)
+
+
+def _read_masks(folder: Path) -> torch.Tensor:
+    from PIL import Image
+
+    return torch.stack([torch.from_numpy(np.array(Image.open(p))).long()
+                        for p in sorted((folder / "masks").glob("*.png"))])

@@ -1,0 +1,159 @@
+"""Generate images, or image + label-map pairs, from noise (the joint generator).
+
+The joint model diffuses ``[image channels, one-hot label map scaled to [-1, 1]]`` together; a sample is
+decoded by argmax over the label channels, so every generated pair has a valid class id at every pixel.
+Without labels (or ``joint_mask: false``) the same model is a plain unconditional image generator, which
+is also what few-label segmentation extracts features from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from meddiff.data.build import DataConfig, build_dataset
+from meddiff.data.labels import one_hot
+from meddiff.data.writers import write_pair_folder
+from meddiff.diffusion.objective import Diffusion
+from meddiff.diffusion.sampling import sample
+from meddiff.diffusion.schedulers import NoiseConfig, SamplerConfig
+from meddiff.errors import UserError
+from meddiff.nets.unet import UNet, UNetConfig
+from meddiff.report.grids import image_grid, pairs_grid, save_png
+from meddiff.tasks.runs import load_trained, prepare_run_dir, run_config, to_uint8
+from meddiff.train.engine import TrainConfig, TrainResult, Trainer, seed_everything
+
+TASK = "generate"
+
+
+@dataclass
+class GenerateConfig:
+    """``meddiff train`` config of the generate task (``task: generate``)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: UNetConfig = field(default_factory=UNetConfig)  # in/out channels are set from the data
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)  # for grids during training
+    joint_mask: bool = True  # generate the label map with the image (needs labelled data)
+    grid_samples: int = 16
+
+
+@dataclass(frozen=True)
+class PairCodec:
+    """Packs an image and its label map into the channels the model diffuses, and unpacks samples."""
+
+    image_channels: int
+    num_classes: int  # 0: images only
+
+    @property
+    def channels(self) -> int:
+        return self.image_channels + self.num_classes
+
+    def encode(self, batch: dict) -> torch.Tensor:
+        if not self.num_classes:
+            return batch["image"]
+        return torch.cat([batch["image"], one_hot(batch["mask"], self.num_classes) * 2 - 1], dim=1)
+
+    def decode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        images = x[:, : self.image_channels].clamp(-1, 1)
+        if not self.num_classes:
+            return images, None
+        return images, x[:, self.image_channels:].argmax(dim=1)
+
+
+def _codec(config: GenerateConfig, image_channels: int, num_classes: int) -> PairCodec:
+    if config.joint_mask and not num_classes:
+        raise UserError("joint_mask is true but the data has no masks; set joint_mask: false to generate "
+                        "images only")
+    return PairCodec(image_channels, num_classes if config.joint_mask else 0)
+
+
+def fit(config: GenerateConfig, run_dir: Path, resume: bool = False, progress: bool = True) -> TrainResult:
+    """Train the generator on ``config.data``; everything goes under ``run_dir``."""
+    dataset = build_dataset(config.data)
+    size = tuple(dataset[0]["image"].shape[-2:])
+    codec = _codec(config, dataset.in_channels, dataset.num_classes)
+    config = replace(config, model=replace(config.model, in_channels=codec.channels, out_channels=codec.channels))
+    prepare_run_dir(run_dir, config, resume)
+    seed_everything(config.train.seed)
+    model = UNet(config.model)
+    diffusion = Diffusion(config.noise)
+    stored = run_config(TASK, config)
+    stored["codec"] = {"image_channels": codec.image_channels, "num_classes": codec.num_classes,
+                       "class_names": dataset.class_names}
+
+    def loss_fn(net, batch, generator):
+        return diffusion.loss(net, codec.encode(batch), None, generator)
+
+    def sample_fn(net, path):
+        images, masks = generate(net, diffusion, codec, config.sampler, config.grid_samples,
+                                 seed=config.train.seed, size=size)
+        save_png(_grid(images, masks, codec), path)
+
+    trainer = Trainer(run_dir, model, dataset, config.train, loss_fn, stored, sample_fn, progress)
+    return trainer.fit(resume=resume)
+
+
+def _grid(images: torch.Tensor, masks: torch.Tensor | None, codec: PairCodec) -> np.ndarray:
+    scale = max(1, 128 // images.shape[-1])
+    if masks is None:
+        return image_grid(images, nrow=8, scale=scale)
+    return pairs_grid(images, masks, codec.num_classes, ncol=4, scale=scale)
+
+
+def generate(model: UNet, diffusion: Diffusion, codec: PairCodec, sampler: SamplerConfig, n: int, seed: int,
+             size: tuple[int, int], batch_size: int = 16, progress: bool = False,
+             autocast_bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``n`` samples; sample ``i`` is drawn with seed ``seed + i`` so each is reproducible on its own."""
+    images, masks = [], []
+    for start in range(0, n, batch_size):
+        count = min(batch_size, n - start)
+        generators = [torch.Generator().manual_seed(seed + start + i) for i in range(count)]
+        x = sample(model, diffusion, sampler, (count, codec.channels, *size), generator=generators,
+                   autocast_bf16=autocast_bf16, progress=progress)
+        image, mask = codec.decode(x)
+        images.append(image)
+        masks.append(mask)
+    return torch.cat(images), (torch.cat(masks) if codec.num_classes else None)
+
+
+def load(run_or_checkpoint: Path) -> tuple[UNet, Diffusion, PairCodec, dict, Path]:
+    """A trained generator: EMA model, its diffusion process, codec, stored config, checkpoint path."""
+    from meddiff.config import from_dict
+
+    model, stored, path = load_trained(run_or_checkpoint)
+    if stored.get("task") != TASK:
+        raise UserError(f"{path}: checkpoint of task '{stored.get('task')}', not '{TASK}'")
+    codec_info = stored["codec"]
+    codec = PairCodec(codec_info["image_channels"], codec_info["num_classes"])
+    return model, Diffusion(from_dict(NoiseConfig, stored["noise"], "noise.")), codec, stored, path
+
+
+def run(run_or_checkpoint: Path, n: int, out_dir: Path, sampler: SamplerConfig, seed: int = 0,
+        size: int | None = None, batch_size: int = 16, progress: bool = True, autocast_bf16: bool = False) -> Path:
+    """Sample ``n`` images (+ masks) into a dataset folder ``out_dir`` (images/, masks/, manifest.json,
+    grid.png) that meddiff's image+mask loader reads directly."""
+    model, diffusion, codec, stored, path = load(run_or_checkpoint)
+    train_size = stored["data"].get("size")
+    side = size or train_size
+    if side is None:
+        raise UserError("pass --size: the run's data config does not fix an image size")
+    images, masks = generate(model, diffusion, codec, sampler, n, seed, (side, side), batch_size, progress,
+                             autocast_bf16)
+    image_arrays = to_uint8(images).permute(0, 2, 3, 1).numpy()
+    image_arrays = image_arrays[..., 0] if image_arrays.shape[-1] == 1 else image_arrays
+    names = [f"sample_{seed + i:06d}" for i in range(n)]
+    settings = {"sampler": sampler.name, "steps": sampler.steps, "guidance": sampler.guidance_scale,
+                "eta": sampler.eta}
+    manifest = {
+        "model": {"checkpoint": str(path), "task": TASK, "class_names": stored["codec"]["class_names"]},
+        "files": [{"image": f"images/{name}.png", **({"mask": f"masks/{name}.png"} if masks is not None else {}),
+                   "seed": seed + i, **settings} for i, name in enumerate(names)],
+    }
+    out = write_pair_folder(out_dir, image_arrays, masks.numpy() if masks is not None else None, names, manifest)
+    save_png(_grid(images[:32], masks[:32] if masks is not None else None, codec), out / "grid.png")
+    return out

@@ -1,0 +1,52 @@
+"""Run folders and trained models: what every task does the same way."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from meddiff.config import save_config, to_dict
+from meddiff.errors import UserError
+from meddiff.nets.unet import UNet, UNetConfig
+from meddiff.train.checkpoint import list_checkpoints, load_checkpoint, resolve_checkpoint
+
+
+def prepare_run_dir(run_dir: Path, config: Any, resume: bool) -> None:
+    """Create ``run_dir`` and write ``config.yaml``; refuse to train over an existing run unless resuming."""
+    run_dir = Path(run_dir)
+    if list_checkpoints(run_dir) and not resume:
+        raise UserError(f"{run_dir}: already holds a trained run; pass --resume to continue it or choose "
+                        "another output folder")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, run_dir / "config.yaml")
+
+
+def run_config(task: str, config: Any) -> dict:
+    """The plain-data config stored in every checkpoint, tagged with the task that made it."""
+    return {"task": task, **to_dict(config)}
+
+
+def load_trained(run_or_checkpoint: Path, ema: bool = True) -> tuple[UNet, dict, Path]:
+    """The UNet of a run (EMA weights by default), its stored config and the checkpoint path."""
+    from meddiff.config import from_dict
+
+    path = resolve_checkpoint(Path(run_or_checkpoint))
+    groups, state = load_checkpoint(path)
+    config = state.get("config", {})
+    if "model" not in config:
+        raise UserError(f"{path}: checkpoint has no model config")
+    model = UNet(from_dict(UNetConfig, config["model"], "model."))
+    weights = groups["ema"] if ema and "ema" in groups else groups["model"]
+    missing = set(model.state_dict()) - set(weights)
+    if missing:
+        raise UserError(f"{path}: checkpoint weights do not match its model config (missing {sorted(missing)[0]})")
+    model.load_state_dict(weights, strict=False)
+    model.eval().requires_grad_(False)
+    return model, config, path
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """``[-1, 1]`` floats -> ``[0, 255]`` uint8 with rounding."""
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)

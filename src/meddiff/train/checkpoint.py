@@ -1,0 +1,141 @@
+"""Checkpoints that are safe to load and never half-written.
+
+A checkpoint is a folder ``checkpoints/step_NNNNNNN/`` holding ``*.safetensors`` tensor groups (model,
+EMA, optimizer moments, RNG states) and ``state.json`` (everything else: step, config, scalars). Nothing
+is pickled, so loading a checkpoint cannot execute code. The folder is written under a hidden temporary
+name and renamed into place, so a kill at any moment leaves either the complete new checkpoint or none.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from meddiff.errors import UserError
+
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+STATE_FILE = "state.json"
+
+
+def flatten_state(obj: Any, tensors: dict[str, torch.Tensor], prefix: str = "") -> Any:
+    """Split a nested state (dicts, lists, tensors, scalars) into JSON data with tensor references and a
+    flat ``tensors`` dict for safetensors. Inverse: ``unflatten_state``."""
+    if isinstance(obj, torch.Tensor):
+        tensors[prefix] = obj.detach().cpu().contiguous()
+        return {"__tensor__": prefix}
+    if isinstance(obj, dict):
+        if not all(isinstance(k, (str, int)) for k in obj):
+            raise TypeError(f"state keys under '{prefix}' must be str or int")
+        return {"__dict__": [[k, flatten_state(v, tensors, f"{prefix}.{k}" if prefix else str(k))]
+                             for k, v in obj.items()]}
+    if isinstance(obj, (list, tuple)):
+        return [flatten_state(v, tensors, f"{prefix}.{i}" if prefix else str(i)) for i, v in enumerate(obj)]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"cannot store {type(obj).__name__} at '{prefix}' in a checkpoint")
+
+
+def unflatten_state(data: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Rebuild what ``flatten_state`` split (dict keys keep their int/str type)."""
+    if isinstance(data, dict) and "__tensor__" in data:
+        return tensors[data["__tensor__"]]
+    if isinstance(data, dict) and "__dict__" in data:
+        return {k: unflatten_state(v, tensors) for k, v in data["__dict__"]}
+    if isinstance(data, list):
+        return [unflatten_state(v, tensors) for v in data]
+    return data
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(path: Path, tensor_groups: dict[str, dict[str, torch.Tensor]], state: dict) -> Path:
+    """Atomically write ``path/`` with one ``<group>.safetensors`` per group and ``state.json``."""
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    for group, tensors in tensor_groups.items():
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp / f"{group}.safetensors")
+    (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
+    for f in tmp.iterdir():
+        with open(f, "rb") as handle:
+            os.fsync(handle.fileno())
+    _fsync_dir(tmp)
+    if path.exists():  # re-saving the same step: move the old one aside first, then drop it
+        old = path.parent / f".{path.name}.old-{os.getpid()}"
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    return path
+
+
+def load_checkpoint(path: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
+    """Read a checkpoint folder: ``({group: tensors}, state)``. Refuses anything that is not safetensors."""
+    path = Path(path)
+    state_file = path / STATE_FILE
+    if not state_file.is_file():
+        raise UserError(f"{path}: not a meddiff checkpoint (no {STATE_FILE})")
+    try:
+        state = json.loads(state_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(f"{state_file}: checkpoint state is not valid JSON") from None
+    groups = {}
+    for file in sorted(path.glob("*.safetensors")):
+        groups[file.stem] = load_tensors(file)
+    return groups, state
+
+
+def load_tensors(file: Path) -> dict[str, torch.Tensor]:
+    """Load one safetensors file; a pickle (``.pt``/``.ckpt``) or corrupt file is refused, never unpickled."""
+    try:
+        return load_file(str(file))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UserError(f"{file}: not a valid safetensors file ({exc}); meddiff does not load pickled "
+                        "checkpoints because unpickling can execute code") from None
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first (temporary folders are ignored)."""
+    folder = Path(run_dir) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP_DIR.match(p.name)) and
+             (p / STATE_FILE).is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def resolve_checkpoint(run_or_checkpoint: Path) -> Path:
+    """A run folder resolves to its latest checkpoint; a checkpoint folder to itself."""
+    path = Path(run_or_checkpoint)
+    if (path / STATE_FILE).is_file():
+        return path
+    if path.is_file():
+        raise UserError(f"{path}: expected a run folder or a checkpoint folder, got a file")
+    if not path.exists():
+        raise UserError(f"{path}: no such run or checkpoint folder")
+    checkpoints = list_checkpoints(path)
+    if not checkpoints:
+        raise UserError(f"{path}: no complete checkpoint found under {path / 'checkpoints'}")
+    return checkpoints[-1]
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step_{step:07d}"

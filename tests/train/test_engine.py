@@ -1,0 +1,100 @@
+"""The trainer: learning, exact resume, time budget, logs, and several processes through accelerate."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from diffusers.training_utils import EMAModel
+
+from meddiff.config import from_dict, to_dict
+from meddiff.data.build import DataConfig
+from meddiff.tasks import generate
+from meddiff.train.checkpoint import list_checkpoints, load_checkpoint
+from tests.conftest import tiny_generate_config
+
+
+def _resume_config():
+    config = tiny_generate_config(steps=6, batch_size=4, grad_accum=2, checkpoint_every=3)
+    return dataclasses.replace(  # dropout and flips make every RNG matter
+        config, data=from_dict(DataConfig, {"kind": "brain_mri", "size": 32, "hflip": True}),
+        model=dataclasses.replace(config.model, dropout=0.1))
+
+
+def test_short_training_lowers_the_loss(trained_generator):
+    _, result = trained_generator
+    losses = list(result.losses.values())
+    assert len(losses) == 120
+    assert sum(losses[-20:]) / 20 < 0.6 * sum(losses[:20]) / 20
+
+
+def test_interrupted_then_resumed_run_has_exactly_the_same_losses(tmp_path, monkeypatch):
+    uninterrupted = generate.fit(_resume_config(), tmp_path / "full", progress=False)
+
+    real_step = EMAModel.step
+
+    def killed_during_step_5(self, parameters):
+        if self.optimization_step == 4:
+            raise RuntimeError("simulated kill")
+        return real_step(self, parameters)
+
+    monkeypatch.setattr(EMAModel, "step", killed_during_step_5)
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        generate.fit(_resume_config(), tmp_path / "run", progress=False)
+    monkeypatch.setattr(EMAModel, "step", real_step)
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step_0000003"]
+
+    resumed = generate.fit(_resume_config(), tmp_path / "run", resume=True, progress=False)
+    assert list(resumed.losses) == [4, 5, 6]
+    assert resumed.losses == {s: uninterrupted.losses[s] for s in (4, 5, 6)}
+    final_full = load_checkpoint(list_checkpoints(tmp_path / "full")[-1])[0]
+    final_resumed = load_checkpoint(list_checkpoints(tmp_path / "run")[-1])[0]
+    for group in ("model", "ema"):
+        for name, tensor in final_full[group].items():
+            assert torch.equal(tensor, final_resumed[group][name]), f"{group}.{name}"
+    logged = [json.loads(line)["step"] for line in (tmp_path / "run/logs/train.jsonl").read_text().splitlines()]
+    assert logged == [1, 2, 3, 4, 5, 6]
+
+
+def test_training_over_an_existing_run_needs_resume(tmp_path):
+    config = tiny_generate_config(steps=1)
+    generate.fit(config, tmp_path / "run", progress=False)
+    with pytest.raises(Exception, match="--resume"):
+        generate.fit(config, tmp_path / "run", progress=False)
+
+
+def test_time_budget_stops_cleanly_with_a_checkpoint(tmp_path):
+    config = tiny_generate_config(steps=50, max_minutes=1e-4)
+    result = generate.fit(config, tmp_path / "run", progress=False)
+    assert result.stopped_by_budget and result.step < 50
+    assert load_checkpoint(result.checkpoint)[1]["step"] == result.step
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, steps=result.step + 2,
+                                                                   max_minutes=None))
+    assert generate.fit(config, tmp_path / "run", resume=True, progress=False).step == result.step + 2
+
+
+def test_run_folder_layout(trained_generator):
+    run, result = trained_generator
+    assert (run / "config.yaml").is_file() and (run / "logs" / "train.jsonl").is_file()
+    assert any(p.name.startswith("events.out.tfevents") for p in (run / "logs").iterdir())
+    assert (run / "samples" / "step_0000120.png").is_file()  # a grid at the end of training
+    state = load_checkpoint(result.checkpoint)[1]
+    assert state["config"]["task"] == "generate" and state["step"] == 120
+
+
+def test_two_cpu_processes_through_accelerate_launch(tmp_path):
+    config = tiny_generate_config(steps=3, batch_size=4, checkpoint_every=3)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"task": "generate", **to_dict(config)}))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "-m", "meddiff.cli", "train", str(tmp_path / "config.yaml"), "--out", str(tmp_path / "run")]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    groups, state = load_checkpoint(list_checkpoints(tmp_path / "run")[-1])
+    assert state["step"] == 3 and state["processes"] == 2
+    assert {"global.0", "global.1", "generator.0", "generator.1"} <= set(groups["rng"])
