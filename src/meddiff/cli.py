@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-import click
 import typer
 from rich.console import Console
 
@@ -114,21 +113,17 @@ def data_inspect(
 
 
 def main() -> None:
-    """Console-script entry: user errors become one line on stderr and exit code 2."""
+    """Console-script entry: user errors become one line on stderr and exit code 2.
+
+    Usage errors (unknown option, missing argument) are reported by typer itself, also with exit code 2.
+    """
     try:
-        code = app(standalone_mode=False)
+        app()
     except UserError as exc:
         if _state["debug"]:
             raise
         typer.echo(f"error: {exc}", err=True)
-        code = 2
-    except click.ClickException as exc:  # usage errors: unknown option, missing argument, bad value
-        exc.show()
-        code = exc.exit_code
-    except click.exceptions.Abort:
-        typer.echo("aborted", err=True)
-        code = 130
-    sys.exit(code if isinstance(code, int) else 0)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
