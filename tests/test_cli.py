@@ -3,8 +3,10 @@
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
 from meddiff.config import to_dict
 from tests.conftest import tiny_generate_config
@@ -75,5 +77,6 @@ def test_inspect_exits_2_when_it_finds_problems(tmp_path):
     (tmp_path / "images").mkdir()
     (tmp_path / "masks").mkdir()
     (tmp_path / "images" / "a.png").write_bytes(b"not a png")
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "masks" / "a.png")
     done = meddiff("data", "inspect", tmp_path)
     assert done.returncode == 2 and "a.png" in done.stdout
