@@ -9,7 +9,7 @@ import yaml
 from PIL import Image
 
 from meddiff.config import to_dict
-from tests.conftest import tiny_generate_config
+from tests.conftest import REPO, tiny_generate_config
 
 COMMANDS = [["train"], ["sample"], ["demo"], ["report"], ["data", "inspect"]]
 
@@ -80,3 +80,11 @@ def test_inspect_exits_2_when_it_finds_problems(tmp_path):
     Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "masks" / "a.png")
     done = meddiff("data", "inspect", tmp_path)
     assert done.returncode == 2 and "a.png" in done.stdout
+
+
+def test_example_configs_load():
+    from meddiff.tasks import load_task_config
+
+    for path in (REPO / "configs").glob("*.yaml"):
+        task, config = load_task_config(path)
+        assert task.TASK == config.__class__.__module__.rsplit(".", 1)[1]

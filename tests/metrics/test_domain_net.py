@@ -82,3 +82,7 @@ def test_augmented_views_are_seeded_in_range_and_differ_from_the_input(brain_sli
     assert torch.equal(a, b) and a.shape == x.shape
     assert a.min() >= -1 and a.max() <= 1
     assert (a - x).abs().mean() > 0.02
+    # Geometric views keep the intensity histogram roughly; intensity jitter (off by default) changes it.
+    jittered = augment(x, torch.Generator().manual_seed(0), intensity_jitter=1.0)
+    assert jittered.min() >= -1 and jittered.max() <= 1
+    assert (jittered.mean(dim=(1, 2, 3)) - a.mean(dim=(1, 2, 3))).abs().max() > 0.02

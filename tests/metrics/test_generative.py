@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from meddiff.errors import UserError
-from meddiff.metrics.generative import generative_scores, scores_from_features
+from meddiff.metrics import domain_net
+from meddiff.metrics.domain_net import DomainNetConfig, DomainTrainConfig
+from meddiff.metrics.generative import generative_scores, scores_from_features, select_feature_net
 
 
 @pytest.fixture(autouse=True)
@@ -75,9 +77,30 @@ def test_small_sets_warn_about_fid_bias_and_single_images_are_refused():
     g = torch.Generator().manual_seed(2)
     real, fake = torch.randn(10, 4, generator=g), torch.randn(10, 4, generator=g)
     with pytest.warns(UserWarning, match="biased"):
-        warnings.filterwarnings("default", message="FID on")
         scores_from_features(real, fake, "f", kid_subsets=2)
     with pytest.raises(UserError, match="'fake' has 1 image"):
         scores_from_features(real, fake[:1], "f")
     with pytest.raises(UserError, match="kid_subset_size"):
         scores_from_features(real, fake, "f", kid_subset_size=1)
+
+
+def test_without_inception_weights_the_domain_net_is_trained_once_and_then_reused(brain_slices, tmp_path,
+                                                                                  monkeypatch):
+    tiny = DomainNetConfig(image_size=32, widths=(8, 16, 32, 64), projection_dim=32)
+    settings = DomainTrainConfig(steps=2, batch_size=8)
+    first = select_feature_net(brain_slices, cache_dir=tmp_path, net_config=tiny, train_config=settings)
+    assert first.name == domain_net.domain_net_name(brain_slices, tiny, settings)
+    assert (tmp_path / first.name).is_dir()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the cached network should have been loaded")
+
+    monkeypatch.setattr(domain_net, "train_domain_net", no_training)
+    again = select_feature_net(brain_slices, cache_dir=tmp_path, net_config=tiny, train_config=settings)
+    assert again.name == first.name
+    assert torch.equal(again(brain_slices[:4]), first(brain_slices[:4]))
+
+
+def test_named_inception_weights_that_are_absent_are_a_user_error(brain_slices, tmp_path):
+    with pytest.raises(UserError, match="pt_inception.pth"):
+        select_feature_net(brain_slices, inception_weights=tmp_path / "pt_inception.pth")

@@ -54,7 +54,7 @@ def test_held_out_slices_are_not_flagged_with_margin(split):
 
 def test_without_held_out_images_the_leave_one_out_threshold_is_conservative(split):
     # Training neighbours 1 mm apart make leave-one-out distances small: exact and near-exact copies
-    # are still caught, a looser copy (RMS noise ~0.04, still far closer than any unseen slice) is not,
+    # are still caught, a looser copy (RMS difference ~0.05, still far closer than any unseen slice) is not,
     # although a held-out calibration flags it.
     train, calibration, evaluation = split
     near, _ = _copies(train, 0.01)

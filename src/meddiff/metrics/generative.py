@@ -1,9 +1,11 @@
 """FID and KID between real and generated images with a pluggable feature network (torchmetrics' math).
 
-Features are extracted once per image set with ``features.extract_features`` and handed to torchmetrics'
-``FrechetInceptionDistance`` and ``KernelInceptionDistance`` through an identity "feature network", so
-the (possibly expensive) feature network runs once for both metrics and cached real features can be
-reused across evaluations (``scores_from_features``).
+``select_feature_net`` picks the network: Inception-v3 when the user has its weights in a local file,
+otherwise meddiff's domain network trained on the real images (see ``domain_net`` for what its numbers
+can be compared with). Features are extracted once per image set with ``features.extract_features``
+and handed to torchmetrics' ``FrechetInceptionDistance`` and ``KernelInceptionDistance`` through an
+identity "feature network", so the (possibly expensive) feature network runs once for both metrics and
+cached real features can be reused across evaluations (``scores_from_features``).
 
 Small sets: FID needs at least 2 images per set and is biased upward below a few thousand (the usual
 protocol uses >= 2048 when D = 2048; with fewer images than feature dimensions the covariances are
@@ -15,6 +17,7 @@ smaller set size.
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -22,7 +25,9 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
 from meddiff.errors import UserError
+from meddiff.metrics.domain_net import DomainNetConfig, DomainTrainConfig, train_domain_net, train_or_load_domain_net
 from meddiff.metrics.features import FeatureNet, Images, extract_features
+from meddiff.metrics.inception import load_inception
 
 FID_RELIABLE_SAMPLES = 2048
 
@@ -36,6 +41,22 @@ class _Precomputed(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return features
+
+
+def select_feature_net(real: torch.Tensor, inception_weights: str | Path | None = None,
+                       cache_dir: str | Path | None = None, net_config: DomainNetConfig | None = None,
+                       train_config: DomainTrainConfig | None = None) -> FeatureNet:
+    """The feature network for FID/KID against the real images ``real``.
+
+    Inception-v3 from the local file ``inception_weights`` when given (a missing file is a ``UserError``
+    naming it, never a download); otherwise the domain network trained on ``real``, reused from
+    ``cache_dir`` when it was trained there before with the same data and settings.
+    """
+    if inception_weights is not None:
+        return load_inception(inception_weights)
+    if cache_dir is not None:
+        return train_or_load_domain_net(real, cache_dir, net_config, train_config)
+    return train_domain_net(real, net_config, train_config)[0]
 
 
 def scores_from_features(real: torch.Tensor, fake: torch.Tensor, feature_net_name: str,
