@@ -54,6 +54,8 @@ def sample(
     out: Path = typer.Option(..., "--out", help="New folder for images/, masks/, manifest.json, grid.png."),
     size: Optional[int] = typer.Option(None, "--size", help="Image side in pixels (default: the training size)."),
     bf16: bool = typer.Option(False, "--bf16", help="Run the UNet in bf16 autocast (faster on AMX CPUs)."),
+    attribute: Optional[str] = typer.Option(None, "--attribute",
+                                            help="Conditional models: attribute name or index (default: all)."),
 ) -> None:
     """Sample images (and label maps) from a trained generator into a dataset folder.
 
@@ -65,7 +67,7 @@ def sample(
     if sampler not in SAMPLERS:
         raise UserError(f"--sampler '{sampler}' is not one of {', '.join(SAMPLERS)}")
     settings = SamplerConfig(name=sampler, steps=steps, guidance_scale=guidance, eta=eta)
-    folder = generate.run(run, n, out, settings, seed=seed, size=size, autocast_bf16=bf16)
+    folder = generate.run(run, n, out, settings, seed=seed, size=size, autocast_bf16=bf16, attribute=attribute)
     console.print(f"wrote {n} samples to {folder}")
 
 

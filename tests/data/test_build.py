@@ -44,13 +44,13 @@ def test_example_configs_build(path, shared, repo_cwd):
 def test_brain_mri_kind_passes_size_and_flips(monkeypatch):
     calls = []
 
-    def fake_brain_mri(size, hflip):  # the real one slices the MNI152 template (seconds); its tests live elsewhere
-        calls.append((size, hflip))
+    def fake_brain_mri(size, hflip, levels):  # the real one slices the MNI152 template; see test_samples.py
+        calls.append((size, hflip, levels))
         return ArrayDataset(torch.zeros(2, 1, size, size), torch.zeros(2, size, size), ["a", "b"], ["bg"])
 
     monkeypatch.setattr(build, "brain_mri", fake_brain_mri)
-    dataset = build_dataset(DataConfig(size=32, hflip=True, vflip=True))
-    assert calls == [(32, True)] and dataset.vflip
+    dataset = build_dataset(DataConfig(size=32, hflip=True, vflip=True, levels=3))
+    assert calls == [(32, True, 3)] and dataset.vflip
 
 
 def test_yaml_config_with_class_map_and_remap(tmp_path):

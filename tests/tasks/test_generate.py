@@ -1,5 +1,6 @@
 """The joint generator: pair encoding, sampled folders that the image+mask loader reads back."""
 
+import dataclasses
 import json
 
 import pytest
@@ -10,6 +11,18 @@ from meddiff.data.build import DataConfig, build_dataset
 from meddiff.diffusion.schedulers import SamplerConfig
 from meddiff.errors import UserError
 from meddiff.tasks import generate
+from tests.conftest import tiny_generate_config
+
+
+@pytest.fixture(scope="module")
+def conditional_run(tmp_path_factory):
+    """A generator conditioned on the axial level of the brain slices (3 levels), trained a few steps."""
+    config = dataclasses.replace(
+        tiny_generate_config(steps=4), conditional=True,
+        data=from_dict(DataConfig, {"kind": "brain_mri", "size": 32, "levels": 3}))
+    run = tmp_path_factory.mktemp("conditional") / "run"
+    generate.fit(config, run, progress=False)
+    return run
 
 
 def test_codec_round_trips_image_and_mask():
@@ -56,3 +69,28 @@ def test_output_folder_is_never_overwritten(trained_generator, tmp_path):
     (tmp_path / "taken" / "keep.txt").write_text("user data")
     with pytest.raises(UserError, match="not empty"):
         generate.run(run, 1, tmp_path / "taken", SamplerConfig(steps=2), progress=False)
+
+
+def _attributes(folder):
+    return [f["attribute"] for f in json.loads((folder / "manifest.json").read_text())["files"]]
+
+
+def test_conditional_model_samples_every_attribute_or_the_one_asked_for(conditional_run, tmp_path):
+    guided = SamplerConfig(name="dpm++", steps=2, guidance_scale=2.0)
+    every = generate.run(conditional_run, 6, tmp_path / "every", guided, progress=False)
+    assert _attributes(every) == [f"axial level {i}/3" for i in (1, 1, 2, 2, 3, 3)]
+    one = generate.run(conditional_run, 2, tmp_path / "one", guided, attribute="axial level 2/3", progress=False)
+    assert _attributes(one) == ["axial level 2/3"] * 2
+    assert _attributes(generate.run(conditional_run, 1, tmp_path / "index", guided, attribute="2",
+                                    progress=False)) == ["axial level 3/3"]
+    with pytest.raises(UserError, match="--attribute 'frontal'"):
+        generate.run(conditional_run, 1, tmp_path / "bad", guided, attribute="frontal", progress=False)
+
+
+def test_attributes_need_a_conditional_model_and_data_with_attributes(trained_generator, tmp_path):
+    run, _ = trained_generator
+    with pytest.raises(UserError, match="not conditional"):
+        generate.run(run, 1, tmp_path / "s", SamplerConfig(steps=2), attribute="1", progress=False)
+    config = dataclasses.replace(tiny_generate_config(steps=1), conditional=True)
+    with pytest.raises(UserError, match="no attributes"):
+        generate.fit(config, tmp_path / "run", progress=False)

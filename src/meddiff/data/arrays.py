@@ -15,12 +15,14 @@ class Sample(TypedDict, total=False):
     image:   float32 ``[C, H, W]`` in [-1, 1]
     mask:    int64 ``[H, W]`` class ids, 255 = ignore (absent for unlabelled data)
     image_b: float32 ``[C, H, W]`` second modality of a registered pair (fusion)
+    attribute: int64 scalar, an image-level label (e.g. slice level, scanner) for conditional generation
     name:    identifier unique within the dataset, free of patient identifiers
     """
 
     image: torch.Tensor
     mask: torch.Tensor
     image_b: torch.Tensor
+    attribute: torch.Tensor
     name: str
 
 
@@ -53,6 +55,7 @@ class ArrayDataset(Dataset):
     ``images_b [N, C_b, H, W]``, held in memory.
 
     ``images`` may be None for a masks-only dataset (label maps to synthesise from; ``in_channels`` is then 0).
+    ``attributes`` ``[N]`` are optional image-level labels 0..len(attribute_names)-1.
     Masks may be stored in any integer dtype (uint8 saves memory); samples always carry int64 masks.
     Augmentation, applied identically to every tensor of a sample: ``crop`` takes a random ``crop`` x
     ``crop`` window, ``hflip`` / ``vflip`` flip left-right / top-bottom with probability 0.5. All of it
@@ -61,13 +64,16 @@ class ArrayDataset(Dataset):
 
     def __init__(self, images: torch.Tensor | None, masks: torch.Tensor | None, names: Sequence[str],
                  class_names: Sequence[str] | None = None, hflip: bool = False, *, vflip: bool = False,
-                 images_b: torch.Tensor | None = None, crop: int | None = None):
+                 images_b: torch.Tensor | None = None, crop: int | None = None,
+                 attributes: torch.Tensor | None = None, attribute_names: Sequence[str] | None = None):
         if images is None and masks is None:
             raise ValueError("a dataset needs images or masks")
         count = (images if images is not None else masks).shape[0]
-        for other in (masks, images_b):
+        for other in (masks, images_b, attributes):
             if other is not None and other.shape[0] != count:
-                raise ValueError("images, masks and images_b must have the same count")
+                raise ValueError("images, masks, images_b and attributes must have the same count")
+        if (attributes is None) != (attribute_names is None):
+            raise ValueError("attributes and attribute_names go together")
         if len(names) != count:
             raise ValueError("there must be one name per sample")
         self.images = images.float() if images is not None else None
@@ -75,6 +81,8 @@ class ArrayDataset(Dataset):
         self.images_b = images_b.float() if images_b is not None else None
         self.class_names = list(class_names) if class_names is not None else None
         self.hflip, self.vflip, self.crop = hflip, vflip, crop
+        self.attributes = attributes.long() if attributes is not None else None
+        self.attribute_names = list(attribute_names) if attribute_names is not None else None
 
     @property
     def in_channels(self) -> int:
@@ -88,6 +96,10 @@ class ArrayDataset(Dataset):
     @property
     def num_classes(self) -> int:
         return len(self.class_names) if self.class_names else 0
+
+    @property
+    def num_attributes(self) -> int:
+        return len(self.attribute_names) if self.attribute_names else 0
 
     def __len__(self) -> int:
         return len(self.names)
@@ -106,4 +118,6 @@ class ArrayDataset(Dataset):
             parts = {k: v.flip(-2) for k, v in parts.items()}
         if "mask" in parts:
             parts["mask"] = parts["mask"].long()
+        if self.attributes is not None:
+            parts["attribute"] = self.attributes[index]
         return Sample(**parts, name=self.names[index])

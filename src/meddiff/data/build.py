@@ -40,6 +40,7 @@ _ONLY_FOR: dict[str, set[str]] = {
     "split_file": {"image_mask_folder"}, "split_column": {"image_mask_folder"},
     "split": {"image_mask_folder", "cadis"}, "modalities": {"paired_folder"}, "cadis_task": {"cadis"},
     "labels": {"nifti"}, "axis": _VOLUMES, "window": _VOLUMES, "percentiles": _VOLUMES,
+    "levels": {"brain_mri"},
 }
 
 
@@ -68,6 +69,7 @@ class DataConfig:
     labels:       NIfTI label volume (file) or folder of label volumes named like the images
     axis:         slicing axis (NIfTI RAS+: 0 sagittal, 1 coronal, 2 axial; DICOM: 2 = acquired slices)
     window:       [center, width] intensity window (e.g. CT [40, 400]); else percentiles [low, high]
+    levels:       brain_mri only: label each slice with its axial level in this many bins (attributes)
     """
 
     kind: DataKind = "brain_mri"
@@ -94,6 +96,7 @@ class DataConfig:
     axis: int = 2
     window: tuple[float, float] | None = None
     percentiles: tuple[float, float] = (0.5, 99.5)
+    levels: int = 0
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -149,7 +152,7 @@ def _build(config: DataConfig) -> ArrayDataset:
     fit = Fit(c.size, c.fit, c.short_side)
     flips = {"hflip": c.hflip, "vflip": c.vflip}
     if c.kind == "brain_mri":
-        dataset = brain_mri(c.size, hflip=c.hflip)
+        dataset = brain_mri(c.size, hflip=c.hflip, levels=c.levels)
         dataset.vflip = c.vflip
         return dataset
     assert c.root is not None  # checked by DataConfig

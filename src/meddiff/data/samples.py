@@ -32,12 +32,15 @@ def _mni152_volumes() -> tuple[np.ndarray, np.ndarray]:
     return t1, labels
 
 
-def brain_mri(size: int = 64, min_brain_fraction: float = 0.08, hflip: bool = False) -> ArrayDataset:
+def brain_mri(size: int = 64, min_brain_fraction: float = 0.08, hflip: bool = False,
+              levels: int = 0) -> ArrayDataset:
     """Axial T1 slices of the MNI152 template as ``size`` x ``size`` images with tissue labels.
 
     Keeps slices where brain covers at least ``min_brain_fraction`` of the (square-padded) slice; at the
-    default that is about 140 slices. Classes: 0 background, 1 other brain tissue (incl. CSF),
-    2 grey matter, 3 white matter. Images are in [-1, 1], anterior at the top.
+    default that is about 130 slices. Classes: 0 background, 1 other brain tissue (incl. CSF),
+    2 grey matter, 3 white matter. Images are in [-1, 1], anterior at the top. With ``levels > 0`` each
+    slice also carries an ``attribute``: its axial level, in ``levels`` bins of equal slice count from
+    inferior (0) to superior, for level-conditional generation.
     """
     t1, labels = _mni152_volumes()
     # [X, Y, Z] -> [Z, Y, X] slices, flipped so anterior is up and the patient's left is on the right.
@@ -55,4 +58,9 @@ def brain_mri(size: int = 64, min_brain_fraction: float = 0.08, hflip: bool = Fa
     images = resize_image(images[keep][:, None], (size, size)).clamp(0, 1) * 2 - 1
     masks = resize_mask(masks[keep], (size, size))
     names = [f"mni152_axial_z{z:03d}" for z in slice_ids]
-    return ArrayDataset(images, masks, names, BRAIN_CLASSES, hflip=hflip)
+    if levels <= 0:
+        return ArrayDataset(images, masks, names, BRAIN_CLASSES, hflip=hflip)
+    attributes = torch.arange(len(names)) * levels // len(names)
+    level_names = [f"axial level {i + 1}/{levels}" for i in range(levels)]
+    return ArrayDataset(images, masks, names, BRAIN_CLASSES, hflip=hflip, attributes=attributes,
+                        attribute_names=level_names)

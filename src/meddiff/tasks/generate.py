@@ -3,7 +3,9 @@
 The joint model diffuses ``[image channels, one-hot label map scaled to [-1, 1]]`` together; a sample is
 decoded by argmax over the label channels, so every generated pair has a valid class id at every pixel.
 Without labels (or ``joint_mask: false``) the same model is a plain unconditional image generator, which
-is also what few-label segmentation extracts features from.
+is also what few-label segmentation extracts features from. With ``conditional: true`` it is conditioned
+on the data's image-level attribute (e.g. the axial level of a slice) through the UNet's class embedding,
+trained with attribute dropout so that sampling can use classifier-free guidance.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 from meddiff.data.build import DataConfig, build_dataset
 from meddiff.data.labels import one_hot
 from meddiff.data.writers import write_pair_folder
+from meddiff.diffusion.conditioning import Conditioning
 from meddiff.diffusion.objective import Diffusion
 from meddiff.diffusion.sampling import sample
 from meddiff.diffusion.schedulers import NoiseConfig, SamplerConfig
@@ -39,6 +42,8 @@ class GenerateConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)  # for grids during training
     joint_mask: bool = True  # generate the label map with the image (needs labelled data)
+    conditional: bool = False  # condition on the data's image-level attribute
+    cond_drop_prob: float = 0.1  # share of training samples whose attribute is dropped (for guidance)
     grid_samples: int = 16
 
 
@@ -65,6 +70,18 @@ class PairCodec:
         return images, x[:, self.image_channels:].argmax(dim=1)
 
 
+def attribute_conditioning(attributes: torch.Tensor | None, num_attributes: int) -> Conditioning | None:
+    """Class-embedding conditioning for attribute ids (index ``num_attributes`` is "no attribute")."""
+    if not num_attributes or attributes is None:
+        return None
+    return Conditioning(class_labels=attributes, null_class=num_attributes)
+
+
+def spread_attributes(n: int, num_attributes: int) -> torch.Tensor | None:
+    """Attributes for ``n`` samples in equal, sorted shares (sample i gets ``i * A // n``)."""
+    return torch.arange(n) * num_attributes // n if num_attributes else None
+
+
 def _codec(config: GenerateConfig, image_channels: int, num_classes: int) -> PairCodec:
     if config.joint_mask and not num_classes:
         raise UserError("joint_mask is true but the data has no masks; set joint_mask: false to generate "
@@ -77,21 +94,29 @@ def fit(config: GenerateConfig, run_dir: Path, resume: bool = False, progress: b
     dataset = build_dataset(config.data)
     size = tuple(dataset[0]["image"].shape[-2:])
     codec = _codec(config, dataset.in_channels, dataset.num_classes)
-    config = replace(config, model=replace(config.model, in_channels=codec.channels, out_channels=codec.channels))
+    num_attributes = dataset.num_attributes if config.conditional else 0
+    if config.conditional and not num_attributes:
+        raise UserError("conditional is true but the data has no attributes (e.g. data.levels for brain_mri)")
+    config = replace(config, model=replace(config.model, in_channels=codec.channels, out_channels=codec.channels,
+                                           num_classes=num_attributes))
     prepare_run_dir(run_dir, config, resume)
     seed_everything(config.train.seed)
     model = UNet(config.model)
     diffusion = Diffusion(config.noise)
     stored = run_config(TASK, config)
     stored["codec"] = {"image_channels": codec.image_channels, "num_classes": codec.num_classes,
-                       "class_names": dataset.class_names}
+                       "class_names": dataset.class_names,
+                       "attribute_names": dataset.attribute_names if num_attributes else None}
 
     def loss_fn(net, batch, generator):
-        return diffusion.loss(net, codec.encode(batch), None, generator)
+        cond = attribute_conditioning(batch.get("attribute"), num_attributes)
+        return diffusion.loss(net, codec.encode(batch), cond, generator, cond_drop_prob=config.cond_drop_prob)
 
     def sample_fn(net, path):
         images, masks = generate(net, diffusion, codec, config.sampler, config.grid_samples,
-                                 seed=config.train.seed, size=size)
+                                 seed=config.train.seed, size=size,
+                                 attributes=spread_attributes(config.grid_samples, num_attributes),
+                                 num_attributes=num_attributes)
         save_png(_grid(images, masks, codec), path)
 
     trainer = Trainer(run_dir, model, dataset, config.train, loss_fn, stored, sample_fn, progress)
@@ -106,14 +131,18 @@ def _grid(images: torch.Tensor, masks: torch.Tensor | None, codec: PairCodec) ->
 
 
 def generate(model: UNet, diffusion: Diffusion, codec: PairCodec, sampler: SamplerConfig, n: int, seed: int,
-             size: tuple[int, int], batch_size: int = 16, progress: bool = False,
-             autocast_bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``n`` samples; sample ``i`` is drawn with seed ``seed + i`` so each is reproducible on its own."""
+             size: tuple[int, int], batch_size: int = 16, progress: bool = False, autocast_bf16: bool = False,
+             attributes: torch.Tensor | None = None,
+             num_attributes: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``n`` samples (with attribute ``attributes[i]`` for a conditional model); sample ``i`` is drawn with
+    seed ``seed + i`` so each is reproducible on its own."""
     images, masks = [], []
     for start in range(0, n, batch_size):
         count = min(batch_size, n - start)
         generators = [torch.Generator().manual_seed(seed + start + i) for i in range(count)]
-        x = sample(model, diffusion, sampler, (count, codec.channels, *size), generator=generators,
+        cond = attribute_conditioning(attributes[start:start + count] if attributes is not None else None,
+                                      num_attributes)
+        x = sample(model, diffusion, sampler, (count, codec.channels, *size), cond, generator=generators,
                    autocast_bf16=autocast_bf16, progress=progress)
         image, mask = codec.decode(x)
         images.append(image)
@@ -133,17 +162,35 @@ def load(run_or_checkpoint: Path) -> tuple[UNet, Diffusion, PairCodec, dict, Pat
     return model, Diffusion(from_dict(NoiseConfig, stored["noise"], "noise.")), codec, stored, path
 
 
+def _attributes_for(attribute: str | None, n: int, names: list[str] | None) -> torch.Tensor | None:
+    if not names:
+        if attribute is not None:
+            raise UserError("--attribute given, but this model is not conditional")
+        return None
+    if attribute is None:
+        return spread_attributes(n, len(names))
+    if attribute in names:
+        return torch.full((n,), names.index(attribute))
+    if attribute.isdigit() and int(attribute) < len(names):
+        return torch.full((n,), int(attribute))
+    raise UserError(f"--attribute '{attribute}' is not one of: {', '.join(names)} (or 0..{len(names) - 1})")
+
+
 def run(run_or_checkpoint: Path, n: int, out_dir: Path, sampler: SamplerConfig, seed: int = 0,
-        size: int | None = None, batch_size: int = 16, progress: bool = True, autocast_bf16: bool = False) -> Path:
+        size: int | None = None, batch_size: int = 16, progress: bool = True, autocast_bf16: bool = False,
+        attribute: str | None = None) -> Path:
     """Sample ``n`` images (+ masks) into a dataset folder ``out_dir`` (images/, masks/, manifest.json,
-    grid.png) that meddiff's image+mask loader reads directly."""
+    grid.png) that meddiff's image+mask loader reads directly. A conditional model samples ``attribute``
+    (name or index), or every attribute in equal shares when it is None."""
     model, diffusion, codec, stored, path = load(run_or_checkpoint)
     train_size = stored["data"].get("size")
     side = size or train_size
     if side is None:
         raise UserError("pass --size: the run's data config does not fix an image size")
+    attribute_names = stored["codec"].get("attribute_names")
+    attributes = _attributes_for(attribute, n, attribute_names)
     images, masks = generate(model, diffusion, codec, sampler, n, seed, (side, side), batch_size, progress,
-                             autocast_bf16)
+                             autocast_bf16, attributes, len(attribute_names or []))
     image_arrays = to_uint8(images).permute(0, 2, 3, 1).numpy()
     image_arrays = image_arrays[..., 0] if image_arrays.shape[-1] == 1 else image_arrays
     names = [f"sample_{seed + i:06d}" for i in range(n)]
@@ -152,7 +199,9 @@ def run(run_or_checkpoint: Path, n: int, out_dir: Path, sampler: SamplerConfig, 
     manifest = {
         "model": {"checkpoint": str(path), "task": TASK, "class_names": stored["codec"]["class_names"]},
         "files": [{"image": f"images/{name}.png", **({"mask": f"masks/{name}.png"} if masks is not None else {}),
-                   "seed": seed + i, **settings} for i, name in enumerate(names)],
+                   "seed": seed + i, **settings,
+                   **({"attribute": attribute_names[attributes[i]]} if attributes is not None else {})}
+                  for i, name in enumerate(names)],
     }
     out = write_pair_folder(out_dir, image_arrays, masks.numpy() if masks is not None else None, names, manifest)
     save_png(_grid(images[:32], masks[:32] if masks is not None else None, codec), out / "grid.png")
