@@ -98,3 +98,27 @@ def test_two_cpu_processes_through_accelerate_launch(tmp_path):
     groups, state = load_checkpoint(list_checkpoints(tmp_path / "run")[-1])
     assert state["step"] == 3 and state["processes"] == 2
     assert {"global.0", "global.1", "generator.0", "generator.1"} <= set(groups["rng"])
+
+
+def test_validation_keeps_the_best_checkpoint_and_stops_early(tmp_path):
+    from torch import nn
+
+    from meddiff.data.arrays import ArrayDataset
+    from meddiff.train.engine import TrainConfig, Trainer
+
+    data = ArrayDataset(torch.rand(8, 1, 4, 4), None, [str(i) for i in range(8)])
+    model = nn.Conv2d(1, 1, 3, padding=1)
+    scores = iter([3.0, 2.0, 2.5, 2.6, 1.0])
+
+    def loss_fn(net, batch, generator):
+        return (net(batch["image"]) - batch["image"]).pow(2).mean()
+
+    config = TrainConfig(steps=50, batch_size=2, warmup_steps=0, eval_every=2, patience=2, checkpoint_every=100)
+    result = Trainer(tmp_path, model, data, config, loss_fn, {}, progress=False,
+                     eval_fn=lambda net: next(scores)).fit()
+    assert result.stopped_early and result.step == 8
+    assert (result.best_step, result.best_score) == (4, 2.0)
+    assert load_checkpoint(tmp_path / "checkpoints" / "best")[1]["step"] == 4
+    assert load_checkpoint(result.checkpoint)[1]["validation"] == {"best": 2.0, "best_step": 4, "bad": 2}
+    logged = [json.loads(line) for line in (tmp_path / "logs" / "train.jsonl").read_text().splitlines()]
+    assert [r["val"] for r in logged if "val" in r] == [3.0, 2.0, 2.5, 2.6]

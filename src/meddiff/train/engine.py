@@ -12,6 +12,7 @@ uninterrupted one.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -45,6 +46,7 @@ from meddiff.train.progress import TrainProgress
 
 LossFn = Callable[[nn.Module, dict, torch.Generator], torch.Tensor]
 SampleFn = Callable[[nn.Module, Path], None]
+EvalFn = Callable[[nn.Module], float]  # a validation score of the (EMA) model; lower is better
 console = Console(stderr=True)
 
 
@@ -68,12 +70,18 @@ class TrainConfig:
     sample_every: int = 500
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
+    eval_every: int = 0  # run the task's validation every N steps (0: never); the best goes to checkpoints/best
+    patience: int = 0  # stop after this many validations without improvement (0: never stop early)
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "grad_accum", "log_every", "sample_every", "checkpoint_every",
                      "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.eval_every < 0 or self.patience < 0:
+            raise ValueError("eval_every and patience must be >= 0")
+        if self.patience and not self.eval_every:
+            raise ValueError("patience needs eval_every > 0")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
 
@@ -86,7 +94,19 @@ class TrainResult:
     losses: dict[int, float] = field(default_factory=dict)
     seconds: float = 0.0
     stopped_by_budget: bool = False
+    stopped_early: bool = False
     checkpoint: Path | None = None
+    best_step: int | None = None  # with validation: the step of the best score (saved in checkpoints/best)
+    best_score: float | None = None
+
+
+@dataclass
+class _Validation:
+    """Early-stopping state; stored in checkpoints so that resume continues it."""
+
+    best: float = math.inf
+    best_step: int = 0
+    bad: int = 0
 
 
 def seed_everything(seed: int) -> None:
@@ -99,11 +119,15 @@ class Trainer:
     ``run_dir`` (config.yaml is written by the caller; checkpoints/, samples/, logs/ here)."""
 
     def __init__(self, run_dir: Path, model: nn.Module, dataset: Dataset, config: TrainConfig, loss_fn: LossFn,
-                 run_config: dict, sample_fn: SampleFn | None = None, progress: bool = True):
+                 run_config: dict, sample_fn: SampleFn | None = None, progress: bool = True,
+                 eval_fn: EvalFn | None = None):
         self.run_dir, self.model, self.dataset, self.config = Path(run_dir), model, dataset, config
         self.loss_fn, self.sample_fn, self.run_config, self.progress = loss_fn, sample_fn, run_config, progress
+        self.eval_fn = eval_fn
         if len(dataset) == 0:
             raise UserError("the training dataset is empty")
+        if config.eval_every and eval_fn is None:
+            raise UserError("train.eval_every is set but this task has no validation")
 
     def _batch(self, micro_index: int, micro_batch: int, rank: int, world: int) -> dict:
         """The ``rank``'s share of global micro-batch ``micro_index`` of the endless shuffled stream."""
@@ -135,11 +159,12 @@ class Trainer:
         lr_scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.steps)
         ema = EMAModel(model.parameters(), decay=cfg.ema_decay)
 
-        step = 0
+        step, validation = 0, _Validation()
         if resume:
             checkpoints = list_checkpoints(self.run_dir)
             if checkpoints:
-                step = self._restore(checkpoints[-1], model, optimizer, lr_scheduler, ema, generator, rank)
+                step, validation = self._restore(checkpoints[-1], model, optimizer, lr_scheduler, ema, generator,
+                                                 rank)
                 if accelerator.is_main_process:
                     console.print(f"resuming from {checkpoints[-1]} (step {step})")
             elif accelerator.is_main_process:
@@ -185,19 +210,33 @@ class Trainer:
                         self._log(logs, writer, step, step_loss, lr_scheduler.get_last_lr()[0], elapsed)
                     if self.sample_fn is not None and step % cfg.sample_every == 0:
                         self._sample(ema, model, step)
+                stop_early = False
+                if cfg.eval_every and step % cfg.eval_every == 0:
+                    stop_early = self._validate(accelerator, step, model, optimizer, lr_scheduler, ema, generator,
+                                                validation, logs, writer)
                 out_of_time = cfg.max_minutes is not None and elapsed > cfg.max_minutes * 60
                 if world > 1:
                     out_of_time = broadcast_object_list([out_of_time])[0]
-                if step % cfg.checkpoint_every == 0 or out_of_time or step == cfg.steps:
-                    result.checkpoint = self._save(accelerator, step, model, optimizer, lr_scheduler, ema, generator)
+                if step % cfg.checkpoint_every == 0 or out_of_time or stop_early or step == cfg.steps:
+                    result.checkpoint = self._save(accelerator, step, model, optimizer, lr_scheduler, ema, generator,
+                                                   validation)
                     last_saved = step
+                if stop_early:
+                    result.stopped_early = True
+                    if accelerator.is_main_process:
+                        console.print(f"early stop at step {step}: no better validation for {cfg.patience} "
+                                      f"evaluations (best {validation.best:.4g} at step {validation.best_step})")
+                    break
                 if out_of_time:
                     result.stopped_by_budget = True
                     if accelerator.is_main_process:
                         console.print(f"time budget of {cfg.max_minutes} min reached at step {step}; saved")
                     break
         if last_saved != step:
-            result.checkpoint = self._save(accelerator, step, model, optimizer, lr_scheduler, ema, generator)
+            result.checkpoint = self._save(accelerator, step, model, optimizer, lr_scheduler, ema, generator,
+                                           validation)
+        if cfg.eval_every and validation.best_step:
+            result.best_step, result.best_score = validation.best_step, validation.best
         if accelerator.is_main_process and self.sample_fn is not None and step % cfg.sample_every:
             self._sample(ema, model, step)
         if writer is not None:
@@ -221,21 +260,44 @@ class Trainer:
         kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
         path.write_text("".join(line + "\n" for line in kept))
 
-    def _sample(self, ema: EMAModel, model: nn.Module, step: int) -> None:
-        """Write a sample grid with the EMA weights, leaving the training weights and RNGs untouched."""
+    @staticmethod
+    def _with_ema(ema: EMAModel, model: nn.Module, fn: Callable[[], object]) -> object:
+        """Run ``fn`` with the EMA weights in ``model`` (eval mode), then put the training weights back."""
         ema.store(model.parameters())
         ema.copy_to(model.parameters())
         model.eval()
         try:
-            self.sample_fn(model, self.run_dir / "samples" / f"{checkpoint_name(step)}.png")
+            with torch.no_grad():
+                return fn()
         finally:
             ema.restore(model.parameters())
             model.train()
 
+    def _sample(self, ema: EMAModel, model: nn.Module, step: int) -> None:
+        """Write a sample grid with the EMA weights, leaving the training weights and RNGs untouched."""
+        self._with_ema(ema, model, lambda: self.sample_fn(model, self.run_dir / "samples" /
+                                                          f"{checkpoint_name(step)}.png"))
+
+    def _validate(self, accelerator: Accelerator, step: int, model: nn.Module, optimizer, lr_scheduler,
+                  ema: EMAModel, generator: torch.Generator, validation: _Validation, logs: Path,
+                  writer: SummaryWriter | None) -> bool:
+        """Score the EMA model; keep the best in checkpoints/best; True when patience has run out."""
+        score = float(self._with_ema(ema, model, lambda: self.eval_fn(model)))
+        if accelerator.is_main_process:
+            with open(logs / "train.jsonl", "a") as f:
+                f.write(json.dumps({"step": step, "val": score}) + "\n")
+            writer.add_scalar("val/score", score, step)
+        if score < validation.best:
+            validation.best, validation.best_step, validation.bad = score, step, 0
+            self._save(accelerator, step, model, optimizer, lr_scheduler, ema, generator, validation, name="best")
+        else:
+            validation.bad += 1
+        return bool(self.config.patience) and validation.bad >= self.config.patience
+
     def _save(self, accelerator: Accelerator, step: int, model: nn.Module, optimizer, lr_scheduler, ema: EMAModel,
-              generator: torch.Generator) -> Path:
+              generator: torch.Generator, validation: _Validation, name: str | None = None) -> Path:
         rng_states = gather_object([(torch.get_rng_state(), generator.get_state())])
-        path = self.run_dir / "checkpoints" / checkpoint_name(step)
+        path = self.run_dir / "checkpoints" / (name or checkpoint_name(step))
         if accelerator.is_main_process:
             names = [name for name, _ in model.named_parameters()]
             rng = {}
@@ -252,6 +314,7 @@ class Trainer:
                 "optimizer": optimizer_json,
                 "lr_scheduler": lr_scheduler.state_dict(),
                 "ema": ema_scalars,
+                "validation": dataclasses.asdict(validation),
             }
             save_checkpoint(path, {
                 "model": model.state_dict(),
@@ -265,7 +328,7 @@ class Trainer:
         return path
 
     def _restore(self, path: Path, model: nn.Module, optimizer, lr_scheduler, ema: EMAModel,
-                 generator: torch.Generator, rank: int) -> int:
+                 generator: torch.Generator, rank: int) -> tuple[int, _Validation]:
         groups, state = load_checkpoint(path)
         saved_model = state.get("config", {}).get("model")
         if saved_model is not None and saved_model != self.run_config.get("model"):
@@ -280,7 +343,7 @@ class Trainer:
         if f"global.{rank}" in rng:
             torch.set_rng_state(rng[f"global.{rank}"])
             generator.set_state(rng[f"generator.{rank}"])
-        return int(state["step"])
+        return int(state["step"]), _Validation(**state.get("validation", {}))
 
 
 @lru_cache(maxsize=4)

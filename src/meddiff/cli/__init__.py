@@ -1,4 +1,8 @@
-"""The ``meddiff`` command line: parses, validates, calls a task. No logic lives here."""
+"""The ``meddiff`` command line: parses, validates, calls a task. No logic lives here.
+
+The top-level commands live in this module; each task with several commands has its own sub-command
+group in a module of this package (``meddiff <group> --help``), registered in ``_GROUPS``.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +17,6 @@ from meddiff.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="markdown",
                   help="Diffusion models for medical imaging with few labels.")
-data_app = typer.Typer(no_args_is_help=True, help="Read and check datasets.")
-app.add_typer(data_app, name="data")
 console = Console(stderr=True)
 _state = {"debug": False}
 
@@ -97,21 +99,14 @@ def report(run: Path = typer.Argument(..., help="Run folder.")) -> None:
     console.print(f"report: {write_report(run)}")
 
 
-@data_app.command("inspect")
-def data_inspect(
-    path: Path = typer.Argument(..., help="A dataset folder, NIfTI file or DICOM series folder."),
-    class_map: Optional[Path] = typer.Option(None, "--class-map", help="Class-map YAML for RGB masks."),
-) -> None:
-    """Print counts, sizes, modes, class histogram, every problem found and privacy warnings.
+def _add_groups() -> None:
+    """Sub-command groups, one module each (imports inside their commands keep startup fast)."""
+    from meddiff.cli import data
 
-    Example: `meddiff data inspect ../shared/data/acdc`
-    """
-    from meddiff.data.inspect import format_report, inspect_path
+    app.add_typer(data.app, name="data")
 
-    result = inspect_path(path, class_map=class_map)
-    typer.echo(format_report(result))
-    if result.problems:
-        raise typer.Exit(code=2)
+
+_add_groups()
 
 
 def main() -> None:
@@ -127,6 +122,3 @@ def main() -> None:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
 
-
-if __name__ == "__main__":
-    main()
