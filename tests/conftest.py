@@ -55,3 +55,33 @@ def trained_generator(tmp_path_factory):
     run = tmp_path_factory.mktemp("runs") / "tiny"
     result = generate.fit(tiny_generate_config(), run, progress=False)
     return run, result
+
+
+def tiny_textgen_config(steps: int = 80, **changes):
+    """A text-conditioned joint brain image+label model (MiniLM captions) small enough to train in seconds."""
+    from meddiff.config import from_dict
+    from meddiff.tasks.textgen import TextGenConfig
+
+    data = {
+        "data": {"kind": "brain_mri", "size": 32, "levels": 4},
+        "model": {"base_channels": 16, "channel_mults": [1, 2, 2], "blocks_per_level": 1,
+                  "attention_levels": [1, 2], "norm_groups": 8},
+        "train": {"steps": steps, "batch_size": 8, "lr": 2e-3, "warmup_steps": 10, "ema_decay": 0.9, "log_every": 10,
+                  "sample_every": 10_000, "checkpoint_every": 10_000},
+        "sampler": {"name": "ddim", "steps": 10, "guidance_scale": 2.0},
+        "alignment": {"steps": 30, "image_size": 32},
+        "grid_samples": 4,
+    }
+    for section, values in changes.items():
+        data[section] = {**data[section], **values} if isinstance(values, dict) else values
+    return from_dict(TextGenConfig, data)
+
+
+@pytest.fixture(scope="session")
+def trained_textgen(tmp_path_factory):
+    """A briefly trained text-conditioned run folder (shared by the text-editing tests)."""
+    from meddiff.tasks import textgen
+
+    run = tmp_path_factory.mktemp("runs") / "textgen"
+    textgen.fit(tiny_textgen_config(), run, progress=False)
+    return run

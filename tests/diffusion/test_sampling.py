@@ -83,3 +83,32 @@ def test_ddim_inversion_then_sampling_reconstructs_the_input(trained_generator):
                          x_T=noise)
         errors[steps] = (rebuilt - x0).abs().mean().item()
     assert errors[50] < 0.03 and errors[50] < errors[10]
+
+
+class _Overshooting(torch.nn.Module):
+    """Predicts v = 2 x: its x0 estimate leaves [-1, 1] at most noise levels, so clipping is active."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor(2.0))
+
+    def forward(self, x, t):
+        return self.scale * x
+
+
+def test_clipped_ddim_is_consistent_first_order_dpm_solver():
+    """DDIM with a clipped x0 must derive its noise estimate from the clipped x0 (else guided samples drift):
+    then eta-0 DDIM is exactly first-order DPM-Solver++ with the same clipping."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    noise = NoiseConfig(beta_schedule="linear", prediction_type="v_prediction")
+    diffusion, model = Diffusion(noise), _Overshooting()
+    x_T = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    ddim = sample(model, diffusion, SamplerConfig(name="ddim", steps=10), x_T.shape, x_T=x_T.clone())
+    solver = DPMSolverMultistepScheduler(beta_schedule="linear", prediction_type="v_prediction", solver_order=1,
+                                         timestep_spacing="trailing", thresholding=True, sample_max_value=1.0)
+    solver.set_timesteps(10)
+    x = x_T.clone()
+    for t in solver.timesteps:
+        x = solver.step(model(x, t).detach(), t, x).prev_sample
+    torch.testing.assert_close(ddim, x.clamp(-1, 1), atol=1e-4, rtol=1e-4)

@@ -34,6 +34,31 @@ def test_codec_round_trips_image_and_mask():
     assert torch.equal(images, batch["image"]) and torch.equal(masks, batch["mask"])
 
 
+def test_analog_bits_code_many_classes_in_few_channels_and_decode_only_valid_ids():
+    codec = generate.PairCodec(image_channels=3, num_classes=5, mask_encoding="bits")
+    assert codec.channels == 3 + 3  # ceil(log2 5) bits
+    mask = torch.randint(0, 5, (2, 8, 8))
+    mask[0, 0, 0] = 255
+    x = codec.encode({"image": torch.zeros(2, 3, 8, 8), "mask": mask})
+    assert set(x[:, 3:].unique().tolist()) == {-1.0, 0.0, 1.0}  # 0 only at the ignored pixel
+    _, decoded = codec.decode(x + 0.3 * torch.randn_like(x))
+    assert torch.equal(decoded[mask != 255], mask[mask != 255])
+    _, from_noise = codec.decode(torch.randn(4, 6, 16, 16) * 3)  # codes 5..7 exist as bit patterns, never as ids
+    assert set(from_noise.unique().tolist()) == {0, 1, 2, 3, 4}
+
+
+def test_a_bits_generator_trains_and_samples_valid_masks(tmp_path):
+    config = dataclasses.replace(tiny_generate_config(steps=2), mask_encoding="bits")
+    run = tmp_path / "run"
+    generate.fit(config, run, progress=False)
+    model, _, codec, _, _ = generate.load(run)
+    assert codec.mask_encoding == "bits" and model.config.in_channels == 1 + 2
+    out = generate.run(run, 2, tmp_path / "pairs", SamplerConfig(name="ddim", steps=2), progress=False)
+    loaded = build_dataset(from_dict(DataConfig, {"kind": "image_mask_folder", "root": str(out), "size": 32,
+                                                  "class_names": ["bg", "other", "grey", "white"]}))
+    assert set(loaded.masks.unique().tolist()) <= {0, 1, 2, 3}
+
+
 def test_joint_mask_needs_labelled_data(tmp_path):
     (tmp_path / "img").mkdir()
     config = generate.GenerateConfig(data=from_dict(DataConfig, {"kind": "brain_mri", "size": 32}))

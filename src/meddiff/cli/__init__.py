@@ -104,6 +104,11 @@ def _add_groups() -> None:
     from meddiff.cli import data
 
     app.add_typer(data.app, name="data")
+    from meddiff.cli import synth; app.add_typer(synth.app, name="synth")  # noqa: E702
+    from meddiff.cli import generate; app.add_typer(generate.app, name="generate")  # noqa: E702
+    from meddiff.cli import segment; app.add_typer(segment.app, name="segment")  # noqa: E702
+    from meddiff.cli import edit; app.add_typer(edit.app, name="edit")  # noqa: E702
+    from meddiff.cli import fuse; app.add_typer(fuse.app, name="fuse")  # noqa: E702
 
 
 _add_groups()

@@ -19,7 +19,7 @@ from diffusers import (
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 SAMPLERS = ("ddpm", "ddim", "dpm++", "dpm++sde", "unipc")
-_BETA_SCHEDULES = {"linear": "linear", "cosine": "squaredcos_cap_v2"}
+_BETA_SCHEDULES = {"linear": "linear", "cosine": "squaredcos_cap_v2", "scaled_linear": "scaled_linear"}
 
 
 @dataclass
@@ -27,7 +27,11 @@ class NoiseConfig:
     """The forward (noising) process the model is trained on."""
 
     num_train_timesteps: int = 1000
-    beta_schedule: Literal["linear", "cosine"] = "cosine"
+    beta_schedule: Literal["linear", "cosine", "scaled_linear"] = "cosine"
+    # first and last beta of the linear / scaled_linear schedules (diffusers' defaults; Stable Diffusion
+    # checkpoints use scaled_linear 0.00085 -> 0.012); the cosine schedule ignores them
+    beta_start: float = 0.0001
+    beta_end: float = 0.02
     prediction_type: Literal["epsilon", "v_prediction"] = "v_prediction"
     # "timestep": the UNet sees the integer t; "noise_level": it sees 1000*sqrt(alpha_bar), sampled
     # continuously between neighbouring steps in training (SR3).
@@ -52,6 +56,7 @@ class SamplerConfig:
 def _common(noise: NoiseConfig) -> dict:
     return dict(num_train_timesteps=noise.num_train_timesteps,
                 beta_schedule=_BETA_SCHEDULES[noise.beta_schedule],
+                beta_start=noise.beta_start, beta_end=noise.beta_end,
                 prediction_type=noise.prediction_type)
 
 

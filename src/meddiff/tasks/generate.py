@@ -1,7 +1,9 @@
 """Generate images, or image + label-map pairs, from noise (the joint generator).
 
-The joint model diffuses ``[image channels, one-hot label map scaled to [-1, 1]]`` together; a sample is
-decoded by argmax over the label channels, so every generated pair has a valid class id at every pixel.
+The joint model diffuses ``[image channels, label-map code]`` together. The code of class k is a vector
+in {-1, 1}: one-hot scaled to [-1, 1] (K channels), or for many classes its analog bits (Chen et al. 2023,
+ceil(log2 K) channels). A sample is decoded to the class whose code is nearest (largest dot product; for
+one-hot that is the argmax channel), so every generated pair has a valid class id at every pixel.
 Without labels (or ``joint_mask: false``) the same model is a plain unconditional image generator, which
 is also what few-label segmentation extracts features from. With ``conditional: true`` it is conditioned
 on the data's image-level attribute (e.g. the axial level of a slice) through the UNet's class embedding,
@@ -10,14 +12,17 @@ trained with attribute dropout so that sampling can use classifier-free guidance
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 
 from meddiff.data.build import DataConfig, build_dataset
-from meddiff.data.labels import one_hot
+from meddiff.data.labels import IGNORE_INDEX
 from meddiff.data.writers import write_pair_folder
 from meddiff.diffusion.conditioning import Conditioning
 from meddiff.diffusion.objective import Diffusion
@@ -42,6 +47,7 @@ class GenerateConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)  # for grids during training
     joint_mask: bool = True  # generate the label map with the image (needs labelled data)
+    mask_encoding: Literal["onehot", "bits"] = "onehot"  # bits: ceil(log2 K) channels, for many classes
     conditional: bool = False  # condition on the data's image-level attribute
     cond_drop_prob: float = 0.1  # share of training samples whose attribute is dropped (for guidance)
     grid_samples: int = 16
@@ -49,25 +55,43 @@ class GenerateConfig:
 
 @dataclass(frozen=True)
 class PairCodec:
-    """Packs an image and its label map into the channels the model diffuses, and unpacks samples."""
+    """Packs an image and its label map into the channels the model diffuses, and unpacks samples.
+
+    Ignored mask pixels (255) are coded as all -1 (one-hot: "no class") or all 0 (bits: between codes).
+    """
 
     image_channels: int
     num_classes: int  # 0: images only
+    mask_encoding: Literal["onehot", "bits"] = "onehot"
+
+    @cached_property
+    def codes(self) -> torch.Tensor:
+        """``[K, D]`` code of each class, entries in {-1, 1}."""
+        k = self.num_classes
+        if self.mask_encoding == "onehot":
+            return torch.eye(k) * 2 - 1
+        bits = max(1, math.ceil(math.log2(k))) if k else 0
+        return ((torch.arange(k)[:, None] >> torch.arange(bits)) & 1).float() * 2 - 1
 
     @property
     def channels(self) -> int:
-        return self.image_channels + self.num_classes
+        return self.image_channels + self.codes.shape[1]
 
     def encode(self, batch: dict) -> torch.Tensor:
         if not self.num_classes:
             return batch["image"]
-        return torch.cat([batch["image"], one_hot(batch["mask"], self.num_classes) * 2 - 1], dim=1)
+        mask = batch["mask"]
+        valid = mask != IGNORE_INDEX
+        code = self.codes.to(batch["image"].device)[torch.where(valid, mask, 0)].permute(0, 3, 1, 2)
+        ignored = -1.0 if self.mask_encoding == "onehot" else 0.0
+        return torch.cat([batch["image"], torch.where(valid[:, None], code, ignored)], dim=1)
 
     def decode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         images = x[:, : self.image_channels].clamp(-1, 1)
         if not self.num_classes:
             return images, None
-        return images, x[:, self.image_channels:].argmax(dim=1)
+        scores = torch.einsum("bdhw,kd->bkhw", x[:, self.image_channels:].float(), self.codes.to(x.device))
+        return images, scores.argmax(dim=1)
 
 
 def attribute_conditioning(attributes: torch.Tensor | None, num_attributes: int) -> Conditioning | None:
@@ -86,7 +110,7 @@ def _codec(config: GenerateConfig, image_channels: int, num_classes: int) -> Pai
     if config.joint_mask and not num_classes:
         raise UserError("joint_mask is true but the data has no masks; set joint_mask: false to generate "
                         "images only")
-    return PairCodec(image_channels, num_classes if config.joint_mask else 0)
+    return PairCodec(image_channels, num_classes if config.joint_mask else 0, config.mask_encoding)
 
 
 def fit(config: GenerateConfig, run_dir: Path, resume: bool = False, progress: bool = True) -> TrainResult:
@@ -105,6 +129,7 @@ def fit(config: GenerateConfig, run_dir: Path, resume: bool = False, progress: b
     diffusion = Diffusion(config.noise)
     stored = run_config(TASK, config)
     stored["codec"] = {"image_channels": codec.image_channels, "num_classes": codec.num_classes,
+                       "mask_encoding": codec.mask_encoding,
                        "class_names": dataset.class_names,
                        "attribute_names": dataset.attribute_names if num_attributes else None}
 
@@ -158,7 +183,8 @@ def load(run_or_checkpoint: Path) -> tuple[UNet, Diffusion, PairCodec, dict, Pat
     if stored.get("task") != TASK:
         raise UserError(f"{path}: checkpoint of task '{stored.get('task')}', not '{TASK}'")
     codec_info = stored["codec"]
-    codec = PairCodec(codec_info["image_channels"], codec_info["num_classes"])
+    codec = PairCodec(codec_info["image_channels"], codec_info["num_classes"],
+                      codec_info.get("mask_encoding", "onehot"))
     return model, Diffusion(from_dict(NoiseConfig, stored["noise"], "noise.")), codec, stored, path
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
+from torch import nn
 
 from meddiff.config import save_config, to_dict
 from meddiff.errors import UserError
@@ -28,8 +29,13 @@ def run_config(task: str, config: Any) -> dict:
     return {"task": task, **to_dict(config)}
 
 
-def load_trained(run_or_checkpoint: Path, ema: bool = True) -> tuple[UNet, dict, Path]:
-    """The UNet of a run (EMA weights by default), its stored config and the checkpoint path."""
+def load_trained(run_or_checkpoint: Path, ema: bool = True,
+                 build: Callable[[dict], nn.Module] | None = None) -> tuple[nn.Module, dict, Path]:
+    """The network of a run (a UNet unless ``build`` says otherwise; EMA weights by default), its stored config
+    and the checkpoint path.
+
+    ``build`` makes the network from the stored ``model`` config dict, for tasks whose network is not a UNet.
+    """
     from meddiff.config import from_dict
 
     path = resolve_checkpoint(Path(run_or_checkpoint))
@@ -37,7 +43,7 @@ def load_trained(run_or_checkpoint: Path, ema: bool = True) -> tuple[UNet, dict,
     config = state.get("config", {})
     if "model" not in config:
         raise UserError(f"{path}: checkpoint has no model config")
-    model = UNet(from_dict(UNetConfig, config["model"], "model."))
+    model = build(config["model"]) if build else UNet(from_dict(UNetConfig, config["model"], "model."))
     weights = groups["ema"] if ema and "ema" in groups else groups["model"]
     missing = set(model.state_dict()) - set(weights)
     if missing:

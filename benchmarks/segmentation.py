@@ -1,0 +1,615 @@
+"""Few-label segmentation: an MLP ensemble on diffusion-decoder features (Baranchuk et al.) vs a U-Net
+trained from scratch on the same labelled images, on four real datasets, 5/10/20 labels, 3 seeds.
+
+    .venv/bin/python -m benchmarks.segmentation [--quick] [--datasets brain acdc isbi cataract]
+                                                [--labels 5 10 20] [--seeds 0 1 2] [--work DIR]
+
+Per dataset: (1) an image-only diffusion model (meddiff `generate`, joint_mask: false) trains on unlabelled
+images that exclude every test image; (2) `run_sweep` scores each decoder block at each timestep on
+validation images (never test images) and its recommendation is the feature set of every fit; (3) for
+each label count and seed both methods train on the same labelled images (same flips, early stopping on
+the same held-out pixels) and are scored on the held-out test images: per-class IoU and Dice (pooled over
+the test set, background included in mIoU; "fg mIoU" leaves it out), mean and sample std over seeds,
+wall time and peak resident memory (VmHWM, reset before each phase) of fit and predict.
+Two more experiments on ACDC: memory at 20 labelled 256-px images with 8,640-dim features, and the
+bounded path (class-balanced sample, fp16 on disk) vs training on every pixel in float32 RAM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import re
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from PIL import Image
+
+from benchmarks.common import RESULTS, markdown_table, write_result
+from meddiff.config import from_dict, to_dict
+from meddiff.data.arrays import ArrayDataset
+from meddiff.data.build import DataConfig, build_dataset
+from meddiff.data.samples import brain_mri
+from meddiff.diffusion.schedulers import NoiseConfig, SamplerConfig
+from meddiff.metrics.segmentation import SegmentationMeter
+from meddiff.nets.segnet import SegNetConfig
+from meddiff.nets.unet import UNetConfig
+from meddiff.segment.ensemble import EnsembleConfig
+from meddiff.segment.features import FeatureConfig
+from meddiff.segment.pipeline import PixelClassifier, fit_classifier
+from meddiff.segment.pixels import PixelConfig
+from meddiff.tasks import generate, segmenter
+from meddiff.tasks.segment import SegmentConfig, SweepConfig, load_diffusion, make_extractor, run_sweep
+from meddiff.tasks.segmenter import SegmenterConfig, select_images
+from meddiff.train.engine import TrainConfig
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+CLASSMAPS = Path(__file__).resolve().parents[1] / "configs" / "data" / "classmaps"
+ACDC_SLICE = re.compile(r"(patient\d+)_frame\d+_slice_\d+")
+
+
+# -- measuring -------------------------------------------------------------------------------------------
+def _reset_peak() -> None:
+    """Restart the kernel's peak-RSS counter (VmHWM) of this process, so a phase's own peak is measured."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def _status_mb(field_name: str) -> float | None:
+    try:
+        return int(re.search(rf"{field_name}:\s+(\d+)", Path("/proc/self/status").read_text()).group(1)) / 1024
+    except (OSError, AttributeError):
+        return None
+
+
+def _peak_mb() -> float:
+    peak = _status_mb("VmHWM")
+    # Not Linux: the lifetime peak is all there is.
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@dataclass
+class Phase:
+    """Wall time, peak RSS and the RSS it started from, of a ``with`` block."""
+
+    seconds: float = 0.0
+    peak_mb: float = 0.0
+    start_mb: float = 0.0
+
+    def __enter__(self) -> "Phase":
+        _reset_peak()
+        self.start_mb = _status_mb("VmRSS") or 0.0
+        self._start = time.monotonic()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.seconds, self.peak_mb = time.monotonic() - self._start, _peak_mb()
+
+    @property
+    def added_mb(self) -> float:
+        return self.peak_mb - self.start_mb
+
+
+# -- datasets ----------------------------------------------------------------------------------------------
+@dataclass
+class Setting:
+    """One dataset: labelled training pool, test and sweep-validation images (all at the working size), the
+    unlabelled images for the diffusion model and how it trains on them."""
+
+    name: str
+    description: str
+    pool: ArrayDataset
+    groups: list[str]  # patient / video / region of each pool image
+    per_group: int | None  # labels come from few groups: at most this many images per group
+    test: ArrayDataset
+    sweep_val: ArrayDataset
+    unlabelled: torch.Tensor  # [N, C, H, W] in [-1, 1]
+    diffusion_data: dict  # DataConfig of the folder the unlabelled images are written to
+    max_labels: int
+
+
+def _load(**data) -> ArrayDataset:
+    return build_dataset(from_dict(DataConfig, data))
+
+
+def _subset(dataset: ArrayDataset, indices) -> ArrayDataset:
+    return select_images(dataset, [dataset.names[i] for i in indices])
+
+
+def brain(quick: bool) -> Setting:
+    """MNI152 axial slices at 64 px in 8 bands of consecutive slices; bands 1, 4 and 6 are test, and the
+    two slices next to a test band on either side are dropped, so no test slice has a training neighbour."""
+    data = brain_mri(64, hflip=True)
+    n = len(data)
+    band = torch.arange(n) * 8 // n
+    test = torch.isin(band, torch.tensor([1, 4, 6]))
+    near = torch.zeros(n, dtype=torch.bool)
+    for shift in (-2, -1, 1, 2):
+        near |= torch.roll(test, shift)
+    train = ~test & ~near
+    pool_all = torch.nonzero(train)[:, 0].tolist()
+    rng = np.random.default_rng(123)
+    sweep_val = sorted(rng.choice(pool_all, size=12, replace=False).tolist())
+    pool = [i for i in pool_all if i not in sweep_val]
+    test_index = torch.nonzero(test)[:, 0].tolist()
+    if quick:
+        test_index = test_index[::6]
+    return Setting("brain", f"MNI152 T1 axial slices (nilearn), 64 px, 4 tissue classes; {len(pool)} pool / "
+                   f"{len(sweep_val)} sweep-validation / {len(test_index)} test slices, test = 3 bands of "
+                   "consecutive slices with a 2-slice gap to any training slice",
+                   _subset(data, pool), [str(int(band[i])) for i in pool], None, _subset(data, test_index),
+                   _subset(data, sweep_val), data.images[pool + sweep_val], {"size": 64, "hflip": True}, 20)
+
+
+def acdc(quick: bool, size: int = 128) -> Setting:
+    """ACDC by split.csv: pool = training patients, sweep validation = validation patients, test = test
+    patients (every 3rd slice); the diffusion model sees every training-patient slice, unlabelled."""
+    common = dict(kind="image_mask_folder", root=str(DATA / "acdc"), class_map=str(CLASSMAPS / "acdc.yaml"),
+                  split_file=str(DATA / "acdc" / "split.csv"), size=size, fit="pad")
+    train = _load(**common, split="train")
+    val = _load(**common, split="val")
+    test = _load(**common, split="test")
+    test_index = list(range(0, len(test), 3))
+    val_index = list(range(0, len(val), 5))
+    unlabelled = train.images
+    if quick:
+        test_index, val_index, unlabelled = test_index[:4], val_index[:4], train.images[:64]
+    return Setting("acdc", f"ACDC cine-MRI, padded to a square and resized to {size} px, 4 classes; pool = "
+                   f"{len(train)} slices of 70 training patients, sweep validation = {len(val_index)} slices of "
+                   f"10 validation patients, test = {len(test_index)} slices (every 3rd) of the 20 test patients",
+                   train, [ACDC_SLICE.match(n).group(1) for n in train.names], 5, _subset(test, test_index),
+                   _subset(val, val_index), unlabelled,
+                   {"size": size // 2, "fit": "random_crop", "short_side": size}, 20)
+
+
+def isbi(quick: bool) -> Setting:
+    """ISBI-2012 EM at 256 px (resized from 512): pool = images 0-19, test = 20-29 (never labelled, never
+    seen by the diffusion model), which also trains on the 30 unlabelled challenge test images."""
+    data = _load(kind="image_mask_folder", root=str(DATA / "isbi2012_em_membrane"), remap={0: [255], 1: [0]},
+                 class_names=["cell interior", "membrane"], size=256, fit="resize", hflip=True, vflip=True)
+    order = sorted(range(len(data)), key=lambda i: int(data.names[i]))
+    extra = _load(kind="image_folder", root=str(DATA / "isbi2012_em_membrane" / "test_images"), size=256)
+    pool = _subset(data, order[:20])
+    test = _subset(data, order[20:24] if quick else order[20:])
+    return Setting("isbi", "ISBI-2012 EM membranes, 256 px (resized from 512), 2 classes; pool = images 0-19, "
+                   "sweep validation = the pool images the sweep does not train on, test = images 20-29",
+                   pool, [str(i) for i in range(20)], None, test, pool, torch.cat([pool.images, extra.images]),
+                   {"size": 128, "fit": "random_crop", "short_side": 256, "hflip": True, "vflip": True}, 20)
+
+
+def cataract(quick: bool) -> Setting:
+    """Binary instrument masks from three datasets at 128 px. Test = Cataract-1K video 53153 and CatInstSeg
+    video 11-07-49: no frame of a test video is labelled or seen by the diffusion model, which trains on the
+    100 unlabelled frames and the 17 pool frames."""
+    common = dict(kind="image_mask_folder", class_names=["background", "instrument"], size=128, fit="resize",
+                  hflip=True, channels=3)
+    parts = [_load(**common, root=str(DATA / "cataract1k_samples"), masks_dir="masks_L"),
+             _load(**common, root=str(DATA / "catinstseg_samples")),
+             _load(**common, root=str(DATA / "cadis_samples_mt"), unpaired="skip")]
+    images = torch.cat([p.images for p in parts])
+    masks = torch.cat([p.masks.long() for p in parts])
+    names = [n for p in parts for n in p.names]
+    video = [_video(n) for n in names]
+    data = ArrayDataset(images, masks, names, parts[0].class_names, hflip=True)
+    test_videos = {"case_53153", "2019-10-16_11-07-49"}
+    pool = [i for i, v in enumerate(video) if v not in test_videos]
+    test = [i for i, v in enumerate(video) if v in test_videos]
+    unlabelled = _load(kind="image_folder", root=str(DATA / "cataract_frames_unlabeled_csam2" / "images"),
+                       size=128, fit="resize")
+    return Setting("cataract", "instrument vs background, 128 px; pool = 17 frames (Cataract-1K videos 5013, "
+                   "5014, 5316; CatInstSeg video 10-13-16; CaDIS video 3), test = 7 frames of two other videos "
+                   "(Cataract-1K 53153, CatInstSeg 11-07-49); the sweep validates on pool frames it does not "
+                   "train on",
+                   _subset(data, pool), [video[i] for i in pool], None, _subset(data, test[:3] if quick else test),
+                   _subset(data, pool), torch.cat([unlabelled.images[:20] if quick else unlabelled.images,
+                                                   images[pool]]),
+                   {"size": 128, "hflip": True}, 17)
+
+
+def _video(name: str) -> str:
+    """The video a cataract frame comes from, from its file name."""
+    for pattern, form in ((r"case_?(\d+)", "case_{}"), (r"(\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d)", "{}"),
+                          (r"(Video\d+)", "{}")):
+        found = re.search(pattern, name)
+        if found:
+            return form.format(found.group(1))
+    raise ValueError(f"no video id in {name}")
+
+
+SETTINGS = {"brain": brain, "acdc": acdc, "isbi": isbi, "cataract": cataract}
+
+
+# -- the pieces of one dataset ------------------------------------------------------------------------------
+@dataclass
+class Budget:
+    """Sizes and budgets of a run (full or --quick)."""
+
+    diffusion_minutes: float
+    diffusion_steps: int
+    unet: UNetConfig
+    sweep: SweepConfig
+    pixels: PixelConfig
+    ensemble: EnsembleConfig
+    segnet: SegNetConfig
+    segmenter_train: TrainConfig
+    memory_timesteps: list[int] = field(default_factory=list)
+
+
+def budget(quick: bool, diffusion_minutes: float, unet_minutes: float) -> Budget:
+    # Every trainer in the process uses bf16: accelerate keeps one precision per process.
+    if quick:
+        return Budget(0.0, 8, UNetConfig(base_channels=8, channel_mults=[1, 2], blocks_per_level=1,
+                                         attention_levels=[], norm_groups=4),
+                      SweepConfig(timesteps=[50, 250], blocks=[1, 3], members=1, max_pixels=1000, top_blocks=2,
+                                  top_timesteps=1),
+                      PixelConfig(max_pixels=2000, val_pixels=400),
+                      EnsembleConfig(members=2, hidden=[16, 8], eval_every=20, patience=2, max_epochs=2),
+                      SegNetConfig(base_channels=8, depth=3),
+                      TrainConfig(steps=6, batch_size=4, warmup_steps=0, eval_every=3, patience=2,
+                                  checkpoint_every=1000, log_every=3, mixed_precision="bf16"),
+                      memory_timesteps=[50, 150])
+    return Budget(diffusion_minutes, 100_000,
+                  UNetConfig(base_channels=32, channel_mults=[1, 2, 2, 4], blocks_per_level=2, attention_levels=[3]),
+                  SweepConfig(), PixelConfig(), EnsembleConfig(),
+                  SegNetConfig(base_channels=32, depth=4),
+                  TrainConfig(steps=5000, batch_size=8, lr=1e-3, warmup_steps=50, ema_decay=0.99, eval_every=25,
+                              patience=10, checkpoint_every=100_000, keep_checkpoints=1, log_every=25,
+                              max_minutes=unet_minutes, mixed_precision="bf16"),
+                  memory_timesteps=[10, 20, 50, 100, 150, 200, 250, 300, 400, 500])
+
+
+def _write_pngs(images: torch.Tensor, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = ((images.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    for i, array in enumerate(arrays):
+        Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(folder / f"{i:05d}.png")
+    return folder
+
+
+def train_diffusion(setting: Setting, b: Budget, work: Path) -> tuple[Path, dict]:
+    """The image-only diffusion model of a dataset (reused if ``work`` already holds it)."""
+    run = work / setting.name / "diffusion"
+    info_file = run / "bench.json"
+    if info_file.is_file():
+        return run, json.loads(info_file.read_text())
+    folder = _write_pngs(setting.unlabelled, work / setting.name / "unlabelled")
+    config = generate.GenerateConfig(
+        data=from_dict(DataConfig, {"kind": "image_folder", "root": str(folder), **setting.diffusion_data}),
+        model=b.unet, noise=NoiseConfig(beta_schedule="cosine", prediction_type="v_prediction"),
+        train=TrainConfig(steps=b.diffusion_steps, batch_size=8, lr=5e-4, warmup_steps=100 if b.diffusion_minutes
+                          else 0, ema_decay=0.995, mixed_precision="bf16",
+                          max_minutes=b.diffusion_minutes or None, sample_every=100_000, checkpoint_every=100_000,
+                          keep_checkpoints=1, log_every=50),
+        sampler=SamplerConfig(name="dpm++", steps=20), joint_mask=False, grid_samples=4)
+    result = generate.fit(config, run, progress=False)
+    shutil.rmtree(folder)
+    info = {"steps": result.step, "minutes": result.seconds / 60,
+            "final_loss": float(np.mean(list(result.losses.values())[-50:])), "images": len(setting.unlabelled),
+            "train_size": setting.diffusion_data["size"]}
+    info_file.write_text(json.dumps(info))
+    return run, info
+
+
+def choose_labels(setting: Setting, n: int, seed: int) -> list[int]:
+    """``n`` pool images drawn by ``seed``; with ``per_group`` from as few groups (patients) as that allows."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(setting.pool)).tolist()
+    if setting.per_group is None:
+        return sorted(order[:n])
+    groups = list(dict.fromkeys(setting.groups[i] for i in order))
+    chosen: list[int] = []
+    for group in groups:
+        members = [i for i in order if setting.groups[i] == group]
+        chosen += members[: min(setting.per_group, n - len(chosen))]
+        if len(chosen) == n:
+            break
+    return sorted(chosen)
+
+
+def _scores(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> dict:
+    meter = SegmentationMeter(num_classes)
+    meter.update(pred, target.long())
+    scores = meter.compute()
+    return {"miou": scores.miou, "fg_miou": float(scores.iou[1:].nanmean()), "mean_dice": scores.mean_dice,
+            "iou": scores.iou.tolist(), "dice": scores.dice.tolist()}
+
+
+def run_sweep_for(setting: Setting, diffusion_run: Path, b: Budget, work: Path, n_labels: int) -> dict:
+    model, diffusion, _ = load_diffusion(diffusion_run)
+    labelled = _subset(setting.pool, choose_labels(setting, n_labels, 0))
+    val = setting.sweep_val
+    if val is setting.pool:  # validate on the pool images the sweep does not train on
+        val = _subset(setting.pool, [i for i in range(len(setting.pool)) if setting.pool.names[i] not in
+                                     set(labelled.names)])
+    config = SegmentConfig(diffusion=diffusion_run, features=FeatureConfig(), pixels=b.pixels, ensemble=b.ensemble,
+                           sweep=b.sweep)
+    out = work / setting.name / "sweep"
+    shutil.rmtree(out, ignore_errors=True)
+    with Phase() as phase:
+        run_sweep(model, diffusion, config, labelled, val, out)
+    figure = RESULTS / f"segmentation{'_quick' if b.diffusion_minutes == 0 else ''}_sweep_{setting.name}.png"
+    shutil.copy(out / "figures" / "sweep.png", figure)
+    result = json.loads((out / "sweep.json").read_text())
+    return {**result, "figure": figure.name, "labelled": len(labelled), "validation": len(val),
+            "seconds": phase.seconds, "peak_mb": phase.peak_mb}
+
+
+def fit_diffusion_features(setting: Setting, diffusion_run: Path, features: FeatureConfig, labelled: ArrayDataset,
+                           test: ArrayDataset, pixels: PixelConfig, ensemble: EnsembleConfig, seed: int,
+                           work: Path) -> dict:
+    model, diffusion, _ = load_diffusion(diffusion_run)
+    extractor = make_extractor(model, diffusion, features)
+    scratch = work / "scratch"
+    scratch.mkdir(parents=True, exist_ok=True)
+    with Phase() as fit_phase:
+        outcome = fit_classifier(extractor, labelled.images, labelled.masks, labelled.num_classes, pixels, ensemble,
+                                 seed, scratch=scratch, hflip=labelled.hflip, vflip=labelled.vflip)
+    classifier = PixelClassifier(extractor, outcome.ensemble)
+    with Phase() as predict_phase:
+        pred = classifier.predict(test.images).labels
+    return {**_scores(pred, test.masks, test.num_classes), "fit_s": fit_phase.seconds, "fit_peak_mb": fit_phase.peak_mb,
+            "fit_added_mb": fit_phase.added_mb, "predict_s": predict_phase.seconds,
+            "predict_peak_mb": predict_phase.peak_mb, "predict_added_mb": predict_phase.added_mb, "dims": extractor.dims,
+            "train_pixels": outcome.report.train_pixels, "steps": outcome.report.steps,
+            "store_mb": outcome.store_bytes / 2**20}
+
+
+def fit_unet(labelled: ArrayDataset, test: ArrayDataset, b: Budget, seed: int, work: Path) -> dict:
+    run = work / "unet"
+    shutil.rmtree(run, ignore_errors=True)
+    config = SegmenterConfig(model=b.segnet, train=dataclasses.replace(b.segmenter_train, seed=seed),
+                             val_fraction=b.pixels.val_fraction)
+    with Phase() as fit_phase:
+        result = segmenter.fit_dataset(config, run, labelled, progress=False)
+    model, _ = segmenter.load(run)
+    with Phase() as predict_phase:
+        pred = segmenter.predict(model, test.images)
+    shutil.rmtree(run, ignore_errors=True)
+    return {**_scores(pred, test.masks, test.num_classes), "fit_s": fit_phase.seconds,
+            "fit_peak_mb": fit_phase.peak_mb, "fit_added_mb": fit_phase.added_mb, "predict_s": predict_phase.seconds,
+            "predict_peak_mb": predict_phase.peak_mb, "predict_added_mb": predict_phase.added_mb, "steps": result.step,
+            "best_step": result.best_step}
+
+
+# -- ACDC-only experiments --------------------------------------------------------------------------------
+def _run_cli(log: Path, *args) -> tuple[float, float]:
+    """Run ``meddiff ARGS`` in a child process: its wall time and peak resident memory (MB, from wait4)."""
+    started = time.monotonic()
+    with open(log, "w") as err:
+        child = subprocess.Popen([sys.executable, "-m", "meddiff.cli", *map(str, args)], stdout=err, stderr=err)
+        _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode:
+        raise RuntimeError(f"meddiff {' '.join(map(str, args))} failed:\n{log.read_text()}")
+    return time.monotonic() - started, usage.ru_maxrss / 1024
+
+
+def _link_pairs(names: list[str], folder: Path, masks: bool) -> Path:
+    """A dataset folder of symbolic links to ACDC files (nothing is copied)."""
+    for sub in ("images", "masks") if masks else ("images",):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+        for name in names:
+            (folder / sub / f"{name}.png").symlink_to(DATA / "acdc" / sub / f"{name}.png")
+    return folder
+
+
+def memory_experiment(setting: Setting, diffusion_run: Path, b: Budget, work: Path, quick: bool) -> dict:
+    """What a user runs: `meddiff segment fit` on a folder of 20 labelled ACDC slices at 256 px with every
+    decoder block at 10 timesteps (8,640 dims), then `meddiff segment predict` on 10 test slices, each in
+    its own process (peak RSS from wait4); masks are scored at native resolution."""
+    size = 64 if quick else 256
+    labelled = [setting.pool.names[i] for i in choose_labels(setting, 20, 0)]
+    test = setting.test.names[:: max(1, len(setting.test) // 10)][:10]
+    root = work / "memory"
+    shutil.rmtree(root, ignore_errors=True)
+    model, _, _ = load_diffusion(diffusion_run)
+    config = {"task": "segment", "diffusion": str(diffusion_run),
+              "data": {"kind": "image_mask_folder", "root": str(_link_pairs(labelled, root / "labelled", True)),
+                       "class_map": str(CLASSMAPS / "acdc.yaml"), "size": size, "fit": "pad"},
+              "features": {"blocks": list(range(model.num_decoder_blocks)), "timesteps": b.memory_timesteps,
+                           "scale": 0.5},
+              "pixels": to_dict(b.pixels), "ensemble": to_dict(b.ensemble), "seed": 0}
+    (root / "segment.yaml").write_text(yaml.safe_dump(config))
+    fit_s, fit_mb = _run_cli(root / "fit.log", "segment", "fit", root / "segment.yaml", "--out", root / "run")
+    predict_s, predict_mb = _run_cli(root / "predict.log", "segment", "predict", root / "run", "--images",
+                                     _link_pairs(test, root / "test", False) / "images", "--out", root / "predicted")
+    meter = SegmentationMeter(setting.test.num_classes)
+    for name in test:
+        truth = torch.from_numpy(np.array(Image.open(DATA / "acdc" / "masks" / f"{name}.png"))).long()
+        meter.update(torch.from_numpy(np.array(Image.open(root / "predicted" / "masks" / f"{name}.png"))).long(),
+                     truth)
+    metrics = json.loads((root / "run" / "metrics.json").read_text())
+    scores = meter.compute()
+    result = {"size": size, "labelled": len(labelled), "test": len(test), "dims": metrics["feature_dims"],
+              "train_pixels": metrics["train_pixels"], "store_mb": metrics["feature_store_mb"], "fit_s": fit_s,
+              "fit_peak_mb": fit_mb, "predict_s": predict_s, "predict_peak_mb": predict_mb, "miou": scores.miou,
+              "fg_miou": float(scores.iou[1:].nanmean())}
+    result["all_pixels_float32_gb"] = len(labelled) * size * size * result["dims"] * 4 / 2**30
+    shutil.rmtree(root / "scratch", ignore_errors=True)
+    return result
+
+
+def fidelity_experiment(setting: Setting, diffusion_run: Path, features: FeatureConfig, b: Budget, seeds: list[int],
+                        work: Path, bounded_rows: list[dict]) -> list[dict]:
+    """Every labelled pixel in float32 RAM (Baranchuk et al.'s way) vs the bounded default, at the largest
+    label count of the run."""
+    n = max(r["labels"] for r in bounded_rows)
+    every_pixel = dataclasses.replace(b.pixels, max_pixels=None, storage="memory", fp16=False)
+    rows = []
+    for seed in seeds:
+        labelled = _subset(setting.pool, choose_labels(setting, n, seed))
+        result = fit_diffusion_features(setting, diffusion_run, features, labelled, setting.test, every_pixel,
+                                        b.ensemble, seed, work)
+        bounded = next(r for r in bounded_rows if r["seed"] == seed and r["labels"] == n)
+        rows.append({"dataset": setting.name, "seed": seed, "labels": n, "all-pixels mIoU": result["miou"],
+                     "bounded mIoU": bounded["miou"], "difference (points)": 100 * (bounded["miou"] - result["miou"]),
+                     "all-pixels train pixels": result["train_pixels"], "bounded train pixels": bounded["train_pixels"],
+                     "all-pixels fit peak MB": result["fit_peak_mb"], "bounded fit peak MB": bounded["fit_peak_mb"],
+                     "all-pixels fit s": result["fit_s"], "bounded fit s": bounded["fit_s"]})
+    return rows
+
+
+# -- report ----------------------------------------------------------------------------------------------------
+def _mean_std(values: list[float]) -> str:
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return "n/a"
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.3f} ± {spread:.3f}"
+
+
+def summarise(rows: list[dict], class_names: dict[str, list[str]]) -> tuple[str, list[dict]]:
+    table = []
+    keys = sorted({(r["dataset"], r["labels"], r["method"]) for r in rows},
+                  key=lambda k: (list(class_names).index(k[0]), k[1], k[2]))
+    for dataset, labels, method in keys:
+        group = [r for r in rows if (r["dataset"], r["labels"], r["method"]) == (dataset, labels, method)]
+        line = {"dataset": dataset, "labels": labels, "method": method, "seeds": len(group),
+                "mIoU": _mean_std([r["miou"] for r in group]), "fg mIoU": _mean_std([r["fg_miou"] for r in group]),
+                "mean Dice": _mean_std([r["mean_dice"] for r in group])}
+        for k, name in enumerate(class_names[dataset]):
+            line[f"IoU/Dice {name}"] = (f"{_mean_std([r['iou'][k] for r in group])} / "
+                                        f"{_mean_std([r['dice'][k] for r in group])}")
+        line.update({"fit s": statistics.mean(r["fit_s"] for r in group),
+                     "fit peak MB (+added)": f"{max(r['fit_peak_mb'] for r in group):.0f} "
+                                             f"(+{max(r['fit_added_mb'] for r in group):.0f})",
+                     "predict s": statistics.mean(r["predict_s"] for r in group),
+                     "predict peak MB (+added)": f"{max(r['predict_peak_mb'] for r in group):.0f} "
+                                                 f"(+{max(r['predict_added_mb'] for r in group):.0f})"})
+        table.append(line)
+    parts = []
+    for dataset in class_names:
+        lines = [t for t in table if t["dataset"] == dataset]
+        if lines:
+            columns = list(lines[0])[1:]
+            parts.append(f"### {dataset}\n\n" + markdown_table(lines, columns))
+    return "\n\n".join(parts), table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny settings, one label count and seed (smoke test)")
+    parser.add_argument("--datasets", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--labels", nargs="+", type=int, default=[5, 10, 20])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--diffusion-minutes", type=float, default=12.0)
+    parser.add_argument("--unet-minutes", type=float, default=2.0, help="time budget of each U-Net baseline fit")
+    parser.add_argument("--work", type=Path, default=None, help="keep diffusion models here (reused on rerun)")
+    args = parser.parse_args()
+    if not DATA.is_dir():
+        raise SystemExit(f"real data folder {DATA} is absent")
+    labels, seeds = ([5], [0]) if args.quick else (args.labels, args.seeds)
+    b = budget(args.quick, args.diffusion_minutes, args.unet_minutes)
+    work = args.work or Path(tempfile.mkdtemp(prefix="meddiff-segmentation-"))
+    started = time.monotonic()
+    rows, diffusion_info, sweeps, class_names, descriptions, fidelity, memory = [], {}, {}, {}, {}, [], None
+    for name in args.datasets:
+        setting = SETTINGS[name](args.quick)
+        class_names[name], descriptions[name] = setting.pool.class_names, setting.description
+        run, diffusion_info[name] = train_diffusion(setting, b, work)
+        sweeps[name] = run_sweep_for(setting, run, b, work, min(10, setting.max_labels))
+        features = dataclasses.replace(FeatureConfig(), **sweeps[name]["recommended"])
+        for n in labels:
+            n = min(n, setting.max_labels)
+            for seed in seeds:
+                labelled = _subset(setting.pool, choose_labels(setting, n, seed))
+                common = {"dataset": name, "labels": n, "seed": seed, "images": labelled.names}
+                rows.append({**common, "method": "diffusion features + MLP ensemble",
+                             **fit_diffusion_features(setting, run, features, labelled, setting.test, b.pixels,
+                                                      b.ensemble, seed, work)})
+                rows.append({**common, "method": "U-Net from scratch", **fit_unet(labelled, setting.test, b, seed, work)})
+                print(f"{name} {n} labels seed {seed}: " + ", ".join(f"{r['method']} {r['miou']:.3f}"
+                                                                      for r in rows[-2:]), flush=True)
+        if name == "acdc":
+            bounded = [r for r in rows if r["dataset"] == name and r["method"].startswith("diffusion")]
+            fidelity = fidelity_experiment(setting, run, features, b, seeds, work, bounded)
+            memory = memory_experiment(setting, run, b, work, args.quick)
+
+    body, table = summarise(rows, class_names)
+    descriptions = "\n".join(f"- **{n}**: {d}" for n, d in descriptions.items())
+    diffusion_lines = "\n".join(
+        f"- **{n}**: {i['images']} unlabelled images, trained at {i['train_size']} px for {i['steps']} steps "
+        f"({i['minutes']:.1f} min), final loss {i['final_loss']:.4f}" for n, i in diffusion_info.items())
+    sweep_lines = "\n\n".join(
+        f"**{n}** ({s['labelled']} labelled / {s['validation']} validation images, {s['seconds'] / 60:.1f} min): "
+        f"recommended blocks {s['recommended']['blocks']}, timesteps {s['recommended']['timesteps']}; "
+        f"best cell mIoU {np.nanmax(np.array(s['miou'])):.3f}.\n\n![{n} sweep]({s['figure']})"
+        for n, s in sweeps.items())
+    text = (f"Methods: **diffusion features + MLP ensemble** = meddiff `segment` with the sweep's recommended "
+            f"blocks and timesteps, {b.ensemble.members} MLPs (hidden {b.ensemble.hidden}), "
+            f"{b.pixels.max_pixels} class-balanced training pixels in fp16 on disk; **U-Net from scratch** = "
+            f"`segmenter` (base {b.segnet.base_channels}, depth {b.segnet.depth}), "
+            f"{_unet_budget(b.segmenter_train)} per fit. Both use the data's flips and stop early on the "
+            f"same held-out {b.pixels.val_fraction:.0%} of the labelled pixels. Scores: mean ± sample std over "
+            f"seeds {seeds}; fit/predict peak MB = peak resident memory of the benchmark process during that "
+            f"phase (VmHWM reset before it; includes the loaded datasets and models), +added = above the "
+            f"resident memory at the phase's start.\n\n"
+            f"## Datasets and splits\n\n{descriptions}\n\n## Diffusion models\n\n{diffusion_lines}\n\n"
+            f"## Block x timestep sweeps\n\n{sweep_lines}\n\n## Results\n\n{body}\n")
+    if fidelity:
+        columns = list(fidelity[0])
+        text += (f"\n## Bounded memory vs every pixel (ACDC, {fidelity[0]['labels']} labels)\n\nThe same features and ensemble trained "
+                 "on every labelled pixel held in float32 RAM (the reference implementation's way) vs the default "
+                 "class-balanced sample stored in fp16 on disk.\n\n" + markdown_table(fidelity, columns) + "\n")
+    if memory:
+        text += (f"\n## Memory at {memory['labelled']} labelled images of {memory['size']} px\n\nWhat a user runs, each "
+                 f"command in its own process (peak RSS from `wait4`): `meddiff segment fit` on a folder of "
+                 f"{memory['labelled']} labelled ACDC slices (padded, {memory['size']} px) with every decoder block "
+                 f"at {len(b.memory_timesteps)} timesteps = {memory['dims']} feature dimensions per pixel and the "
+                 f"default bounded path ({memory['train_pixels']} training pixels, a {memory['store_mb']:.0f} MB fp16 "
+                 f"feature file): {memory['fit_s'] / 60:.1f} min, peak RSS {memory['fit_peak_mb']:.0f} MB. "
+                 f"`meddiff segment predict` on {memory['test']} test slices (tile by tile, masks at native "
+                 f"resolution): {memory['predict_s']:.0f} s, peak RSS {memory['predict_peak_mb']:.0f} MB; mIoU "
+                 f"{memory['miou']:.3f} (foreground {memory['fg_miou']:.3f}) at native resolution. Holding every "
+                 f"pixel's features of these images in float32, as the reference implementation does, would take "
+                 f"{memory['all_pixels_float32_gb']:.1f} GB.\n")
+    text += "\n## Closing note\n\n" + closing_note(table, memory, labels) + "\n"
+    write_result("segmentation_quick" if args.quick else "segmentation",
+                 "Few-label segmentation: diffusion features + MLP ensemble vs U-Net from scratch",
+                 data=", ".join(args.datasets) + " (../shared/data and nilearn's MNI152)", seed=str(seeds),
+                 wall_seconds=time.monotonic() - started, body=text,
+                 numbers={"rows": rows, "summary": table, "sweeps": sweeps, "diffusion": diffusion_info,
+                          "fidelity": fidelity, "memory": memory})
+    if args.work is None:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _unet_budget(train: TrainConfig) -> str:
+    limit = f"{train.max_minutes} min or " if train.max_minutes else ""
+    return f"at most {limit}{train.steps} steps (early stopping: every {train.eval_every} steps, patience {train.patience})"
+
+
+def closing_note(table: list[dict], memory: dict | None, labels: list[int]) -> str:
+    lines = []
+    for dataset in dict.fromkeys(t["dataset"] for t in table):
+        top = max(t["labels"] for t in table if t["dataset"] == dataset)
+        pair = {t["method"]: t for t in table if t["dataset"] == dataset and t["labels"] == top}
+        ours = pair.get("diffusion features + MLP ensemble")
+        base = pair.get("U-Net from scratch")
+        if ours and base:
+            lines.append(f"- {dataset}, {top} labels: diffusion features mIoU {ours['mIoU']} vs U-Net baseline "
+                         f"{base['mIoU']} (foreground mIoU {ours['fg mIoU']} vs {base['fg mIoU']})")
+    if memory:
+        lines.append(f"- peak resident memory fitting {memory['labelled']} labelled {memory['size']}-px images with "
+                     f"{memory['dims']}-dim features: {memory['fit_peak_mb'] / 1024:.2f} GiB (prediction "
+                     f"{memory['predict_peak_mb'] / 1024:.2f} GiB)")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""A U-Net segmenter trained from scratch on labelled images (``task: segmenter``).
+
+It is the baseline that few-label segmentation from diffusion features is measured against, and the
+segmentation network that scores synthetic image + mask pairs. It trains with the data config's
+augmentations (flips, random crops) on meddiff's ``Trainer`` and stops early on held-out pixels: the same
+``held_out_pixels(masks, val_fraction, seed)`` that the diffusion-feature classifier holds out, so both
+methods stop on the same evidence. The best validation checkpoint is ``checkpoints/best``.
+
+Public API: ``SegmenterConfig``, ``fit`` (from a config), ``fit_dataset`` (from an in-memory
+``ArrayDataset``), ``load`` and ``predict`` (masks for a batch of images).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from meddiff.data.arrays import ArrayDataset
+from meddiff.data.build import DataConfig, build_dataset
+from meddiff.data.labels import IGNORE_INDEX
+from meddiff.errors import UserError
+from meddiff.nets.segnet import SegNet, SegNetConfig
+from meddiff.segment.pixels import held_out_pixels
+from meddiff.tasks.runs import prepare_run_dir, run_config
+from meddiff.train.checkpoint import load_checkpoint, resolve_checkpoint
+from meddiff.train.engine import TrainConfig, TrainResult, Trainer, seed_everything
+
+TASK = "segmenter"
+
+
+def _default_train() -> TrainConfig:
+    return TrainConfig(steps=4000, batch_size=8, lr=1e-3, warmup_steps=50, ema_decay=0.99, log_every=25,
+                       checkpoint_every=1000, keep_checkpoints=1, eval_every=50, patience=10)
+
+
+@dataclass
+class SegmenterConfig:
+    """``meddiff train`` config of the segmenter (``task: segmenter``).
+
+    images:       names of the labelled images to train on (default: every image of ``data``)
+    val_fraction: share of each image's labelled pixels held out for early stopping (never trained on)
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: SegNetConfig = field(default_factory=SegNetConfig)  # in_channels / num_classes come from the data
+    train: TrainConfig = field(default_factory=_default_train)
+    images: list[str] | None = None
+    val_fraction: float = 0.1
+
+    def __post_init__(self):
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+
+
+def select_images(dataset: ArrayDataset, names: Sequence[str] | None) -> ArrayDataset:
+    """The samples of ``dataset`` named in ``names`` (in that order), or all of them if None."""
+    if names is None:
+        return dataset
+    index = {name: i for i, name in enumerate(dataset.names)}
+    missing = [name for name in names if name not in index]
+    if missing:
+        raise UserError(f"'images': '{missing[0]}' is not an image of the dataset ({len(missing)} missing; "
+                        f"names are file names without extension, e.g. '{dataset.names[0]}')")
+    if len(set(names)) != len(names):
+        raise UserError("'images' names an image twice")
+    rows = torch.tensor([index[name] for name in names])
+    pick = lambda t: t[rows] if t is not None else None  # noqa: E731
+    return ArrayDataset(pick(dataset.images), pick(dataset.masks), list(names), dataset.class_names,
+                        dataset.hflip, vflip=dataset.vflip, images_b=pick(dataset.images_b), crop=dataset.crop,
+                        attributes=pick(dataset.attributes), attribute_names=dataset.attribute_names)
+
+
+def split_pixels(dataset: ArrayDataset, fraction: float, seed: int) -> tuple[ArrayDataset, torch.Tensor]:
+    """The training set with ``held_out_pixels(masks, fraction, seed)`` set to ignore, and the labels of
+    just those pixels (``[N, H, W]``, 255 elsewhere) for early stopping."""
+    masks = dataset.masks.long()
+    held = held_out_pixels(masks, fraction, seed)
+    ignore = torch.full_like(masks, IGNORE_INDEX)
+    train_set = ArrayDataset(dataset.images, torch.where(held, ignore, masks).to(torch.uint8), dataset.names,
+                             dataset.class_names, dataset.hflip, vflip=dataset.vflip, crop=dataset.crop)
+    return train_set, torch.where(held, masks, ignore)
+
+
+def fit(config: SegmenterConfig, run_dir: Path, resume: bool = False, progress: bool = True) -> TrainResult:
+    """Train on ``config.data`` (restricted to ``config.images``); everything goes under ``run_dir``."""
+    dataset = select_images(build_dataset(config.data), config.images)
+    return fit_dataset(config, run_dir, dataset, resume=resume, progress=progress)
+
+
+def fit_dataset(config: SegmenterConfig, run_dir: Path, dataset: ArrayDataset, resume: bool = False,
+                progress: bool = True) -> TrainResult:
+    """Train on an in-memory labelled dataset (its flips and crop are the augmentations).
+
+    ``config.data`` is only recorded; ``config.model`` gets the dataset's channels and classes.
+    """
+    if dataset.masks is None or dataset.images is None or dataset.num_classes < 2:
+        raise UserError("the segmenter needs images with masks of at least 2 classes")
+    train_set, val_labels = split_pixels(dataset, config.val_fraction, config.train.seed)
+    config = replace(config, model=replace(config.model, in_channels=dataset.in_channels,
+                                           num_classes=dataset.num_classes))
+    prepare_run_dir(run_dir, config, resume)
+    seed_everything(config.train.seed)
+    model = SegNet(config.model)
+    stored = {**run_config(TASK, config), "class_names": dataset.class_names}
+    val_images = dataset.images
+
+    def loss_fn(net, batch, generator):
+        return F.cross_entropy(net(batch["image"]).float(), batch["mask"], ignore_index=IGNORE_INDEX)
+
+    def eval_fn(net) -> float:
+        total, count = 0.0, 0
+        for first in range(0, len(val_images), config.train.batch_size):
+            labels = val_labels[first:first + config.train.batch_size]
+            logits = net(val_images[first:first + config.train.batch_size]).float()
+            total += float(F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum"))
+            count += int((labels != IGNORE_INDEX).sum())
+        return total / max(count, 1)
+
+    trainer = Trainer(run_dir, model, train_set, config.train, loss_fn, stored, None, progress, eval_fn)
+    return trainer.fit(resume=resume)
+
+
+def load(run_or_checkpoint: Path) -> tuple[SegNet, dict]:
+    """The trained segmenter (EMA weights of ``checkpoints/best`` when the run has one) and its stored config."""
+    path = Path(run_or_checkpoint)
+    best = path / "checkpoints" / "best"
+    groups, state = load_checkpoint(best if best.is_dir() else resolve_checkpoint(path))
+    stored = state.get("config", {})
+    if stored.get("task") != TASK:
+        raise UserError(f"{path}: checkpoint of task '{stored.get('task')}', not '{TASK}'")
+    from meddiff.config import from_dict
+
+    model = SegNet(from_dict(SegNetConfig, stored["model"], "model."))
+    model.load_state_dict(groups["ema"] if "ema" in groups else groups["model"])
+    return model.eval().requires_grad_(False), stored
+
+
+@torch.no_grad()
+def predict(model: SegNet, images: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
+    """Class-id masks ``[N, H, W]`` (int64) for images ``[N, C, H, W]`` in [-1, 1], of any size."""
+    model.eval()
+    return torch.cat([model(images[first:first + batch_size].float()).argmax(dim=1)
+                      for first in range(0, len(images), batch_size)])

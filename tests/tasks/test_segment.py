@@ -1,0 +1,156 @@
+"""Few-label segmentation from diffusion features, as a user runs it: fit on a labelled folder, predict
+masks, overlays and uncertainty maps for images of another size, sweep blocks x timesteps; bad input is
+one line naming the problem."""
+
+import dataclasses
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from meddiff.cli import main
+from meddiff.config import from_dict, to_dict
+from meddiff.data.build import DataConfig
+from meddiff.data.fit import Fit
+from meddiff.data.samples import brain_mri
+from meddiff.data.writers import write_pair_folder
+from meddiff.errors import UserError
+from meddiff.tasks import generate, segment
+from tests.conftest import tiny_generate_config
+
+CLASSES = ["background", "other", "grey", "white"]
+
+
+@pytest.fixture
+def meddiff(monkeypatch, capsys):
+    """Run the command line in this process (a subprocess would spend ~10 s importing torch and diffusers):
+    returns the exit code and what went to stderr."""
+    def run(*args) -> tuple[int, str]:
+        monkeypatch.setattr(sys, "argv", ["meddiff", *map(str, args)])
+        with pytest.raises(SystemExit) as exit_:
+            main()
+        return exit_.value.code, capsys.readouterr().err
+    return run
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """An image-only brain generator (24 px, a few steps), a labelled folder of 6 slices and 2 unlabelled
+    images of another size and shape."""
+    root = tmp_path_factory.mktemp("segment")
+    config = dataclasses.replace(tiny_generate_config(steps=15), joint_mask=False,
+                                 data=from_dict(DataConfig, {"kind": "brain_mri", "size": 24}))
+    generate.fit(config, root / "diffusion", progress=False)
+    slices = brain_mri(24)
+    pick = [20, 40, 60, 80, 100, 120]
+    images = ((slices.images[pick, 0] + 1) * 127.5).round().byte().numpy()
+    write_pair_folder(root / "labelled", images, slices.masks[pick].numpy(), [f"s{i}" for i in pick], {})
+    (root / "new").mkdir()
+    for i in (30, 90):  # 40 x 32 px: another size and aspect ratio than the 24 x 24 training images
+        image = ((brain_mri(40).images[i, 0, :, 4:36] + 1) * 127.5).round().byte().numpy()
+        Image.fromarray(image).save(root / "new" / f"n{i}.png")
+    return root
+
+
+def _config(root, **changes) -> dict:
+    config = {"task": "segment", "diffusion": str(root / "diffusion"),
+              "data": {"kind": "image_mask_folder", "root": str(root / "labelled"), "class_names": CLASSES,
+                       "size": 24, "hflip": True},
+              "features": {"blocks": [4, 8], "timesteps": [50, 200], "batch_size": 2},
+              "pixels": {"max_pixels": 1500, "val_pixels": 300},
+              "ensemble": {"members": 3, "hidden": [16, 8], "eval_every": 10, "patience": 2, "max_epochs": 3},
+              "sweep": {"timesteps": [50, 300], "blocks": [2, 8], "max_pixels": 800, "val_share": 0.34}}
+    config.update(changes)
+    return config
+
+
+def test_fit_and_predict_from_the_command_line_on_images_of_another_size(workspace, tmp_path, meddiff):
+    config_file = tmp_path / "segment.yaml"
+    config_file.write_text(yaml.safe_dump(_config(workspace)))
+    code, err = meddiff("segment", "fit", config_file, "--out", tmp_path / "run")
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["feature_dims"] == (32 + 16) * 2 and metrics["labelled_images"] == 6
+    assert metrics["train_pixels"] == 1500 and metrics["val_pixels"] == 300
+
+    code, err = meddiff("segment", "predict", tmp_path / "run", "--images", workspace / "new", "--out",
+                        tmp_path / "pred")
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "pred" / "manifest.json").read_text())
+    assert [f["image"] for f in manifest["files"]] == ["n30.png", "n90.png"]
+    mask = np.array(Image.open(tmp_path / "pred" / "masks" / "n90.png"))
+    assert mask.shape == (40, 32) and set(np.unique(mask)) <= {0, 1, 2, 3}
+    assert np.array(Image.open(tmp_path / "pred" / "overlays" / "n90.png")).shape == (40, 32, 3)
+    for kind in ("uncertainty", "disagreement"):
+        assert np.array(Image.open(tmp_path / "pred" / kind / "n30.png")).shape == (40, 32)
+    assert 0 <= manifest["files"][0]["mean_uncertainty"] <= 1
+
+    code, err = meddiff("segment", "predict", tmp_path / "run", "--images", workspace / "new", "--out",
+                        tmp_path / "pred")
+    assert code == 2 and "not empty" in err
+
+
+def test_predictions_on_the_training_size_follow_the_labels(workspace, tmp_path):
+    config = from_dict(segment.SegmentConfig, {k: v for k, v in _config(workspace).items() if k != "task"})
+    segment.fit(config, tmp_path / "run", progress=False)
+    classifier, _ = segment.load(tmp_path / "run")
+    slices = brain_mri(24)
+    result = classifier.predict(slices.images[[50, 110]])
+    accuracy = (result.labels == slices.masks[[50, 110]]).float().mean()
+    assert accuracy > 0.6  # unseen slices, a 15-step diffusion model, 1500 pixels: far above chance (0.25)
+    with pytest.raises(UserError, match="already holds"):
+        segment.fit(config, tmp_path / "run", progress=False)
+
+
+def test_sweep_scores_every_block_at_every_timestep(workspace, tmp_path):
+    config = from_dict(segment.SegmentConfig, {k: v for k, v in _config(workspace).items() if k != "task"})
+    table = segment.sweep(config, tmp_path / "sweep", progress=False)
+    result = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    assert result["blocks"] == [2, 8] and result["timesteps"] == [50, 300]
+    assert np.isfinite(np.array(result["miou"])).all() and np.array(result["miou"]).shape == (2, 2)
+    assert result["train_images"] == 4 and result["val_images"] == 2  # a third of 6 held out for scoring
+    assert (tmp_path / "sweep" / "figures" / "sweep.png").stat().st_size > 1000
+    assert "Recommended" in table.read_text() and not (tmp_path / "sweep" / "scratch").exists()
+
+
+def test_recommendation_keeps_the_best_rows_and_columns():
+    miou = np.array([[0.1, 0.2, 0.3], [0.5, 0.6, 0.4], [0.4, 0.5, 0.2]])
+    assert segment.recommend(miou, [3, 5, 7], [20, 50, 100], top_blocks=2, top_timesteps=1) == ([5, 7], [50])
+
+
+def test_a_joint_image_and_mask_generator_is_refused(tmp_path):
+    generate.fit(tiny_generate_config(steps=1), tmp_path / "joint", progress=False)
+    with pytest.raises(UserError, match="joint_mask: true"):
+        segment.load_diffusion(tmp_path / "joint")
+
+
+def test_a_config_without_a_diffusion_model_is_one_line_and_writes_nothing(workspace, tmp_path, meddiff):
+    config = _config(workspace)
+    del config["diffusion"]
+    config_file = tmp_path / "segment.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    code, err = meddiff("segment", "fit", config_file, "--out", tmp_path / "run")
+    assert code == 2 and "'diffusion' is required" in err and "segment.yaml" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+def test_a_generate_config_is_refused_by_segment_fit(workspace, tmp_path, meddiff):
+    config_file = tmp_path / "generate.yaml"
+    config_file.write_text(yaml.safe_dump({"task": "generate", **to_dict(tiny_generate_config())}))
+    code, err = meddiff("segment", "fit", config_file)
+    assert code == 2 and "needs 'task: segment'" in err
+
+
+@pytest.mark.parametrize("mode", ["resize", "pad", "center_crop"])
+def test_working_scale_and_back_keeps_the_native_geometry(mode):
+    fit = Fit(16, mode)
+    image = torch.rand(1, 40, 24)
+    working = segment.to_working(image, fit)
+    assert working.shape[-2:] == ((16, 16) if mode != "center_crop" else (27, 16))
+    labels = (working[0] > 0.5).long()
+    assert segment.to_native(labels, (40, 24), fit).shape == (40, 24)
+    assert segment.to_native(working[0], (40, 24), fit).shape == (40, 24)
