@@ -60,6 +60,28 @@ def test_guidance_scale_one_equals_the_conditional_pass_and_zero_the_uncondition
     assert not torch.allclose(conditional, unconditional, atol=1e-4)
 
 
+class _MapCounter(torch.nn.Module):
+    """A hand-made "model": predicts x plus the label map summed over classes, and counts its calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(()))
+        self.calls = 0
+
+    def forward(self, x, t, label_map):
+        self.calls += 1
+        return x + label_map.sum(1, keepdim=True)
+
+
+@pytest.mark.parametrize("scale, expected", [(0.0, 0.0), (1.0, 1.0), (1.5, 1.5), (4.0, 4.0)])
+def test_guidance_scale_zero_is_unconditional_one_conditional_and_above_one_extrapolates(scale, expected):
+    model, x = _MapCounter(), torch.randn(2, 1, 4, 4)
+    cond = Conditioning(label_map=torch.ones(2, 3, 4, 4))  # conditional output x + 3, unconditional x
+    out = guided_prediction(model, Diffusion(NoiseConfig()), x, torch.tensor(10), cond, guidance_scale=scale)
+    torch.testing.assert_close(out, x + 3 * expected)
+    assert model.calls == 1  # one (batched, for s != 1) call per prediction
+
+
 def test_per_sample_generators_make_samples_independent_of_batching(spade_model):
     diffusion, settings = Diffusion(NoiseConfig()), SamplerConfig(name="ddpm", steps=5)
     cond = Conditioning(label_map=_label_map())

@@ -34,6 +34,16 @@ def test_codec_round_trips_image_and_mask():
     assert torch.equal(images, batch["image"]) and torch.equal(masks, batch["mask"])
 
 
+def test_one_hot_decodes_any_sample_to_a_valid_class_id():
+    codec = generate.PairCodec(image_channels=1, num_classes=4)
+    mask = torch.randint(0, 4, (2, 8, 8))
+    x = codec.encode({"image": torch.zeros(2, 1, 8, 8), "mask": mask})
+    _, decoded = codec.decode(x + 0.5 * torch.randn_like(x))  # argmax survives moderate noise
+    assert (decoded == mask).float().mean() > 0.95
+    _, from_noise = codec.decode(torch.randn(4, 5, 16, 16) * 3)  # pure noise: still only ids 0..3
+    assert set(from_noise.unique().tolist()) == {0, 1, 2, 3}
+
+
 def test_analog_bits_code_many_classes_in_few_channels_and_decode_only_valid_ids():
     codec = generate.PairCodec(image_channels=3, num_classes=5, mask_encoding="bits")
     assert codec.channels == 3 + 3  # ceil(log2 5) bits
@@ -76,7 +86,9 @@ def test_sampled_pairs_form_a_dataset_folder_the_loader_reads(trained_generator,
     assert set(loaded.masks.unique().tolist()) <= {0, 1, 2, 3}  # argmax decoding: only valid class ids
     manifest = json.loads((out / "manifest.json").read_text())
     assert [f["seed"] for f in manifest["files"]] == [3, 4, 5, 6, 7]
-    assert manifest["files"][0]["sampler"] == "ddim" and manifest["files"][0]["steps"] == 5
+    first = manifest["files"][0]
+    assert (first["sampler"], first["steps"], first["guidance"]) == ("ddim", 5, 1.0)
+    assert first["model"] == manifest["model"]["checkpoint"] and first["model"].endswith("step_0000120")
     assert (out / "grid.png").is_file()
 
 
@@ -88,10 +100,12 @@ def test_each_sample_is_reproducible_from_its_seed(trained_generator, tmp_path):
     assert (first / "images/sample_000012.png").read_bytes() == (again / "images/sample_000012.png").read_bytes()
 
 
-def test_output_folder_is_never_overwritten(trained_generator, tmp_path):
+def test_output_folder_is_never_overwritten_and_is_checked_before_sampling(trained_generator, tmp_path,
+                                                                        monkeypatch):
     run, _ = trained_generator
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "keep.txt").write_text("user data")
+    monkeypatch.setattr(generate, "generate", lambda *a, **k: pytest.fail("sampled before checking --out"))
     with pytest.raises(UserError, match="not empty"):
         generate.run(run, 1, tmp_path / "taken", SamplerConfig(steps=2), progress=False)
 

@@ -4,12 +4,14 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from meddiff.config import from_dict
 from meddiff.data.build import DataConfig, build_dataset
 from meddiff.errors import UserError
 from meddiff.tasks import pix2pix
+from meddiff.train.engine import seed_everything
 
 BRAIN = ["background", "other brain tissue", "grey matter", "white matter"]
 
@@ -39,6 +41,17 @@ def test_pix2pix_trains_for_a_few_steps_and_its_l1_falls(pix2pix_run):
     assert {"loss", "l1", "g_adv", "d"} <= set(log[0])
     assert np.mean([r["l1"] for r in log[-10:]]) < 0.7 * np.mean([r["l1"] for r in log[:5]])
     assert (run / "samples" / "step_0000040.png").is_file()
+
+
+def test_training_keeps_losses_finite_and_updates_every_layer_of_the_generator(pix2pix_run):
+    run, result = pix2pix_run
+    assert all(np.isfinite(loss) for loss in result.losses.values())
+    trained = pix2pix.load(run)
+    seed_everything(tiny_pix2pix_config().train.seed)
+    initial, _ = pix2pix._networks(trained.stored)  # the same seeded initialisation fit starts from
+    before, after = initial.state_dict(), trained.generator.state_dict()
+    moved = [name for name in after if not torch.equal(before[name], after[name])]
+    assert len(moved) == len(after)
 
 
 def test_resume_continues_exactly(tmp_path):

@@ -44,6 +44,9 @@ def fuse_run(
     output_range: Optional[str] = typer.Option(
         None, "--range", help="How the fused Y becomes 8 bits: minmax | clip (default: minmax for runs, "
                               "clip for rules)."),
+    keep_background: Optional[bool] = typer.Option(
+        None, "--keep-background/--no-keep-background",
+        help="Runs only: keep pixels black where both sources are black (default: the run's setting)."),
 ) -> None:
     """Fuse every pair of two folders (matched by file name); colour sources give colour output, any size.
 
@@ -54,7 +57,8 @@ def fuse_run(
 
     if output_range not in (None, "minmax", "clip"):
         raise UserError(f"--range '{output_range}' is not one of minmax, clip")
-    folder = fuse.run(run_or_rule, a, b, out, steps=steps, seed=seed, output_range=output_range)
+    folder = fuse.run(run_or_rule, a, b, out, steps=steps, seed=seed, output_range=output_range,
+                      keep_background=keep_background)
     console.print(f"wrote fused images to {folder}")
 
 
@@ -71,18 +75,22 @@ def fuse_eval(
 
     Example: `meddiff fuse eval --a data/MRI --b data/PET --fused fused/max`
     """
+    from rich import box
     from rich.table import Table
 
     from meddiff.tasks import fuse
 
     rows = fuse.evaluate(a, b, fused)
     mean = fuse.mean_scores(rows)
-    table = Table(title=f"fusion metrics of {fused} (published protocol; SSIM_wang is not comparable to SSIM)")
+    table = Table(title=f"fusion metrics of {fused} (published protocol; SSIM_wang is not comparable to SSIM)",
+                  box=box.SIMPLE_HEAD, pad_edge=False)
     for column in rows[0]:
-        table.add_column(column, justify="left" if column == "name" else "right")
+        table.add_column(column, justify="left" if column == "name" else "right", no_wrap=True)
     for row in [*rows, {"name": "mean", **mean}]:
         table.add_row(*(row["name"] if k == "name" else f"{row[k]:.4g}" for k in rows[0]),
                       end_section=row is rows[-1])
-    Console().print(table)
+    # Wide enough for every column: a narrow terminal wraps lines rather than truncating numbers to "1.…".
+    names = max(len(row["name"]) for row in rows)
+    Console(width=max(Console().width, names + 9 * (len(rows[0]) - 1) + 4)).print(table)
     csv_path, json_path = fuse.write_scores(rows, out or fused / "metrics")
     console.print(f"saved {csv_path} and {json_path}")

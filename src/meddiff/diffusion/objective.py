@@ -33,7 +33,9 @@ class Diffusion:
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         if self.config.time_input == "timestep":
             x_t = self.scheduler.add_noise(x0, noise, t)
-            target = noise if self.config.prediction_type == "epsilon" else self.scheduler.get_velocity(x0, noise, t)
+            target = {"epsilon": noise, "sample": x0}.get(self.config.prediction_type)
+            if target is None:
+                target = self.scheduler.get_velocity(x0, noise, t)
             time = t
         else:
             # SR3's continuous noise level, drawn between neighbouring discrete levels: diffusers' add_noise
@@ -45,7 +47,8 @@ class Diffusion:
             gamma = (lo + u * (hi - lo)).view(-1, 1, 1, 1).to(x0.dtype)
             sigma = (1 - gamma**2).sqrt()
             x_t = gamma * x0 + sigma * noise
-            target = noise if self.config.prediction_type == "epsilon" else gamma * noise - sigma * x0
+            targets = {"epsilon": noise, "sample": x0, "v_prediction": gamma * noise - sigma * x0}
+            target = targets[self.config.prediction_type]
             time = 1000.0 * gamma.flatten()
         kwargs = {}
         if cond is not None:

@@ -32,7 +32,8 @@ class NoiseConfig:
     # checkpoints use scaled_linear 0.00085 -> 0.012); the cosine schedule ignores them
     beta_start: float = 0.0001
     beta_end: float = 0.02
-    prediction_type: Literal["epsilon", "v_prediction"] = "v_prediction"
+    # "sample" predicts x0 directly (suits near-deterministic conditional tasks such as fusion)
+    prediction_type: Literal["epsilon", "v_prediction", "sample"] = "v_prediction"
     # "timestep": the UNet sees the integer t; "noise_level": it sees 1000*sqrt(alpha_bar), sampled
     # continuously between neighbouring steps in training (SR3).
     time_input: Literal["timestep", "noise_level"] = "timestep"

@@ -60,6 +60,7 @@ class ImagicConfig:
     interp: Interp = "linear"
     seeds: int = 3
     seed: int = 0
+    sample_batch: int = 16  # stage C: samples per sampler call (alphas x seeds are batched)
     sampler: SamplerConfig = field(default_factory=lambda: SamplerConfig(name="dpm++", steps=20, guidance_scale=3.0))
     bf16: bool = False  # run the model under CPU bf16 autocast (AMX) in all stages
 
@@ -68,18 +69,21 @@ class ImagicConfig:
             raise ValueError("embed_steps and finetune_steps must be >= 0")
         if self.embed_lr <= 0 or self.finetune_lr <= 0:
             raise ValueError("embed_lr and finetune_lr must be > 0")
-        if self.batch_size < 1 or self.seeds < 1:
-            raise ValueError("batch_size and seeds must be >= 1")
+        if self.batch_size < 1 or self.seeds < 1 or self.sample_batch < 1:
+            raise ValueError("batch_size, seeds and sample_batch must be >= 1")
         if not self.alphas:
             raise ValueError("alphas must list at least one value")
 
 
 @dataclass
 class ImagicResult:
-    """Edited samples per alpha (``[seeds, ...]`` images and masks), losses and stage wall times."""
+    """Edited samples per alpha (``[seeds, ...]`` images and masks), the optimised embedding ``e_opt``
+    (``[1, L, D]``; with the fine-tuned model it samples other alphas or interpolations), losses and stage
+    wall times."""
 
     images: dict[float, torch.Tensor]
     masks: dict[float, torch.Tensor | None]
+    embedding: torch.Tensor
     embed_losses: list[float]
     finetune_losses: list[float]
     reconstruction_before: float  # stage A's objective at e_tgt, on fixed noise draws
@@ -148,14 +152,20 @@ def finetune(model: EditableModel, x0: torch.Tensor, tokens: torch.Tensor, mask:
 @torch.no_grad()
 def sample_edits(model: EditableModel, e_opt: torch.Tensor, target: TextEncoding, shape: tuple[int, ...],
                  config: ImagicConfig, progress: bool = False) -> dict[float, torch.Tensor]:
-    """Stage C: ``config.seeds`` samples (seeds ``seed .. seed + seeds - 1``) for each alpha."""
+    """Stage C: ``config.seeds`` samples (seeds ``seed .. seed + seeds - 1``) for each alpha, drawn in batches
+    of up to ``config.sample_batch`` samples (several alphas per batch; each sample has its own generator,
+    so the batching does not change the result)."""
+    per_call = max(1, config.sample_batch // config.seeds)
+    chunks = [config.alphas[i:i + per_call] for i in range(0, len(config.alphas), per_call)]
     out = {}
-    for alpha in progress_bar(config.alphas, description="C: sampling the edits", enabled=progress):
-        tokens = interpolate(e_opt, target.tokens, alpha, config.interp)
-        generators = [torch.Generator().manual_seed(config.seed + s) for s in range(config.seeds)]
-        cond = _conditioning(model, tokens, target.mask, config.seeds)
-        out[alpha] = sample(model.unet, model.diffusion, config.sampler, (config.seeds, *shape), cond,
-                            generator=generators, autocast_bf16=config.bf16)
+    for alphas in progress_bar(chunks, description="C: sampling the edits", enabled=progress):
+        tokens = torch.cat([interpolate(e_opt, target.tokens, a, config.interp).expand(config.seeds, -1, -1)
+                            for a in alphas])
+        generators = [torch.Generator().manual_seed(config.seed + s) for _ in alphas for s in range(config.seeds)]
+        cond = _conditioning(model, tokens, target.mask, len(generators))
+        x = sample(model.unet, model.diffusion, config.sampler, (len(generators), *shape), cond,
+                   generator=generators, autocast_bf16=config.bf16)
+        out.update({a: x[i * config.seeds:(i + 1) * config.seeds] for i, a in enumerate(alphas)})
     return out
 
 
@@ -184,4 +194,4 @@ def imagic(model: EditableModel, image: torch.Tensor, mask: torch.Tensor | None,
     for alpha, x in samples.items():
         images[alpha], masks[alpha] = model.decode_output(x)
     seconds["C_sampling"] = time.perf_counter() - start
-    return ImagicResult(images, masks, embed_losses, finetune_losses, before, after, seconds)
+    return ImagicResult(images, masks, e_opt, embed_losses, finetune_losses, before, after, seconds)

@@ -76,9 +76,14 @@ class DomainTextAligner(nn.Module):
         return F.normalize(self.text_proj(pooled.float()), dim=-1)
 
     @torch.no_grad()
+    def similarity(self, images: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        """``100 * cos`` of each image ``[N, C, H, W]`` in [-1, 1] with its text ``pooled`` ``[N or 1, P]``
+        (not clamped, so differences between prompts stay visible where both are dissimilar)."""
+        return 100 * (self.image_embeddings(images) * self.text_embeddings(pooled)).sum(-1)
+
     def score(self, images: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
-        """``max(100 * cos, 0)`` of each image ``[N, C, H, W]`` in [-1, 1] with its text ``pooled`` ``[N or 1, P]``."""
-        return (100 * (self.image_embeddings(images) * self.text_embeddings(pooled)).sum(-1)).clamp(min=0)
+        """``max(100 * cos, 0)``, CLIP score's form."""
+        return self.similarity(images, pooled).clamp(min=0)
 
 
 def aligner_name(images: torch.Tensor, captions: Sequence[str], config: AlignmentTrainConfig) -> str:

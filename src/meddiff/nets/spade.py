@@ -14,7 +14,8 @@ class SPADE(nn.Module):
 
     ``gamma`` and ``beta`` are 3x3 convolutions on a shared 3x3 conv + ReLU of the label map ``m``
     (one-hot, ``[B, K, H, W]``), resized to the feature resolution by nearest neighbour. An all-zero map
-    (the classifier-free-guidance "no mask") gives ``gamma = beta = const``, a learned unconditional path.
+    (the classifier-free-guidance "no mask") gives gamma and beta that are learned constants away from the
+    border (the convolutions' zero padding shapes the outermost pixels): the unconditional path.
     """
 
     def __init__(self, channels: int, label_channels: int, hidden: int = 64, groups: int = 32):

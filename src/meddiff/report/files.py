@@ -1,10 +1,15 @@
-"""Atomic file writes: readers (a browser, a sync job, the next report) never see half a file."""
+"""Atomic file and folder writes: readers (a browser, a sync job, a data loader) never see half an output."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
+
+from meddiff.errors import UserError
 
 
 def atomic_write(path: str | Path, data: bytes) -> Path:
@@ -25,3 +30,33 @@ def atomic_write(path: str | Path, data: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def check_new_folder(out_dir: str | Path) -> None:
+    """Refuse an output folder that exists and is not empty (a :class:`UserError` naming it); commands call
+    this before any work, so a taken ``--out`` fails at once rather than after sampling."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise UserError(f"{out_dir}: output folder exists and is not empty; choose another --out")
+
+
+@contextmanager
+def atomic_folder(out_dir: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling folder to fill; it is renamed to ``out_dir`` when the block ends without
+    error and deleted otherwise, so a failure never leaves a half-written output folder.
+
+    ``out_dir`` must not exist or be an empty folder (see ``check_new_folder``).
+    """
+    out_dir = Path(out_dir)
+    check_new_folder(out_dir)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out_dir.exists():
+        out_dir.rmdir()
+    os.replace(tmp, out_dir)

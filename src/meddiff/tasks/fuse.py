@@ -4,8 +4,14 @@
   to denoise the fused Y channel given concat(Y_A, Y_B, x_t). Fusion has no ground truth: the denoising
   target of each pair is its fusion prior (the best classic rule under 2 SSIM + VIF + 3 Qabf, see
   ``meddiff.fusion.prior``), and the model's x0 estimate also gets unsupervised fidelity losses (intensity
-  towards the brighter source, gradients towards the stronger source gradient, SSIM to each source),
-  weighted by alpha_bar(t) so that they act where x0 is predictable.
+  towards the brighter source, gradients towards the stronger source gradient, SSIM to each source).
+  The shipped configs predict x0 directly (``prediction_type: sample``): fusion is a near-deterministic
+  mapping, and at a few minutes of CPU training x0 prediction gave far cleaner 6-step samples than v
+  prediction (exploratory run, 120 steps on MRI-PET, 4 MRI-SPECT test pairs: SF 13.5 vs 66.6 where pixel
+  max gives 18.4, VIF 0.60 vs 0.22).
+- Background: where both sources are black (exactly -1), the sampled Y is set to black
+  (``keep_background``): fusion creates no signal there, and the protocol's SSIM (data range 2, so
+  virtually no stabilising constants) scores any residual sampling noise on black background as ~0.
 - ``run``: fuses two folders of sources with a trained run (few-step DDIM) or a classic rule by name.
   Colour sources are fused through their Y; their Cb/Cr are put back (colour in, colour out). Any size.
 - ``evaluate``: the published protocol (``meddiff.metrics.fusion``) on folders of sources and fused images.
@@ -74,6 +80,7 @@ class FuseConfig:
     prior_rules: list[str] = field(default_factory=lambda: list(RULES))  # candidates of the fusion prior
     fidelity: FidelityConfig = field(default_factory=FidelityConfig)
     output_range: OutputRange = "minmax"  # how `run` brings the model's Y to 8 bits (the published models' way)
+    keep_background: bool = True  # black where both sources are black (see the module docstring)
     grid_pairs: int = 4  # training pairs shown in the sample grids
 
 
@@ -143,7 +150,10 @@ def fusion_loss(model: torch.nn.Module, batch: dict, generator: torch.Generator,
     x_t = diffusion.scheduler.add_noise(x0, noise, t)
     prediction = model(x_t, diffusion.model_time(t), cond_image=sources).float()
     alpha_bar = diffusion.alphas_cumprod.to(x0.device)[t].view(-1, 1, 1, 1)
-    if diffusion.config.prediction_type == "v_prediction":
+    kind = diffusion.config.prediction_type
+    if kind == "sample":
+        target, x0_hat = x0, prediction
+    elif kind == "v_prediction":
         target = diffusion.scheduler.get_velocity(x0, noise, t)
         x0_hat = alpha_bar.sqrt() * x_t - (1 - alpha_bar).sqrt() * prediction
     else:
@@ -151,7 +161,9 @@ def fusion_loss(model: torch.nn.Module, batch: dict, generator: torch.Generator,
         x0_hat = (x_t - (1 - alpha_bar).sqrt() * prediction) / alpha_bar.sqrt()
     loss = F.mse_loss(prediction, target.float())
     if fidelity.weight:
-        loss = loss + fidelity.weight * (alpha_bar.flatten() * fidelity_losses(x0_hat, sources, fidelity)).mean()
+        # A direct x0 prediction is meaningful at every noise level; one derived from noise or v is not.
+        weight = torch.ones_like(alpha_bar.flatten()) if kind == "sample" else alpha_bar.flatten()
+        loss = loss + fidelity.weight * (weight * fidelity_losses(x0_hat, sources, fidelity)).mean()
     return loss
 
 
@@ -183,7 +195,8 @@ def fit(config: FuseConfig, run_dir: Path, resume: bool = False, progress: bool 
     diffusion = Diffusion(config.noise)
 
     def sample_fn(net: FusionDenoiser, path: Path) -> None:
-        fuser = Fuser("model", config.output_range, partial(_sample_y, net, diffusion, config.sampler, 0), {})
+        fuser = Fuser("model", config.output_range,
+                      partial(_sample_y, net, diffusion, config.sampler, 0, config.keep_background), {})
         rows = []
         for i in range(min(config.grid_pairs, len(source))):  # whole stored pairs, not training crops
             a, b = source.images[i:i + 1], source.images_b[i:i + 1]
@@ -215,12 +228,17 @@ class Fuser:
     settings: dict
 
 
-def _sample_y(model: FusionDenoiser, diffusion: Diffusion, sampler: SamplerConfig, seed: int,
+def _sample_y(model: FusionDenoiser, diffusion: Diffusion, sampler: SamplerConfig, seed: int, keep_background: bool,
               y_a: torch.Tensor, y_b: torch.Tensor) -> torch.Tensor:
-    """DDIM (or any configured sampler) from noise seeded per pair, conditioned on both sources."""
+    """DDIM (or any configured sampler) from noise seeded per pair, conditioned on both sources; the
+    denoiser runs under bf16 autocast (AMX), the sampler arithmetic in fp32. With ``keep_background``
+    pixels black in both sources stay black."""
     generators = [torch.Generator().manual_seed(seed) for _ in range(y_a.shape[0])]
-    cond = Conditioning(cond_image=torch.cat([y_a, y_b], dim=1))
-    return sample(model, diffusion, sampler, tuple(y_a.shape), cond, generator=generators)
+    cond = Conditioning(cond_image=torch.cat([y_a, y_b], dim=1).contiguous(memory_format=torch.channels_last))
+    y = sample(model, diffusion, sampler, tuple(y_a.shape), cond, generator=generators, autocast_bf16=True)
+    if keep_background:
+        y = torch.where((y_a <= -1) & (y_b <= -1), -torch.ones_like(y), y)
+    return y
 
 
 def rule_fuser(name: str) -> Fuser:
@@ -238,25 +256,32 @@ def load_model(run_or_checkpoint: Path) -> tuple[FusionDenoiser, Diffusion, dict
         raise UserError(f"{path}: checkpoint of task '{task}', not a fusion run ('{TASK}')")
     model, stored, path = load_trained(
         path, build=lambda model_config: FusionDenoiser(from_dict(FusionNetConfig, model_config, "model.")))
+    model = model.to(memory_format=torch.channels_last)
     return model, Diffusion(from_dict(NoiseConfig, stored["noise"], "noise.")), stored, path
 
 
-def model_fuser(run_or_checkpoint: Path, steps: int | None = None, seed: int = 0) -> Fuser:
-    """A trained run as a fuser, sampling with its configured sampler (``steps`` overrides the step count)."""
+def model_fuser(run_or_checkpoint: Path, steps: int | None = None, seed: int = 0,
+                keep_background: bool | None = None) -> Fuser:
+    """A trained run as a fuser, sampling with its configured sampler (``steps`` overrides the step count,
+    ``keep_background`` the run's setting)."""
     model, diffusion, stored, path = load_model(run_or_checkpoint)
     sampler = from_dict(SamplerConfig, {**stored["sampler"], **({"steps": steps} if steps else {})}, "sampler.")
-    settings = {"checkpoint": str(path), "sampler": sampler.name, "steps": sampler.steps, "seed": seed}
+    if keep_background is None:
+        keep_background = stored.get("keep_background", True)
+    settings = {"checkpoint": str(path), "sampler": sampler.name, "steps": sampler.steps, "seed": seed,
+                "keep_background": keep_background}
     return Fuser(f"diffusion ({sampler.name} {sampler.steps})", stored.get("output_range", "minmax"),
-                 partial(_sample_y, model, diffusion, sampler, seed), settings)
+                 partial(_sample_y, model, diffusion, sampler, seed, keep_background), settings)
 
 
-def load_fuser(run_or_rule: str | Path, steps: int | None = None, seed: int = 0) -> Fuser:
+def load_fuser(run_or_rule: str | Path, steps: int | None = None, seed: int = 0,
+               keep_background: bool | None = None) -> Fuser:
     """A rule name or a run/checkpoint folder -> ``Fuser``."""
     if str(run_or_rule) in RULES:
         return rule_fuser(str(run_or_rule))
     if not Path(run_or_rule).exists():
         raise UserError(f"'{run_or_rule}' is neither a fusion rule ({', '.join(RULES)}) nor a run folder")
-    return model_fuser(Path(run_or_rule), steps, seed)
+    return model_fuser(Path(run_or_rule), steps, seed, keep_background)
 
 
 def fuse_image(fuser: Fuser, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
@@ -282,12 +307,12 @@ def fuse_pair(fuser: Fuser, a: torch.Tensor, b: torch.Tensor) -> tuple[np.ndarra
 
 
 def run(run_or_rule: str | Path, dir_a: Path, dir_b: Path, out_dir: Path, steps: int | None = None, seed: int = 0,
-        output_range: OutputRange | None = None, progress: bool = True) -> Path:
+        output_range: OutputRange | None = None, keep_background: bool | None = None, progress: bool = True) -> Path:
     """Fuse every pair of ``dir_a`` / ``dir_b`` (matched by file name) into ``out_dir/<name>.png`` with a
     rule or a trained run (colour outputs also get their fused Y in ``out_dir/y/<name>.png``, which
     ``evaluate`` scores); writes ``manifest.json`` (method, settings, seconds per pair). All input is
-    checked before anything is written."""
-    fuser = load_fuser(run_or_rule, steps, seed)
+    checked before anything is written. ``output_range`` and ``keep_background`` override a run's settings."""
+    fuser = load_fuser(run_or_rule, steps, seed, keep_background)
     if output_range is not None:
         fuser.output_range = output_range
     pairs = list_pairs(dir_a, dir_b)

@@ -30,6 +30,7 @@ from meddiff.diffusion.sampling import sample
 from meddiff.diffusion.schedulers import NoiseConfig, SamplerConfig
 from meddiff.errors import UserError
 from meddiff.nets.unet import UNet, UNetConfig
+from meddiff.report.files import check_new_folder
 from meddiff.report.grids import image_grid, pairs_grid, save_png
 from meddiff.tasks.runs import load_trained, prepare_run_dir, run_config, to_uint8
 from meddiff.train.engine import TrainConfig, TrainResult, Trainer, seed_everything
@@ -208,6 +209,7 @@ def run(run_or_checkpoint: Path, n: int, out_dir: Path, sampler: SamplerConfig, 
     """Sample ``n`` images (+ masks) into a dataset folder ``out_dir`` (images/, masks/, manifest.json,
     grid.png) that meddiff's image+mask loader reads directly. A conditional model samples ``attribute``
     (name or index), or every attribute in equal shares when it is None."""
+    check_new_folder(out_dir)
     model, diffusion, codec, stored, path = load(run_or_checkpoint)
     train_size = stored["data"].get("size")
     side = size or train_size
@@ -225,7 +227,7 @@ def run(run_or_checkpoint: Path, n: int, out_dir: Path, sampler: SamplerConfig, 
     manifest = {
         "model": {"checkpoint": str(path), "task": TASK, "class_names": stored["codec"]["class_names"]},
         "files": [{"image": f"images/{name}.png", **({"mask": f"masks/{name}.png"} if masks is not None else {}),
-                   "seed": seed + i, **settings,
+                   "model": str(path), "seed": seed + i, **settings,
                    **({"attribute": attribute_names[attributes[i]]} if attributes is not None else {})}
                   for i, name in enumerate(names)],
     }

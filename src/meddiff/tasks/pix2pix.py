@@ -30,9 +30,10 @@ from meddiff.data.labels import one_hot
 from meddiff.data.mask_sources import MaskAugment
 from meddiff.errors import UserError
 from meddiff.nets.pix2pix import Discriminator, Generator, Pix2PixNetConfig
+from meddiff.report.files import check_new_folder
 from meddiff.report.grids import save_png
 from meddiff.tasks.runs import prepare_run_dir, run_config
-from meddiff.tasks.synthesize import check_out_dir, comparison_grid, export, grid_indices, plan, read_masks
+from meddiff.tasks.synthesize import comparison_grid, export, grid_indices, plan, read_masks
 from meddiff.train.checkpoint import (
     checkpoint_name,
     flatten_state,
@@ -256,7 +257,7 @@ def run(run_or_checkpoint: Path, masks: Path, out_dir: Path, n_per_mask: int = 1
         augment: MaskAugment | None = None, cadis_task: CadisTask | None = None, n_masks: int = 16, progress: bool = False) -> Path:
     """Translate every mask of ``masks`` (as ``synthesize.read_masks``) into ``n_per_mask`` images (dropout
     drawn with seed ``seed + j`` for output ``j``) and export the same dataset folder as ``synthesize.run``."""
-    check_out_dir(out_dir)
+    check_new_folder(out_dir)
     model = load(run_or_checkpoint)
     mask_set = read_masks(model.stored, model.class_names, masks, cadis_task, n_masks, seed, progress)
     job = plan(mask_set, n_per_mask, seed, augment)

@@ -135,8 +135,13 @@ def labelled_dataset(data: DataConfig, images: list[str] | None, image_channels:
 
 
 def _peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (Linux reports kilobytes)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident memory of this process so far, in MB: VmHWM where Linux has it (ru_maxrss would also
+    count the memory of a large parent process that started this one), else ru_maxrss (kilobytes)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        return int(status.split("VmHWM:")[1].split()[0]) / 1024
+    except (OSError, IndexError, ValueError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # -- fit -----------------------------------------------------------------------------------------------------

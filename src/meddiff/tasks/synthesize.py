@@ -34,6 +34,7 @@ from meddiff.diffusion.sampling import sample
 from meddiff.diffusion.schedulers import NoiseConfig, SamplerConfig
 from meddiff.errors import UserError
 from meddiff.nets.unet import UNet, UNetConfig
+from meddiff.report.files import check_new_folder
 from meddiff.report.grids import pairs_grid, save_png
 from meddiff.tasks.runs import load_trained, prepare_run_dir, run_config, to_uint8
 from meddiff.train.checkpoint import list_checkpoints
@@ -256,13 +257,6 @@ def plan(masks: MaskSet, n_per_mask: int, seed: int, augment: MaskAugment | None
     return Plan(chosen.long(), names, seeds, records)
 
 
-def check_out_dir(out_dir: Path) -> None:
-    """Refuse a non-empty output folder before any work is done."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise UserError(f"{out_dir}: output folder exists and is not empty; choose another --out")
-
-
 def export(out_dir: Path, images: torch.Tensor, job: Plan, model: dict, settings: dict,
            class_names: Sequence[str]) -> Path:
     """Write images/, masks/, manifest.json (``model`` and ``settings`` in every file's entry) and grid.png."""
@@ -282,7 +276,7 @@ def run(run_or_checkpoint: Path, masks: Path, out_dir: Path, sampler: SamplerCon
         batch_size: int = 16, progress: bool = True, autocast_bf16: bool = False) -> Path:
     """Synthesise ``n_per_mask`` images for every mask of ``masks`` (see ``read_masks``) into the dataset
     folder ``out_dir``; everything is read and checked before anything is sampled or written."""
-    check_out_dir(out_dir)
+    check_new_folder(out_dir)
     synth = load(run_or_checkpoint)
     mask_set = read_masks(synth.stored, synth.class_names, masks, cadis_task, n_masks, seed, progress)
     job = plan(mask_set, n_per_mask, seed, augment)
