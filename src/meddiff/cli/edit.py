@@ -65,7 +65,7 @@ def edit_run(
     embed_lr: Optional[float] = typer.Option(None, "--embed-lr", help="Stage A learning rate (1e-2; SD 1e-3)."),
     finetune_steps: Optional[int] = typer.Option(None, "--finetune-steps", min=0,
                                                  help="Stage B steps (default 150; Stable Diffusion 1000)."),
-    finetune_lr: Optional[float] = typer.Option(None, "--finetune-lr", help="Stage B learning rate (2e-4; SD 2e-6)."),
+    finetune_lr: Optional[float] = typer.Option(None, "--finetune-lr", help="Stage B learning rate (1e-3; SD 2e-6)."),
     sampler: Optional[str] = typer.Option(None, "--sampler", help="ddpm | ddim | dpm++ | dpm++sde | unipc "
                                                                   "(default dpm++; SD ddim)."),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Sampling steps (default 20; SD 50)."),

@@ -41,6 +41,7 @@ from meddiff.edit.imagic import ImagicConfig, ImagicResult, imagic
 from meddiff.edit.stable_diffusion import SD_DEFAULTS, is_stable_diffusion
 from meddiff.errors import UserError
 from meddiff.metrics.image import psnr, ssim, to_unit_range
+from meddiff.report.files import check_new_folder
 from meddiff.report.grids import image_grid, pairs_grid, save_png
 from meddiff.report.plots import metric_curves
 from meddiff.tasks.runs import to_uint8
@@ -120,11 +121,6 @@ def _scorer(model, clip: Path | None):
     return None
 
 
-def _check_out(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"{out}: output folder exists and is not empty; choose another --out")
-
-
 def edit(model_path: Path, image_path: Path, prompt: str, out: Path, config: ImagicConfig,
          mask_path: Path | None = None, clip: Path | None = None, num_classes: int | None = None,
          device: str = "cpu", progress: bool = True) -> Path:
@@ -137,7 +133,7 @@ def edit(model_path: Path, image_path: Path, prompt: str, out: Path, config: Ima
     out = Path(out)
     if not prompt.strip():
         raise UserError("--prompt is empty; describe the edited image")
-    _check_out(out)
+    check_new_folder(out)
     if clip is not None and not Path(clip).is_dir():
         raise UserError(f"--clip {clip}: not a folder (a local CLIP model saved with save_pretrained)")
     if is_stable_diffusion(Path(model_path)):

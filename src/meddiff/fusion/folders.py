@@ -9,8 +9,6 @@ never leaves a partial output folder.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -22,6 +20,7 @@ from PIL import Image
 from meddiff.data.imagefiles import read_image
 from meddiff.data.validate import check_same_size, list_images, pair_files, require_dir
 from meddiff.errors import UserError
+from meddiff.report.files import atomic_folder, check_new_folder
 
 Pair = tuple[str, Path, Path]
 LUMA_DIR = "y"  # sub-folder of a fused folder with the fused Y of its colour images
@@ -84,13 +83,11 @@ class FusedFolder:
 
     def __init__(self, out_dir: Path):
         self.out_dir = Path(out_dir)
-        if self.out_dir.exists() and (self.out_dir.is_file() or any(self.out_dir.iterdir())):
-            raise UserError(f"{self.out_dir}: output folder exists and is not empty; choose another --out")
-        self.tmp = self.out_dir.parent / f".{self.out_dir.name}.tmp-{os.getpid()}"
+        check_new_folder(self.out_dir)
+        self._writing = atomic_folder(self.out_dir)
 
     def __enter__(self) -> "FusedFolder":
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        self.tmp.mkdir(parents=True)
+        self.tmp = self._writing.__enter__()
         return self
 
     def write(self, name: str, image: np.ndarray, luma: np.ndarray | None = None) -> None:
@@ -105,10 +102,5 @@ class FusedFolder:
         (self.tmp / "manifest.json").write_text(json.dumps(data, indent=1))
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 trace: TracebackType | None) -> None:
-        if kind is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return
-        if self.out_dir.exists():
-            self.out_dir.rmdir()
-        os.replace(self.tmp, self.out_dir)
+                 trace: TracebackType | None) -> bool | None:
+        return self._writing.__exit__(kind, error, trace)

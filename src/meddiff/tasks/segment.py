@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import resource
-import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -33,6 +31,7 @@ from meddiff.diffusion.objective import Diffusion
 from meddiff.errors import UserError
 from meddiff.metrics.segmentation import SegmentationMeter
 from meddiff.nets.unet import UNet
+from meddiff.report.files import atomic_folder, check_new_folder
 from meddiff.report.grids import overlay, save_png
 from meddiff.report.plots import heatmap
 from meddiff.segment.ensemble import EnsembleConfig, MLPEnsemble, train_ensemble, vote
@@ -254,8 +253,7 @@ def predict_folder(run: Path, images_dir: Path, out_dir: Path, tile_mb: float | 
     classifier, stored = load(run)
     config: SegmentConfig = stored["config"]
     files = list_images(Path(images_dir))
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise UserError(f"{out_dir}: output folder exists and is not empty; choose a new one")
+    check_new_folder(out_dir)
     stems = [p.stem for p in files]
     duplicate = next((s for s in stems if stems.count(s) > 1), None)
     if duplicate is not None:
@@ -264,12 +262,10 @@ def predict_folder(run: Path, images_dir: Path, out_dir: Path, tile_mb: float | 
         read_image(path, config.data.intensity)
     fit_ = Fit(config.data.size, config.data.fit, config.data.short_side)
     channels, classes = stored["image_channels"], stored["class_names"]
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"  # renamed into place when complete
-    shutil.rmtree(tmp, ignore_errors=True)
-    folders = {name: tmp / name for name in ("masks", "overlays", "uncertainty", "disagreement")}
-    for folder in folders.values():
-        folder.mkdir(parents=True)
-    try:
+    with atomic_folder(out_dir) as tmp:
+        folders = {name: tmp / name for name in ("masks", "overlays", "uncertainty", "disagreement")}
+        for folder in folders.values():
+            folder.mkdir()
         records = [_predict_file(classifier, path, folders, fit_, config.data.intensity, channels, classes,
                                  tile_mb or config.tile_mb) for path in files]
         manifest = {"model": {"run": str(Path(run).resolve()), "task": TASK, "class_names": classes,
@@ -278,12 +274,6 @@ def predict_folder(run: Path, images_dir: Path, out_dir: Path, tile_mb: float | 
                     "disagreement": "share of ensemble members outvoted by the majority, x255",
                     "files": records}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-        if out_dir.exists():
-            out_dir.rmdir()
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     if progress:
         console.print(f"{len(files)} images: mean uncertainty "
                       f"{np.mean([r['mean_uncertainty'] for r in records]):.3f}")
