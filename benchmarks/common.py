@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import shlex
@@ -47,6 +48,15 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
     for row in rows:
         lines.append("| " + " | ".join(_fmt(row.get(c, "")) for c in columns) + " |")
     return "\n".join(lines)
+
+
+def mean_std(values: list[float]) -> str:
+    """``mean ± sample std`` of the non-NaN values (std 0 for one value, "n/a" for none)."""
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return "n/a"
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.3f} ± {spread:.3f}"
 
 
 def _fmt(value: object) -> str:

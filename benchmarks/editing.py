@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import RESULTS, markdown_table, write_result
+from benchmarks.segmentation import brain_bands
 from meddiff.config import from_dict
 from meddiff.data.build import DataConfig, build_dataset
 from meddiff.data.samples import brain_mri
@@ -126,13 +127,8 @@ def _shift_size(caption: str, cls: str, seen: set[str]) -> str:
 
 def brain(work: Path, quick: bool, steps: int, alignment_steps: int) -> Setting:
     data = brain_mri(64)
-    n = len(data)
-    band = torch.arange(n) * 8 // n
-    test = torch.isin(band, torch.tensor([1, 4, 6]))
-    near = torch.zeros(n, dtype=torch.bool)
-    for shift in (-2, -1, 1, 2):
-        near |= torch.roll(test, shift)
-    train = torch.nonzero(~test & ~near)[:, 0].tolist()
+    band, _, train_slices = brain_bands(len(data))
+    train = torch.nonzero(train_slices)[:, 0].tolist()
     root = write_pair_folder(work / "brain_train", _uint8_hwc(data.images[train]), data.masks[train].numpy(),
                              [data.names[i] for i in train], {"class_names": BRAIN_CLASSES})
     config = _model_config({"kind": "image_mask_folder", "root": str(root), "size": 64, "hflip": True,

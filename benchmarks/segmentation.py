@@ -39,7 +39,7 @@ import torch
 import yaml
 from PIL import Image
 
-from benchmarks.common import RESULTS, markdown_table, write_result
+from benchmarks.common import RESULTS, markdown_table, mean_std, write_result
 from meddiff.config import from_dict, to_dict
 from meddiff.data.arrays import ArrayDataset
 from meddiff.data.build import DataConfig, build_dataset
@@ -132,17 +132,22 @@ def _subset(dataset: ArrayDataset, indices) -> ArrayDataset:
     return select_images(dataset, [dataset.names[i] for i in indices])
 
 
-def brain(quick: bool) -> Setting:
-    """MNI152 axial slices at 64 px in 8 bands of consecutive slices; bands 1, 4 and 6 are test, and the
-    two slices next to a test band on either side are dropped, so no test slice has a training neighbour."""
-    data = brain_mri(64, hflip=True)
-    n = len(data)
+def brain_bands(n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The brain split of every benchmark over ``n`` ordered axial slices: each slice's band (8 bands of
+    consecutive slices), test = bands 1, 4 and 6, train = neither test nor within 2 slices of a test slice."""
     band = torch.arange(n) * 8 // n
     test = torch.isin(band, torch.tensor([1, 4, 6]))
     near = torch.zeros(n, dtype=torch.bool)
     for shift in (-2, -1, 1, 2):
         near |= torch.roll(test, shift)
-    train = ~test & ~near
+    return band, test, ~test & ~near
+
+
+def brain(quick: bool) -> Setting:
+    """MNI152 axial slices at 64 px in 8 bands of consecutive slices; bands 1, 4 and 6 are test, and the
+    two slices next to a test band on either side are dropped, so no test slice has a training neighbour."""
+    data = brain_mri(64, hflip=True)
+    band, test, train = brain_bands(len(data))
     pool_all = torch.nonzero(train)[:, 0].tolist()
     rng = np.random.default_rng(123)
     sweep_val = sorted(rng.choice(pool_all, size=12, replace=False).tolist())
@@ -515,14 +520,6 @@ def fidelity_experiment(setting: Setting, diffusion_run: Path, features: Feature
 
 
 # -- report ----------------------------------------------------------------------------------------------------
-def _mean_std(values: list[float]) -> str:
-    values = [v for v in values if not math.isnan(v)]
-    if not values:
-        return "n/a"
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.3f} ± {spread:.3f}"
-
-
 def summarise(rows: list[dict], class_names: dict[str, list[str]]) -> tuple[str, list[dict]]:
     table = []
     keys = sorted({(r["dataset"], r["labels"], r["method"]) for r in rows},
@@ -530,11 +527,11 @@ def summarise(rows: list[dict], class_names: dict[str, list[str]]) -> tuple[str,
     for dataset, labels, method in keys:
         group = [r for r in rows if (r["dataset"], r["labels"], r["method"]) == (dataset, labels, method)]
         line = {"dataset": dataset, "labels": labels, "method": method, "seeds": len(group),
-                "mIoU": _mean_std([r["miou"] for r in group]), "fg mIoU": _mean_std([r["fg_miou"] for r in group]),
-                "mean Dice": _mean_std([r["mean_dice"] for r in group])}
+                "mIoU": mean_std([r["miou"] for r in group]), "fg mIoU": mean_std([r["fg_miou"] for r in group]),
+                "mean Dice": mean_std([r["mean_dice"] for r in group])}
         for k, name in enumerate(class_names[dataset]):
-            line[f"IoU/Dice {name}"] = (f"{_mean_std([r['iou'][k] for r in group])} / "
-                                        f"{_mean_std([r['dice'][k] for r in group])}")
+            line[f"IoU/Dice {name}"] = (f"{mean_std([r['iou'][k] for r in group])} / "
+                                        f"{mean_std([r['dice'][k] for r in group])}")
         line.update({"fit s": statistics.mean(r["fit_s"] for r in group),
                      "fit peak MB (+added)": f"{max(r['fit_peak_mb'] for r in group):.0f} "
                                              f"(+{max(r['fit_added_mb'] for r in group):.0f})",

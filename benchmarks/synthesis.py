@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import RESULTS, markdown_table, write_result
+from benchmarks.common import RESULTS, markdown_table, mean_std, write_result
 from benchmarks.segmentation import DATA, Setting, acdc, brain, cataract, choose_labels, isbi
 from meddiff.config import from_dict
 from meddiff.data.arrays import ArrayDataset, resize_image, resize_mask
@@ -409,21 +409,13 @@ def run_dataset(name: str, args, b: Budget, work: Path, prefix: str) -> dict:
             "timings_s": timings}
 
 
-def _mean_std(values: list[float]) -> str:
-    values = [v for v in values if not math.isnan(v)]
-    if not values:
-        return "n/a"
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.3f} ± {spread:.3f}"
-
-
 def summarise_downstream(rows: list[dict]) -> list[dict]:
     table = []
     for name in dict.fromkeys(r["training data"] for r in rows):
         group = [r for r in rows if r["training data"] == name]
         table.append({"training data": name, "pairs": group[0]["pairs"], "seeds": len(group),
-                      "mIoU": _mean_std([r["miou"] for r in group]), "fg mIoU": _mean_std([r["fg_miou"] for r in group]),
-                      "mean Dice": _mean_std([r["mean_dice"] for r in group]),
+                      "mIoU": mean_std([r["miou"] for r in group]), "fg mIoU": mean_std([r["fg_miou"] for r in group]),
+                      "mean Dice": mean_std([r["mean_dice"] for r in group]),
                       "steps": statistics.mean(r["steps"] for r in group)})
     return table
 
