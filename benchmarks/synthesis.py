@@ -3,7 +3,10 @@ the joint image+mask generator (`generate`) vs pix2pix, all three trained on the
 with the same time budget, at 64 px.
 
     .venv/bin/python -m benchmarks.synthesis [--quick] [--datasets acdc brain isbi cataract] [--labels 20]
-        [--synthetic 40] [--seeds 0 1 2] [--generator-minutes 1.75] [--segmenter-minutes 0.3] [--work DIR]
+        [--synthetic 40] [--seeds 0 1 2] [--generator-steps 400] [--segmenter-steps 500] [--work DIR]
+
+Results of datasets that a run does not redo are kept from the previous results file, so the datasets can
+run in separate processes (each writes its own section under a lock) and the file still holds all four.
 
 Splits come from benchmarks.segmentation (test patients / slice bands / images / videos never train
 anything here). Per dataset:
@@ -25,10 +28,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import fcntl
+import json
 import math
 import os
+import shlex
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 import warnings
@@ -116,44 +123,46 @@ def load_setting(name: str, quick: bool) -> Setting:
 # -- budgets ------------------------------------------------------------------------------------------------------
 @dataclass
 class Budget:
-    """Model sizes, sampling settings and time budgets of a run (full or --quick)."""
+    """Model sizes, sampling settings and training budgets of a run (full or --quick). Diffusion models and
+    segmenters train for a number of steps, so the scores do not depend on how busy the machine is; pix2pix
+    trains for as long (wall time) as the SPADE model took."""
 
-    generator_minutes: float
+    generator_steps: int
     unet: UNetConfig
     pix2pix: Pix2PixNetConfig
     sampler_steps: int
     guidance: float
     segnet: SegNetConfig
     segmenter_train: TrainConfig
-    judge_minutes: float
+    judge_steps: int
     domain_steps: int
     fidelity_masks: int  # at most this many test masks are synthesised for fidelity/consistency
 
 
-def budget(quick: bool, generator_minutes: float, segmenter_minutes: float) -> Budget:
+def budget(quick: bool, generator_steps: int, segmenter_steps: int) -> Budget:
     # accelerate keeps one precision per process, so every Trainer of this process runs bf16.
     if quick:
-        return Budget(0.1, UNetConfig(base_channels=16, channel_mults=[1, 2], blocks_per_level=1, attention_levels=[]),
+        return Budget(6, UNetConfig(base_channels=16, channel_mults=[1, 2], blocks_per_level=1, attention_levels=[]),
                       Pix2PixNetConfig(base_channels=8, max_channels=32, depth=6, norm_groups=8), 4, 1.5,
                       SegNetConfig(base_channels=8, depth=3),
                       TrainConfig(steps=8, batch_size=4, warmup_steps=0, eval_every=4, patience=2,
-                                  checkpoint_every=1000, log_every=4, mixed_precision="bf16"), 0.05, 10, 12)
-    # Sized for 2 datasets in 30 min on 2 cores: ~2 M-parameter generators (SPADE UNet 1.9 M, joint UNet
+                                  checkpoint_every=1000, log_every=4, mixed_precision="bf16"), 8, 10, 12)
+    # Sized for ~20 min per dataset on one core: ~2 M-parameter generators (SPADE UNet 1.9 M, joint UNet
     # 1.1 M, pix2pix generator 1.8 M), DPM++ 10 steps.
-    return Budget(generator_minutes,
+    return Budget(generator_steps,
                   UNetConfig(base_channels=32, channel_mults=[1, 2, 2], blocks_per_level=1, attention_levels=[],
                              spade_hidden=32),
                   Pix2PixNetConfig(base_channels=16, max_channels=128, depth=6, disc_channels=32), 10, 1.5,
                   SegNetConfig(base_channels=16, depth=3),
-                  TrainConfig(steps=3000, batch_size=8, lr=1e-3, warmup_steps=50, ema_decay=0.99, eval_every=25,
-                              patience=8, checkpoint_every=100_000, keep_checkpoints=1, log_every=25,
-                              max_minutes=segmenter_minutes, mixed_precision="bf16"),
-                  2 * segmenter_minutes, 200, 32)
+                  TrainConfig(steps=segmenter_steps, batch_size=8, lr=1e-3, warmup_steps=50, ema_decay=0.99,
+                              eval_every=25, patience=8, checkpoint_every=100_000, keep_checkpoints=1, log_every=25,
+                              mixed_precision="bf16"),
+                  3 * segmenter_steps, 200, 32)
 
 
 def _diffusion_train(b: Budget) -> TrainConfig:
-    return TrainConfig(steps=100_000, batch_size=8, lr=5e-4, warmup_steps=50, ema_decay=0.995,
-                       mixed_precision="bf16", max_minutes=b.generator_minutes, sample_every=100_000,
+    return TrainConfig(steps=b.generator_steps, batch_size=8, lr=5e-4, warmup_steps=min(50, b.generator_steps // 4),
+                       ema_decay=0.995, mixed_precision="bf16", sample_every=100_000,
                        checkpoint_every=100_000, keep_checkpoints=1, log_every=50)
 
 
@@ -205,7 +214,7 @@ def train_generators(labelled: ArrayDataset, b: Budget, work: Path) -> Generator
     info["joint diffusion"] = {"steps": result.step, "minutes": (time.monotonic() - started) / 60,
                                "final_loss": _loss(result)}
     started = time.monotonic()
-    train = pix2pix.Pix2PixTrainConfig(steps=100_000, batch_size=8, max_minutes=b.generator_minutes,
+    train = pix2pix.Pix2PixTrainConfig(steps=100_000, batch_size=8, max_minutes=info["SPADE diffusion"]["minutes"],
                                        sample_every=100_000, checkpoint_every=100_000, keep_checkpoints=1, log_every=50)
     result = pix2pix.fit(pix2pix.Pix2PixConfig(data=data, model=b.pix2pix, train=train, grid_samples=4),
                          runs["pix2pix"], progress=False)
@@ -262,7 +271,7 @@ def _judge_config(b: Budget) -> SegmenterConfig:
     """The downstream U-Net with a longer budget and rarer validation (it validates on every pool image)."""
     train = b.segmenter_train
     return SegmenterConfig(model=b.segnet, train=dataclasses.replace(
-        train, max_minutes=b.judge_minutes, eval_every=4 * train.eval_every, patience=max(2, train.patience // 2)))
+        train, steps=b.judge_steps, eval_every=4 * train.eval_every, patience=max(2, train.patience // 2)))
 
 
 def fit_segmenter(dataset: ArrayDataset, config: SegmenterConfig, run: Path):
@@ -458,7 +467,27 @@ def caveats(r: dict) -> list[str]:
     return notes
 
 
-def report(results: dict, args, b: Budget, wall: float, cut: list[str], prefix: str, load: list[float]) -> None:
+def merged(previous: Path, results: dict) -> dict:
+    """``results`` plus the datasets of the ``previous`` results JSON that this run did not redo (each keeps the
+    command, date and budget it ran with)."""
+    if not previous.is_file():
+        return dict(results)
+    kept = {k: v for k, v in json.loads(previous.read_text()).get("datasets", {}).items()
+            if k not in results and "command" in v}  # sections written before datasets named their command: dropped
+    return {name: (kept.get(name) or results[name]) for name in ("acdc", "brain", "isbi", "cataract")
+            if name in kept or name in results}
+
+
+def report(results: dict, args, b: Budget, prefix: str) -> None:
+    """Rewrite ``results/<prefix>.md/json`` with ``results`` merged into what is there (under a lock, so
+    processes running different datasets can share the file)."""
+    with open(RESULTS / f".{prefix}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        everything = merged(RESULTS / f"{prefix}.json", results)
+        _write_report(everything, args, b, prefix)
+
+
+def _write_report(results: dict, args, b: Budget, prefix: str) -> None:
     parts = []
     for name, r in results.items():
         gens = "; ".join(f"{g}: {i['parameters'] / 1e6:.2f} M parameters, {i['steps']} steps in {i['minutes']:.1f} min, "
@@ -468,25 +497,29 @@ def report(results: dict, args, b: Budget, wall: float, cut: list[str], prefix: 
         down = summarise_downstream(r["downstream"])
         timing = ", ".join(f"{k} {v / 60:.1f} min" for k, v in r["timings_s"].items())
         parts.append(
-            f"## {name}\n\n{r['description']}. Generators and the downstream real set: {len(r['labelled'])} pool pairs; "
-            f"judge: every pool pair ({r['pool']}), {r['judge_steps']} steps. Feature network for KID: "
-            f"`{r['feature_net']}`. Time: {timing}.\n\nGenerators: {gens}.\n\n"
+            f"## {name}\n\nRun by `{r['command']}` on {r['date']} ({r['threads']} torch thread(s), 1-minute load "
+            f"average {r['load'][0]:.1f} at its start, {r['load'][1]:.1f} at its end). {r['description']}. Generators "
+            f"and the downstream real set: {len(r['labelled'])} pool pairs; judge: every pool pair ({r['pool']}), "
+            f"{r['judge_steps']} steps. Feature network for KID: `{r['feature_net']}`. Time: {timing}.\n\n"
+            f"Generators: {gens}.\n\n"
             f"### Fidelity and semantic consistency (test masks)\n\n{markdown_table(r['fidelity'], fid_columns)}\n\n"
-            f"### Downstream utility ({len(r['labelled'])} real pairs + {args.synthetic} synthetic, test = "
+            f"### Downstream utility ({len(r['labelled'])} real pairs + {r['synthetic']} synthetic, test = "
             f"{r['test']} real test pairs)\n\n{markdown_table(down, list(down[0]))}\n\n{verdicts(r['downstream'])}.\n\n"
             + "".join(f"- {note}\n" for note in caveats(r)) + "\n"
             + "".join(f"![{name} samples]({f})\n\n" for f in r["figures"]))
-    cut_note = (f"**Cut from this run:** {', '.join(cut)} (not run: the 30-minute budget on 2 cores does not fit "
-                f"them; run `--datasets {' '.join(cut)}` to add them). " if cut else "")
+    missing = [d for d in ("acdc", "brain", "isbi", "cataract") if d not in results]
+    cut_note = (f"**Not run yet:** {', '.join(missing)} (run `--datasets {' '.join(missing)}` to add them). "
+                if missing else "")
     text = (
-        f"{cut_note}All at 64 px; 128 px was not run (the time budget does not allow it). Training budgets are "
-        f"wall-clock minutes, so the steps reached depend on how busy the machine was: 1-minute load average "
-        f"{load[0]:.1f} at the start, {load[1]:.1f} at the end of this run (2 logical CPUs).\n\n"
-        f"**Setup.** Each generator trains on the same N = {args.labels} labelled pool pairs for "
-        f"{b.generator_minutes} min: SPADE diffusion = meddiff `synthesize` (UNet base {b.unet.base_channels}, "
+        f"{cut_note}All at 64 px; 128 px was not run (the time budget does not allow it). Each dataset section "
+        f"names the command that produced it; sample figures of ACDC, ISBI and cataract images are written next "
+        f"to this file but not committed (the data licences do not allow copies in the repository).\n\n"
+        f"**Setup.** Each generator trains on the same N = {args.labels} labelled pool pairs: SPADE diffusion = "
+        f"meddiff `synthesize` for {b.generator_steps} steps of 8 pairs (UNet base {b.unet.base_channels}, "
         f"mults {b.unet.channel_mults}, SPADE label map, 20% map dropout, sampled with DPM++ {b.sampler_steps} "
-        f"steps, guidance {b.guidance}); joint diffusion = meddiff `generate` with `joint_mask` (same UNet, one-hot "
-        f"mask channels, DPM++ {b.sampler_steps} steps); pix2pix = meddiff `pix2pix` (U-Net generator base "
+        f"steps, guidance {b.guidance}); joint diffusion = meddiff `generate` with `joint_mask` ({b.generator_steps} "
+        f"steps, same UNet, one-hot mask channels, DPM++ {b.sampler_steps} steps); pix2pix = meddiff `pix2pix` "
+        f"for as long as the SPADE model trained (wall time; U-Net generator base "
         f"{b.pix2pix.base_channels}, PatchGAN, L1 weight 100). Splits are those of `benchmarks.segmentation` "
         f"(test patients/bands/images/videos and the slices next to them never train anything; the 'sweep "
         f"validation' images named below belong to that benchmark and are unused here).\n\n"
@@ -505,10 +538,10 @@ def report(results: dict, args, b: Budget, wall: float, cut: list[str], prefix: 
         f"of {DIVERSITY_SAMPLES} samples of one mask ({DIVERSITY_MASKS} masks); all-pairs distance = the same over "
         f"all samples of the row.\n\n"
         f"**Semantic consistency**: the judge (U-Net segmenter, base {b.segnet.base_channels}, trained on every "
-        f"real pool pair, {b.judge_minutes} min) on the synthesised images, mIoU against their input masks "
+        f"real pool pair, at most {b.judge_steps} steps) on the synthesised images, mIoU against their input masks "
         f"(joint: against the generated masks); first row = the judge on the real test images.\n\n"
-        f"**Downstream utility**: the same U-Net trained (at most {b.segmenter_train.steps} steps or "
-        f"{b.segmenter_train.max_minutes} min, early stopping on "
+        f"**Downstream utility**: the same U-Net trained (at most {b.segmenter_train.steps} steps, early stopping "
+        f"every {b.segmenter_train.eval_every} steps with patience {b.segmenter_train.patience} on "
         f"10% held-out pixels of its own training images) on the N real pairs vs the N real + M = {args.synthetic} "
         f"synthetic pairs: SPADE and pix2pix draw images for augmented copies of the N training masks "
         f"(`data.mask_sources`: flips as the data, rotation ±10°, elastic 3 px), the joint model draws M pairs. "
@@ -517,36 +550,39 @@ def report(results: dict, args, b: Budget, wall: float, cut: list[str], prefix: 
         f"once and each draws its M synthetic pairs once).\n\n" + "\n".join(parts))
     write_result(prefix, "Mask-to-image synthesis: SPADE diffusion vs joint diffusion vs pix2pix",
                  data=", ".join(results) + " (../shared/data and nilearn's MNI152)", seed=str(args.seeds),
-                 wall_seconds=wall, body=text, numbers={"datasets": results, "cut": cut, "load_average": load,
-                                                        "budget": dataclasses.asdict(b)})
+                 wall_seconds=sum(r["timings_s"]["total"] for r in results.values()), body=text,
+                 numbers={"datasets": results, "not_run": missing, "budget": dataclasses.asdict(b)})
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny models and budgets (end-to-end smoke test)")
-    parser.add_argument("--datasets", nargs="+", default=["acdc", "brain"],
+    parser.add_argument("--datasets", nargs="+", default=["acdc", "brain", "isbi", "cataract"],
                         choices=["acdc", "brain", "isbi", "cataract"])
     parser.add_argument("--labels", type=int, default=20, help="N real labelled pairs")
     parser.add_argument("--synthetic", type=int, default=40, help="M synthetic pairs added per generator")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--generator-minutes", type=float, default=1.75, help="training time of each generator")
-    parser.add_argument("--segmenter-minutes", type=float, default=0.3, help="time budget of each downstream U-Net")
+    parser.add_argument("--generator-steps", type=int, default=400,
+                        help="training steps of each diffusion generator (pix2pix trains as long, in wall time)")
+    parser.add_argument("--segmenter-steps", type=int, default=500,
+                        help="at most this many steps per downstream U-Net (it stops early before that)")
     parser.add_argument("--work", type=Path, default=None)
     args = parser.parse_args()
     if not DATA.is_dir():
         raise SystemExit(f"real data folder {DATA} is absent")
     if args.quick:
         args.labels, args.synthetic, args.seeds = min(args.labels, 6), min(args.synthetic, 6), args.seeds[:2]
-    b = budget(args.quick, args.generator_minutes, args.segmenter_minutes)
+    b = budget(args.quick, args.generator_steps, args.segmenter_steps)
     prefix = "synthesis_quick" if args.quick else "synthesis"
-    cut = [d for d in ("acdc", "brain", "isbi", "cataract") if d not in args.datasets]
     work = args.work or Path(tempfile.mkdtemp(prefix="meddiff-synthesis-"))
-    started, results, load_start = time.monotonic(), {}, os.getloadavg()[0]
+    command = " ".join(shlex.quote(a) for a in ["python", "-m", "benchmarks.synthesis", *sys.argv[1:]])
     for name in args.datasets:
-        results[name] = run_dataset(name, args, b, work, prefix)
+        load_start = os.getloadavg()[0]
+        result = run_dataset(name, args, b, work, prefix)
+        result.update(command=command, date=time.strftime("%Y-%m-%d"), threads=torch.get_num_threads(),
+                      load=[load_start, os.getloadavg()[0]], synthetic=args.synthetic)
         # written after every dataset, so an interrupted run still leaves its finished datasets
-        report(results, args, b, time.monotonic() - started, cut + [d for d in args.datasets if d not in results],
-               prefix, [load_start, os.getloadavg()[0]])
+        report({name: result}, args, b, prefix)
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -73,7 +73,7 @@ def tiny_textgen_config(steps: int = 80, **changes):
         "grid_samples": 4,
     }
     for section, values in changes.items():
-        data[section] = {**data[section], **values} if isinstance(values, dict) else values
+        data[section] = {**data.get(section, {}), **values} if isinstance(values, dict) else values
     return from_dict(TextGenConfig, data)
 
 

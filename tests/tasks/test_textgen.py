@@ -74,3 +74,10 @@ def test_image_only_data_needs_a_captions_file(tmp_path):
                                  alignment=dataclasses.replace(config.alignment, steps=2, batch_size=2))
     result = textgen.fit(config, tmp_path / "run", progress=False)
     assert result.step == 1 and textgen.load(tmp_path / "run").codec.num_classes == 0
+
+
+def test_tone_words_train_the_model_and_its_alignment_network(tmp_path):
+    config = tiny_textgen_config(steps=2, tone={"prob": 0.5}, alignment={"steps": 2})
+    textgen.fit(config, tmp_path / "run", progress=False)
+    model = textgen.load(tmp_path / "run")
+    assert model.stored["tone"]["prob"] == 0.5 and textgen.load_run_aligner(model) is not None

@@ -5,7 +5,8 @@ default, or a local CLIP text model). It diffuses the image, or ``[image, one-ho
 together (``generate.PairCodec``), so an edit changes the label map with the image and decodes it to valid
 class ids. Captions come from a CSV file or from the label map by a documented template
 (``text.captions``); ``caption_drop_prob`` of the training samples get the empty prompt's embedding, which
-is the null conditioning of classifier-free guidance at sampling and editing time.
+is the null conditioning of classifier-free guidance at sampling and editing time. With ``tone.prob > 0``
+the model also learns the words dark / bright / low contrast / high contrast (``text.tone``).
 
 After the diffusion model, ``fit`` trains the run's text-alignment network (``metrics.text_alignment``:
 a small image encoder matched contrastively to the caption embeddings of the training images), which
@@ -42,6 +43,7 @@ from meddiff.tasks.generate import PairCodec
 from meddiff.tasks.runs import load_trained, prepare_run_dir, run_config
 from meddiff.text.captions import CaptionConfig, Captioner
 from meddiff.text.encoders import MINILM, TextEncoder, TextEncoding, load_text_encoder
+from meddiff.text.tone import ToneConfig, all_variants, tone_variants
 from meddiff.train.engine import TrainConfig, TrainResult, Trainer, seed_everything
 
 TASK = "textgen"
@@ -64,6 +66,7 @@ class TextGenConfig:
     text_max_length: int | None = None  # tokens per prompt (default: 64 MiniLM, 77 CLIP)
     joint_mask: bool = True  # diffuse the label map with the image (needs labelled data)
     caption_drop_prob: float = 0.1  # share of training samples given the empty prompt (for guidance)
+    tone: ToneConfig = field(default_factory=ToneConfig)  # intensity variants named in the caption
     alignment: AlignmentTrainConfig = field(default_factory=AlignmentTrainConfig)  # steps 0: skip
     grid_samples: int = 8
 
@@ -142,7 +145,11 @@ def fit(config: TextGenConfig, run_dir: Path, resume: bool = False, progress: bo
     stored["text"] = {"encoder": encoder.name, "max_length": encoder.max_length, "caption_prefix": captioner.prefix}
 
     def loss_fn(net, batch, generator):
-        cond = text_conditioning(encoder.encode(captioner(batch)), null)
+        captions = captioner(batch)
+        if config.tone.prob:
+            images, captions = tone_variants(batch["image"], captions, config.tone, generator)
+            batch = {**batch, "image": images}
+        cond = text_conditioning(encoder.encode(captions), null)
         return diffusion.loss(net, codec.encode(batch), cond, generator, cond_drop_prob=config.caption_drop_prob)
 
     grid_captions = [captions[i] for i in torch.linspace(0, len(captions) - 1, config.grid_samples).long()]
@@ -155,7 +162,10 @@ def fit(config: TextGenConfig, run_dir: Path, resume: bool = False, progress: bo
     result = Trainer(run_dir, model, dataset, config.train, loss_fn, stored, sample_fn, progress).fit(resume=resume)
     alignment_dir = Path(run_dir) / ALIGNMENT_DIR
     if config.alignment.steps and not (resume and (alignment_dir / "aligner.json").is_file()):
-        aligner, _ = train_aligner(dataset.images, encoder.encode(captions).pooled, captions, config.alignment,
+        images = dataset.images
+        if config.tone.prob:
+            images, captions = all_variants(images, captions, config.tone)
+        aligner, _ = train_aligner(images, encoder.encode(captions).pooled, captions, config.alignment,
                                    progress=progress)
         save_aligner(aligner, alignment_dir)
     return result
