@@ -442,7 +442,7 @@ def verdicts(rows: list[dict]) -> str:
     return "; ".join(lines)
 
 
-def caveats(r: dict) -> list[str]:
+def caveats(r: dict, segmenter_steps: int) -> list[str]:
     """What a dataset's numbers cannot show, read off the numbers themselves."""
     real, notes = r["fidelity"][0], []
     if real["judge fg mIoU"] < 0.1:
@@ -453,14 +453,18 @@ def caveats(r: dict) -> list[str]:
     if below:
         notes.append(f"{', '.join(below)} score a KID at or below the real training images. SPADE and pix2pix draw "
                      "from the test masks and so share the test images' anatomy, which the training images (other "
-                     "patients / slices) do not; and at 32 images the domain network's KID does not separate the "
+                     f"patients / slices) do not; and at {r['fidelity'][1]['n']} images the domain network's KID does not separate the "
                      "unrealistic samples in the figures from real ones. Read KID only as a comparison between the "
                      "generators of one dataset, not as closeness to real images.")
     short = {g: i["steps"] for g, i in r["generators"].items() if "diffusion" in g and i["steps"] < 1000}
     if short:
-        notes.append("The diffusion models reached only " + ", ".join(f"{s} steps ({g})" for g, s in short.items())
-                     + f" in the budget (pix2pix: {r['generators']['pix2pix']['steps']}): far from converged, so these "
-                     "numbers measure the methods at this CPU budget, not at convergence.")
+        notes.append("The diffusion models trained only " + ", ".join(f"{s} steps ({g})" for g, s in short.items())
+                     + f" (pix2pix, in the same wall time as SPADE: {r['generators']['pix2pix']['steps']} steps): far "
+                     "from converged, so these numbers measure the methods at this CPU budget, not at convergence.")
+    capped = sum(row["steps"] >= segmenter_steps for row in r["downstream"])
+    if capped:
+        notes.append(f"{capped} of the {len(r['downstream'])} downstream U-Nets ran all {segmenter_steps} steps without "
+                     "stopping early: still improving, so a longer budget could change the gaps.")
     copied = [f"{row['images']} ({row['memorised']:.0%})" for row in r["fidelity"][1:] if row["memorised"] > 0.05]
     if copied:
         notes.append(f"Likely copies of training images: {', '.join(copied)}.")
@@ -505,14 +509,16 @@ def _write_report(results: dict, args, b: Budget, prefix: str) -> None:
             f"### Fidelity and semantic consistency (test masks)\n\n{markdown_table(r['fidelity'], fid_columns)}\n\n"
             f"### Downstream utility ({len(r['labelled'])} real pairs + {r['synthetic']} synthetic, test = "
             f"{r['test']} real test pairs)\n\n{markdown_table(down, list(down[0]))}\n\n{verdicts(r['downstream'])}.\n\n"
-            + "".join(f"- {note}\n" for note in caveats(r)) + "\n"
+            + "".join(f"- {note}\n" for note in caveats(r, b.segmenter_train.steps)) + "\n"
             + "".join(f"![{name} samples]({f})\n\n" for f in r["figures"]))
     missing = [d for d in ("acdc", "brain", "isbi", "cataract") if d not in results]
     cut_note = (f"**Not run yet:** {', '.join(missing)} (run `--datasets {' '.join(missing)}` to add them). "
                 if missing else "")
     text = (
         f"{cut_note}All at 64 px; 128 px was not run (the time budget does not allow it). Each dataset section "
-        f"names the command that produced it; sample figures of ACDC, ISBI and cataract images are written next "
+        f"names the command that produced it (the header's command is the last one to write this file, its "
+        f"wall time the sum of the dataset runs, which may run side by side); sample figures of ACDC, ISBI and "
+        f"cataract images are written next "
         f"to this file but not committed (the data licences do not allow copies in the repository).\n\n"
         f"**Setup.** Each generator trains on the same N = {args.labels} labelled pool pairs: SPADE diffusion = "
         f"meddiff `synthesize` for {b.generator_steps} steps of 8 pairs (UNet base {b.unet.base_channels}, "
@@ -567,6 +573,8 @@ def main() -> None:
     parser.add_argument("--segmenter-steps", type=int, default=500,
                         help="at most this many steps per downstream U-Net (it stops early before that)")
     parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--rewrite-report", action="store_true",
+                        help="only rewrite the results file from its JSON (after a change to the report's text)")
     args = parser.parse_args()
     if not DATA.is_dir():
         raise SystemExit(f"real data folder {DATA} is absent")
@@ -574,6 +582,9 @@ def main() -> None:
         args.labels, args.synthetic, args.seeds = min(args.labels, 6), min(args.synthetic, 6), args.seeds[:2]
     b = budget(args.quick, args.generator_steps, args.segmenter_steps)
     prefix = "synthesis_quick" if args.quick else "synthesis"
+    if args.rewrite_report:
+        report({}, args, b, prefix)
+        return
     work = args.work or Path(tempfile.mkdtemp(prefix="meddiff-synthesis-"))
     command = " ".join(shlex.quote(a) for a in ["python", "-m", "benchmarks.synthesis", *sys.argv[1:]])
     for name in args.datasets:
