@@ -34,8 +34,10 @@ class FeatureConfig:
     bf16:       run the UNet under bf16 autocast (faster on CPUs with AMX; features a little coarser)
     """
 
-    blocks: list[int] = field(default_factory=lambda: [2, 3, 4, 5])
-    timesteps: list[int] = field(default_factory=lambda: [50, 150, 250])
+    # Defaults: what at least 2 of the 4 sweeps of benchmarks/results/segmentation.md recommended (brain,
+    # ACDC, ISBI, cataract; an 8-decoder-block UNet): sweep your own model and data for better choices.
+    blocks: list[int] = field(default_factory=lambda: [5, 6, 7])
+    timesteps: list[int] = field(default_factory=lambda: [20, 50, 250])
     scale: float = 1.0
     noise_seed: int = 0
     batch_size: int = 4
