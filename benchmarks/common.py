@@ -65,11 +65,16 @@ def _fmt(value: object) -> str:
     return str(value)
 
 
+def command_line() -> str:
+    """The command that runs this benchmark with this process's arguments."""
+    return " ".join(shlex.quote(a) for a in ["python", "-m", f"benchmarks.{Path(sys.argv[0]).stem}", *sys.argv[1:]])
+
+
 def write_result(name: str, title: str, *, data: str, seed: int | str, wall_seconds: float, body: str,
                  numbers: dict) -> Path:
     """Write ``results/<name>.md`` (command, data, seed, machine, wall time, body) and ``<name>.json``."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    command = " ".join(shlex.quote(a) for a in ["python", "-m", f"benchmarks.{Path(sys.argv[0]).stem}", *sys.argv[1:]])
+    command = command_line()
     header = (f"# {title}\n\n"
               f"- command: `{command}`\n- data: {data}\n- seed: {seed}\n- machine: {machine()}\n"
               f"- wall time: {wall_seconds / 60:.1f} min\n- date: {time.strftime('%Y-%m-%d')}\n\n")

@@ -1,6 +1,6 @@
 """Mask-to-image synthesis on real data: SPADE diffusion (meddiff `synthesize`, classifier-free guidance) vs
 the joint image+mask generator (`generate`) vs pix2pix, all three trained on the same N labelled pairs
-with the same time budget, at 64 px.
+(diffusion models for a number of steps, pix2pix for as long as SPADE took), at 64 px.
 
     .venv/bin/python -m benchmarks.synthesis [--quick] [--datasets acdc brain isbi cataract] [--labels 20]
         [--synthetic 40] [--seeds 0 1 2] [--generator-steps 400] [--segmenter-steps 500] [--work DIR]
@@ -32,10 +32,8 @@ import fcntl
 import json
 import math
 import os
-import shlex
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 import warnings
@@ -45,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import RESULTS, markdown_table, mean_std, write_result
+from benchmarks.common import RESULTS, command_line, markdown_table, mean_std, write_result
 from benchmarks.segmentation import DATA, Setting, acdc, brain, cataract, choose_labels, isbi
 from meddiff.config import from_dict
 from meddiff.data.arrays import ArrayDataset, resize_image, resize_mask
@@ -69,6 +67,7 @@ from meddiff.tasks.segmenter import SegmenterConfig, select_images
 from meddiff.train.engine import TrainConfig
 
 SIZE = 64
+DATASETS = ("acdc", "brain", "isbi", "cataract")
 GENERATORS = ("SPADE diffusion", "joint diffusion", "pix2pix")
 DIVERSITY_MASKS, DIVERSITY_SAMPLES = 3, 4
 
@@ -478,8 +477,8 @@ def merged(previous: Path, results: dict) -> dict:
         return dict(results)
     kept = {k: v for k, v in json.loads(previous.read_text()).get("datasets", {}).items()
             if k not in results and "command" in v}  # sections written before datasets named their command: dropped
-    return {name: (kept.get(name) or results[name]) for name in ("acdc", "brain", "isbi", "cataract")
-            if name in kept or name in results}
+    everything = {**kept, **results}
+    return {name: everything[name] for name in DATASETS if name in everything}
 
 
 def report(results: dict, args, b: Budget, prefix: str) -> None:
@@ -511,7 +510,7 @@ def _write_report(results: dict, args, b: Budget, prefix: str) -> None:
             f"{r['test']} real test pairs)\n\n{markdown_table(down, list(down[0]))}\n\n{verdicts(r['downstream'])}.\n\n"
             + "".join(f"- {note}\n" for note in caveats(r, b.segmenter_train.steps)) + "\n"
             + "".join(f"![{name} samples]({f})\n\n" for f in r["figures"]))
-    missing = [d for d in ("acdc", "brain", "isbi", "cataract") if d not in results]
+    missing = [d for d in DATASETS if d not in results]
     cut_note = (f"**Not run yet:** {', '.join(missing)} (run `--datasets {' '.join(missing)}` to add them). "
                 if missing else "")
     text = (
@@ -563,8 +562,7 @@ def _write_report(results: dict, args, b: Budget, prefix: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny models and budgets (end-to-end smoke test)")
-    parser.add_argument("--datasets", nargs="+", default=["acdc", "brain", "isbi", "cataract"],
-                        choices=["acdc", "brain", "isbi", "cataract"])
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
     parser.add_argument("--labels", type=int, default=20, help="N real labelled pairs")
     parser.add_argument("--synthetic", type=int, default=40, help="M synthetic pairs added per generator")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -586,7 +584,7 @@ def main() -> None:
         report({}, args, b, prefix)
         return
     work = args.work or Path(tempfile.mkdtemp(prefix="meddiff-synthesis-"))
-    command = " ".join(shlex.quote(a) for a in ["python", "-m", "benchmarks.synthesis", *sys.argv[1:]])
+    command = command_line()
     for name in args.datasets:
         load_start = os.getloadavg()[0]
         result = run_dataset(name, args, b, work, prefix)
