@@ -6,9 +6,10 @@ disk read through short-lived ``np.memmap`` views, so memory no longer grows wit
 Balancing draws rare classes (a thin myocardium, an instrument tip) as often as the background, and the
 classifier is trained and stopped on that balanced sample as it is. The ``reweight`` option instead weights
 each class in the loss by (its pixels) / (its sampled pixels), an unbiased estimate of the every-pixel
-loss; it is off by default because on ACDC (20 labels, 20,000 of ~66,000 pixels) those weights, ~10x on
-the background, made the gradient noisy and cost 7-10 mIoU points against training on every pixel, where
-the balanced sample came within the seed-to-seed spread (benchmarks/results/segmentation.md).
+loss; it is off by default. In benchmarks/segmentation.py on ACDC (20 labels, 20,000 of ~66,000 pixels)
+the reweighted sample scored 8.1 mIoU points below training on every pixel (1 seed, with a weaker diffusion
+model: the results file of commit 772d421), the sample as drawn +0.28 points (3 seeds,
+benchmarks/results/segmentation.md); weights of ~10x on the background make the gradient noisy.
 """
 
 from __future__ import annotations
