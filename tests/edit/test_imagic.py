@@ -37,13 +37,14 @@ def test_stage_a_lowers_the_reconstruction_loss_and_leaves_the_model_alone(train
 def test_alpha_zero_after_fine_tuning_reconstructs_the_input(trained_textgen, brain_slice):
     image, mask = brain_slice
     fidelity = {}
-    for steps in (0, 40):  # without and with stage B
+    for steps in (0, 100):  # without and with stage B
         model = MeddiffEditModel.load(trained_textgen)
         config = ImagicConfig(embed_steps=5, finetune_steps=steps, finetune_lr=3e-3, alphas=[0.0], seeds=2,
                               sampler=FAST)
         result = imagic(model, image, mask, PROMPT, config)
         fidelity[steps] = psnr(result.images[0.0], image.expand(2, -1, -1, -1)).item()
-    assert fidelity[40] > fidelity[0] + 3  # dB (about 9 -> 13 for this barely trained model)
+    # about 9 -> 16 dB for this barely trained 32 px model; benchmarks/editing.py measures the real one
+    assert fidelity[100] > fidelity[0] + 5
 
 
 def test_editing_an_image_and_mask_gives_images_and_valid_class_ids(trained_textgen, brain_slice):

@@ -52,6 +52,22 @@ def test_each_condition_changes_the_output(key):
         assert not torch.allclose(model(*args, **kwargs), model(*args, **other), atol=1e-5)
 
 
+def test_pooled_text_reaches_the_time_embedding_and_ignores_padding_tokens():
+    pooled = _perturbed(UNetConfig(**SMALL, context_dim=12))
+    assert pooled.context_embed is not None
+    assert UNet(UNetConfig(**SMALL, context_dim=12, context_pooled=False)).context_embed is None
+    args, kwargs = pooled.example_inputs(2, 16, 16)
+    kwargs["context_mask"] = torch.tensor([[True] * 5 + [False] * 3] * 2)
+    padded = dict(kwargs, context=kwargs["context"].clone())
+    padded["context"][:, 5:] = torch.randn(2, 3, 12)
+    emb = pooled.context_embed[0]  # the pooled path alone moves the output
+    with torch.no_grad():
+        assert torch.allclose(pooled(*args, **kwargs), pooled(*args, **padded), atol=1e-5)
+        before = pooled(*args, **kwargs)
+        emb.bias.add_(1.0)
+        assert not torch.allclose(pooled(*args, **kwargs), before, atol=1e-5)
+
+
 def test_spade_enters_decoder_only_so_encoder_sees_just_the_image():
     model = UNet(UNetConfig(**SMALL, spade_classes=4))
     assert not any("norm1.shared" in name for name, _ in model.encoder.named_parameters())

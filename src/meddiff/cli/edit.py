@@ -64,12 +64,12 @@ def edit_run(
                                               help="Stage A steps (default 100; Stable Diffusion 500)."),
     embed_lr: Optional[float] = typer.Option(None, "--embed-lr", help="Stage A learning rate (1e-2; SD 1e-3)."),
     finetune_steps: Optional[int] = typer.Option(None, "--finetune-steps", min=0,
-                                                 help="Stage B steps (default 150; Stable Diffusion 1000)."),
+                                                 help="Stage B steps (default 400; Stable Diffusion 1000)."),
     finetune_lr: Optional[float] = typer.Option(None, "--finetune-lr", help="Stage B learning rate (1e-3; SD 2e-6)."),
     sampler: Optional[str] = typer.Option(None, "--sampler", help="ddpm | ddim | dpm++ | dpm++sde | unipc "
                                                                   "(default dpm++; SD ddim)."),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Sampling steps (default 20; SD 50)."),
-    guidance: Optional[float] = typer.Option(None, "--guidance", help="Guidance scale (default 3; SD 7.5)."),
+    guidance: Optional[float] = typer.Option(None, "--guidance", help="Guidance scale (default 1; SD 7.5)."),
     clip: Optional[Path] = typer.Option(None, "--clip", help="Local CLIP model folder: report CLIP score as the "
                                                              "text alignment."),
     classes: Optional[int] = typer.Option(None, "--classes", min=2, help="Stable Diffusion with --mask: number "

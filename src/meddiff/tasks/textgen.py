@@ -56,7 +56,7 @@ class TextGenConfig:
 
     data: DataConfig = field(default_factory=DataConfig)
     # in/out channels and context_dim are set from the data and the text encoder; cross-attention sits at
-    # the attention_levels (and the middle block)
+    # the attention_levels (and the middle block); context_pooled adds the tokens' mean to the time embedding
     model: UNetConfig = field(default_factory=UNetConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
