@@ -44,8 +44,8 @@ class UNetConfig:
     spade_classes: int = 0
     spade_hidden: int = 64
     context_dim: int = 0
-    # without it, a 1000-step model on 64 px brain slices ignored "high contrast" and size words (same seeds,
-    # prompt with vs without the words: contrast change 0.01%, white-matter share -0.08 points)
+    # without it a 1000-step cataract text model ignored the tone words (benchmarks/results/text_conditioning.md:
+    # "bright" +0.2 intensity points vs +12.7 with it, "low contrast" +0.6% vs +19.5%)
     context_pooled: bool = True
     num_classes: int = 0
 
