@@ -81,3 +81,14 @@ def test_tone_words_train_the_model_and_its_alignment_network(tmp_path):
     textgen.fit(config, tmp_path / "run", progress=False)
     model = textgen.load(tmp_path / "run")
     assert model.stored["tone"]["prob"] == 0.5 and textgen.load_run_aligner(model) is not None
+
+
+def test_a_run_saved_before_the_pooled_text_path_still_loads(trained_textgen, tmp_path):
+    from meddiff.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+
+    groups, state = load_checkpoint(list_checkpoints(trained_textgen)[-1])
+    del state["config"]["model"]["context_pooled"]  # configs of older runs lack the field ...
+    old = {g: {k: v for k, v in t.items() if not k.startswith("context_embed.")} for g, t in groups.items()}
+    save_checkpoint(tmp_path / "step_0000001", old, state)  # ... and their weights the pooled path
+    model = textgen.load(tmp_path / "step_0000001")
+    assert model.unet.context_embed is None

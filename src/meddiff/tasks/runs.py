@@ -43,7 +43,9 @@ def load_trained(run_or_checkpoint: Path, ema: bool = True,
     config = state.get("config", {})
     if "model" not in config:
         raise UserError(f"{path}: checkpoint has no model config")
-    model = build(config["model"]) if build else UNet(from_dict(UNetConfig, config["model"], "model."))
+    # runs saved before UNetConfig.context_pooled existed had no pooled text path
+    model = build(config["model"]) if build else UNet(from_dict(UNetConfig, {"context_pooled": False,
+                                                                             **config["model"]}, "model."))
     weights = groups["ema"] if ema and "ema" in groups else groups["model"]
     missing = set(model.state_dict()) - set(weights)
     if missing:
