@@ -76,7 +76,8 @@ CATARACT_PREFIX = "cataract surgery microscope frame"
 THESIS_RANGE = (1.4, 1.7)
 # the smallest change over alpha 0 that counts as applied (the units of each edit's measure): a visible step,
 # well above the seed-to-seed spread of the measures in the first runs
-VISIBLE = {"high contrast": 10.0, "low contrast": 10.0, "white-matter extent": 2.0, "bright": 5.0, "dark": 5.0, "instrument removed": 1.0}
+VISIBLE = {"high contrast": 10.0, "low contrast": 10.0, "white-matter extent": 2.0, "bright": 5.0, "dark": 5.0,
+           "instrument removed": 1.0}
 MIN_SSIM_SHARE = 0.8  # SSIM to the input at least this share of alpha 0's
 RESPONSE_SAMPLES = 8
 # the brain model (image + 4 label channels, 70 slices) still drew blurred, noisy slices after 1000 steps
@@ -149,16 +150,21 @@ def _size_rank(caption: str, cls: str) -> int:
     return words.index(re.search(rf"(tiny|small|medium|large|very large) {cls}", caption).group(1))
 
 
-def _contrast_gain(image: torch.Tensor, higher: bool) -> Callable:
-    """% change of the intensity standard deviation over the input's, > 0 towards the requested side."""
-    before, sign = to_unit_range(image).std(), 1 if higher else -1
-    return lambda images, masks: sign * 100 * (to_unit_range(images).std(dim=(1, 2, 3)) / before - 1)
+def tone_change(word: str, images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Per image, the change a tone word asks for over its ``reference``, > 0 in the word's direction: dark /
+    bright: mean intensity (percentage points of the range); low / high contrast: % change of the intensity
+    standard deviation."""
+    unit, ref = to_unit_range(images), to_unit_range(reference)
+    if word in ("dark", "bright"):
+        sign = 1 if word == "bright" else -1
+        return sign * 100 * (unit.mean(dim=(1, 2, 3)) - ref.mean(dim=(1, 2, 3)))
+    sign = 1 if word == "high contrast" else -1
+    return sign * 100 * (unit.std(dim=(1, 2, 3)) / ref.std(dim=(1, 2, 3)) - 1)
 
 
-def _brightness_gain(image: torch.Tensor, brighter: bool) -> Callable:
-    """Mean intensity change (percentage points of the range), > 0 towards the requested side."""
-    before, sign = to_unit_range(image).mean(), 1 if brighter else -1
-    return lambda images, masks: sign * 100 * (to_unit_range(images).mean(dim=(1, 2, 3)) - before)
+def _tone_gain(word: str, image: torch.Tensor) -> Callable:
+    """``tone_change`` of each output over the input."""
+    return lambda images, masks: tone_change(word, images, image.expand_as(images))
 
 
 def _share_gain(mask: torch.Tensor, cls: int, larger: bool) -> Callable:
@@ -185,8 +191,7 @@ def brain(work: Path, quick: bool, steps: int, alignment_steps: int) -> Setting:
         image, mask = _quantise(data.images[i:i + 1]), data.masks[i:i + 1].long()
         source = template_captions(mask, BRAIN_CLASSES, BRAIN_PREFIX)[0]
         if k == 0:
-            edits += [Edit(data.names[i], word, image, mask, source, f"{source}, {word}",
-                           _contrast_gain(image, word == "high contrast"))
+            edits += [Edit(data.names[i], word, image, mask, source, f"{source}, {word}", _tone_gain(word, image))
                       for word in (["high contrast"] if quick else ["high contrast", "low contrast"])]
         else:
             target = _shift_size(source, "white matter", seen)
@@ -233,10 +238,8 @@ def cataract(work: Path, quick: bool, steps: int, alignment_steps: int) -> Setti
             no_instrument = re.sub(r" [^,]* instrument( at [a-z ]+)?$", " no instrument", source)
             edits.append(Edit(names[i], "instrument removed", image, None, source, no_instrument))
         else:
-            brighter = float(to_unit_range(image).mean()) <= median
-            word = "bright" if brighter else "dark"
-            edits.append(Edit(names[i], word, image, None, source, f"{source}, {word}",
-                              _brightness_gain(image, brighter)))
+            word = "bright" if float(to_unit_range(image).mean()) <= median else "dark"
+            edits.append(Edit(names[i], word, image, None, source, f"{source}, {word}", _tone_gain(word, image)))
 
     return Setting("cataract", f"Cataract-1K + CatInstSeg + CaDIS labelled frames and 100 unlabelled frames, 64 px "
                    f"RGB, image only; {len(train_images)} training frames ({len(pool)} labelled), {len(test)} "
@@ -248,8 +251,10 @@ def train_model(setting: Setting, work: Path) -> tuple[Path, dict]:
     for the same number of steps)."""
     run = work / f"run_{setting.name}"
     info_file = run / "bench.json"
-    if info_file.is_file() and json.loads(info_file.read_text())["steps"] == setting.config.train.steps:
-        return run, json.loads(info_file.read_text())
+    if info_file.is_file():
+        info = json.loads(info_file.read_text())
+        if info["steps"] == setting.config.train.steps:
+            return run, info
     shutil.rmtree(run, ignore_errors=True)  # another step count, or an interrupted run
     start = time.perf_counter()
     result = textgen.fit(setting.config, run, progress=False)
@@ -337,10 +342,13 @@ def stage_b_study(run: Path, setting: Setting, edit: Edit, config: ImagicConfig,
         target = model.encode_prompt(edit.target)
         shape = tuple(model.encode_input(edit.image, edit.mask).shape[1:])
         for guidance in STUDY_GUIDANCE:
-            sampler = dataclasses.replace(config.sampler, guidance_scale=guidance)
-            drawn = sample_edits(model, result.embedding, target, shape, dataclasses.replace(tuned, sampler=sampler))
-            for alpha, x in drawn.items():
-                images, masks = model.decode_output(x)
+            if guidance == config.sampler.guidance_scale:  # imagic's own stage C
+                outputs = {a: (result.images[a], result.masks[a]) for a in STUDY_ALPHAS}
+            else:
+                sampler = dataclasses.replace(config.sampler, guidance_scale=guidance)
+                drawn = sample_edits(model, result.embedding, target, shape, dataclasses.replace(tuned, sampler=sampler))
+                outputs = {a: model.decode_output(x) for a, x in drawn.items()}
+            for alpha, (images, masks) in outputs.items():
                 reference = edit.image.expand_as(images)
                 rows.append({"dataset": setting.name, "edit": edit.kind, "B steps": n, "guidance": guidance,
                              "alpha": alpha, "PSNR": float(psnr(images, reference)),

@@ -27,22 +27,11 @@ import torch
 from benchmarks import editing
 from benchmarks.common import markdown_table, write_result
 from meddiff.diffusion.schedulers import SamplerConfig
-from meddiff.metrics.image import to_unit_range
 from meddiff.tasks import textgen
 from meddiff.text.tone import TONE_WORDS
 
 SAMPLES = 8
 GUIDANCE = (1.0, 3.0)
-
-
-def tone_measure(word: str, images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """Per sample, > 0 in the word's direction: intensity (points) or standard deviation (%) vs ``reference``."""
-    unit, ref = to_unit_range(images), to_unit_range(reference)
-    if word in ("dark", "bright"):
-        sign = 1 if word == "bright" else -1
-        return sign * 100 * (unit.mean(dim=(1, 2, 3)) - ref.mean(dim=(1, 2, 3)))
-    sign = 1 if word == "high contrast" else -1
-    return sign * 100 * (unit.std(dim=(1, 2, 3)) / ref.std(dim=(1, 2, 3)) - 1)
 
 
 def responses(run: Path, caption: str, size: tuple[int, int]) -> list[dict]:
@@ -57,7 +46,7 @@ def responses(run: Path, caption: str, size: tuple[int, int]) -> list[dict]:
 
         plain = draw(caption)
         for word in TONE_WORDS:
-            response = tone_measure(word, draw(f"{caption}, {word}"), plain)
+            response = editing.tone_change(word, draw(f"{caption}, {word}"), plain)
             rows.append({"guidance": guidance, "word": word, "response": float(response.mean()),
                          "seed std": float(response.std())})
     return rows

@@ -40,6 +40,14 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0)
     return F.pad(emb, (0, dim % 2))
 
 
+def masked_mean(tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``[B, L, D]`` tokens -> ``[B, D]``: their mean over the positions ``mask`` ``[B, L]`` keeps (all if None)."""
+    if mask is None:
+        return tokens.mean(dim=1)
+    weights = mask.to(tokens.dtype)[..., None]
+    return (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
+
+
 class ResBlock(nn.Module):
     """BigGAN-style residual block: norm-SiLU-conv, time scale-shift, norm-SiLU-dropout-conv, and the sum
     with the (projected) input scaled by 1/sqrt(2) as in SR3.

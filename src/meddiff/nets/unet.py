@@ -24,7 +24,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from meddiff.nets.attention import SpatialAttention
-from meddiff.nets.layers import Downsample, ResBlock, Upsample, group_norm, sinusoidal_embedding, zero_module
+from meddiff.nets.layers import (Downsample, ResBlock, Upsample, group_norm, masked_mean, sinusoidal_embedding,
+                                 zero_module)
 
 
 @dataclass
@@ -193,7 +194,7 @@ class UNet(nn.Module):
         if self.context_embed is not None:
             if context is None:
                 raise ValueError("this UNet is text-conditioned: pass context (and context_mask)")
-            emb = emb + self.context_embed(_masked_mean(context, context_mask).to(emb.dtype))
+            emb = emb + self.context_embed(masked_mean(context, context_mask).to(emb.dtype))
 
         cond = (label_map, context, context_mask)
         h = self.input_conv(x)
@@ -241,11 +242,3 @@ class UNet(nn.Module):
         with FlopCounterMode(display=False) as counter:
             self(*args, **kwargs)
         return counter.get_total_flops()
-
-
-def _masked_mean(tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """``[B, L, D]`` tokens -> ``[B, D]``: their mean over the positions ``mask`` ``[B, L]`` keeps (all if None)."""
-    if mask is None:
-        return tokens.mean(dim=1)
-    weights = mask.to(tokens.dtype)[..., None]
-    return (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)

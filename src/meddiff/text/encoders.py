@@ -27,6 +27,7 @@ from typing import Iterator, Literal, Sequence
 import torch
 
 from meddiff.errors import UserError
+from meddiff.nets.layers import masked_mean
 
 MINILM = "minilm"
 MINILM_MAX_LENGTH = 64
@@ -100,8 +101,7 @@ class TextEncoder:
             out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         tokens, mask = out.last_hidden_state.float(), batch["attention_mask"].bool()
         if self.pooling == "mean":
-            weights = mask.unsqueeze(-1).float()
-            pooled = torch.nn.functional.normalize((tokens * weights).sum(1) / weights.sum(1).clamp(min=1), dim=-1)
+            pooled = torch.nn.functional.normalize(masked_mean(tokens, mask), dim=-1)
         else:
             pooled = out.pooler_output.float()
         return TextEncoding(tokens, mask, pooled)
