@@ -27,8 +27,10 @@ def machine() -> str:
         flags = ", AMX-BF16" if "amx_bf16" in cpuinfo else ""
     except (OSError, StopIteration):
         model = platform.processor() or "unknown CPU"
-    return (f"{model}{flags}; {os.cpu_count()} logical CPUs, torch {torch.__version__} with "
-            f"{torch.get_num_threads()} threads; Python {platform.python_version()}")
+    return (
+        f"{model}{flags}; {os.cpu_count()} logical CPUs, torch {torch.__version__} with "
+        f"{torch.get_num_threads()} threads; Python {platform.python_version()}"
+    )
 
 
 def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
@@ -70,16 +72,20 @@ def command_line() -> str:
     return " ".join(shlex.quote(a) for a in ["python", "-m", f"benchmarks.{Path(sys.argv[0]).stem}", *sys.argv[1:]])
 
 
-def write_result(name: str, title: str, *, data: str, seed: int | str, wall_seconds: float, body: str,
-                 numbers: dict) -> Path:
+def write_result(
+    name: str, title: str, *, data: str, seed: int | str, wall_seconds: float, body: str, numbers: dict
+) -> Path:
     """Write ``results/<name>.md`` (command, data, seed, machine, wall time, body) and ``<name>.json``."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     command = command_line()
-    header = (f"# {title}\n\n"
-              f"- command: `{command}`\n- data: {data}\n- seed: {seed}\n- machine: {machine()}\n"
-              f"- wall time: {wall_seconds / 60:.1f} min\n- date: {time.strftime('%Y-%m-%d')}\n\n")
+    header = (
+        f"# {title}\n\n"
+        f"- command: `{command}`\n- data: {data}\n- seed: {seed}\n- machine: {machine()}\n"
+        f"- wall time: {wall_seconds / 60:.1f} min\n- date: {time.strftime('%Y-%m-%d')}\n\n"
+    )
     md = RESULTS / f"{name}.md"
     md.write_text(header + body.rstrip() + "\n")
-    (RESULTS / f"{name}.json").write_text(json.dumps({"command": command, "data": data, "seed": seed,
-                                                      "wall_seconds": wall_seconds, **numbers}, indent=1))
+    (RESULTS / f"{name}.json").write_text(
+        json.dumps({"command": command, "data": data, "seed": seed, "wall_seconds": wall_seconds, **numbers}, indent=1)
+    )
     return md

@@ -35,17 +35,19 @@ from meddiff.metrics.memorization import memorization_check
 from meddiff.report.grids import pairs_grid, save_png
 from meddiff.tasks import demo, generate
 
-SAMPLERS = [SamplerConfig(name="dpm++", steps=20, guidance_scale=2.0),
-            SamplerConfig(name="dpm++", steps=20, guidance_scale=1.0),
-            SamplerConfig(name="dpm++", steps=10, guidance_scale=2.0),
-            SamplerConfig(name="ddim", steps=50, guidance_scale=2.0)]
+SAMPLERS = [
+    SamplerConfig(name="dpm++", steps=20, guidance_scale=2.0),
+    SamplerConfig(name="dpm++", steps=20, guidance_scale=1.0),
+    SamplerConfig(name="dpm++", steps=10, guidance_scale=2.0),
+    SamplerConfig(name="ddim", steps=50, guidance_scale=2.0),
+]
 
 
 def variants(minutes: float) -> dict[str, generate.GenerateConfig]:
     conditional = demo.demo_config(minutes)
     unconditional = dataclasses.replace(
-        conditional, conditional=False,
-        data=from_dict(DataConfig, {"kind": "brain_mri", "size": 64, "hflip": True}))
+        conditional, conditional=False, data=from_dict(DataConfig, {"kind": "brain_mri", "size": 64, "hflip": True})
+    )
     return {"unconditional": unconditional, "level-conditional (demo)": conditional}
 
 
@@ -86,32 +88,58 @@ def main() -> None:
             out = generate.run(run, args.samples, run / tag, sampler, seed=0, progress=False, autocast_bf16=True)
             seconds = time.monotonic() - t0
             images, masks = read_folder(out)
-            scores = scores_from_features(real_features, extract_features(images, feature_net), feature_net.name,
-                                          kid_subsets=50)
+            scores = scores_from_features(
+                real_features, extract_features(images, feature_net), feature_net.name, kid_subsets=50
+            )
             memo = memorization_check(images, real.images)
-            rows.append({
-                "model": label, "train steps": result.step, "final loss": np.mean(list(result.losses.values())[-50:]),
-                "sampler": f"{sampler.name} {sampler.steps}", "guidance": sampler.guidance_scale,
-                "KID x1000": 1000 * scores["kid_mean"], "KID std x1000": 1000 * scores["kid_std"],
-                "tissue L1 (pp)": 100 * (fractions(masks) - real_fractions).abs().sum().item(),
-                "likely copies": memo.fraction_copies, "s/img": seconds / args.samples,
-            })
+            rows.append(
+                {
+                    "model": label,
+                    "train steps": result.step,
+                    "final loss": np.mean(list(result.losses.values())[-50:]),
+                    "sampler": f"{sampler.name} {sampler.steps}",
+                    "guidance": sampler.guidance_scale,
+                    "KID x1000": 1000 * scores["kid_mean"],
+                    "KID std x1000": 1000 * scores["kid_std"],
+                    "tissue L1 (pp)": 100 * (fractions(masks) - real_fractions).abs().sum().item(),
+                    "likely copies": memo.fraction_copies,
+                    "s/img": seconds / args.samples,
+                }
+            )
             if sampler == SAMPLERS[0] or (not config.conditional and sampler == SAMPLERS[1]):
                 figure = Path(__file__).resolve().parent / "results" / f"demo_{label.split()[0]}.png"
                 save_png(pairs_grid(images[:16], masks[:16], 4, ncol=4, scale=2), figure)
                 figures.append((label, figure.name, tag))
 
-    columns = ["model", "train steps", "final loss", "sampler", "guidance", "KID x1000", "KID std x1000",
-               "tissue L1 (pp)", "likely copies", "s/img"]
-    body = (f"Both models: the demo's UNet and optimiser, {args.minutes} min of training each on the same CPU, "
-            f"{args.samples} samples per row (seed 0). Domain feature net: `{feature_net.name}`. "
-            f"KID floor (even vs odd real slices): {1000 * floor['kid_mean']:.2f} x1e-3.\n\n"
-            + markdown_table(rows, columns)
-            + "\n\n" + "\n".join(f"- {label} ({tag}): ![{label}]({name})" for label, name, tag in figures))
-    write_result("demo", "The demo's budget: unconditional vs level-conditional brain image+label generation",
-                 data="embedded MNI152 T1 axial slices (nilearn), 64 px, 133 slices, 4 tissue classes", seed=0,
-                 wall_seconds=time.monotonic() - started, body=body,
-                 numbers={"rows": rows, "kid_floor": floor, "feature_net": feature_net.name})
+    columns = [
+        "model",
+        "train steps",
+        "final loss",
+        "sampler",
+        "guidance",
+        "KID x1000",
+        "KID std x1000",
+        "tissue L1 (pp)",
+        "likely copies",
+        "s/img",
+    ]
+    body = (
+        f"Both models: the demo's UNet and optimiser, {args.minutes} min of training each on the same CPU, "
+        f"{args.samples} samples per row (seed 0). Domain feature net: `{feature_net.name}`. "
+        f"KID floor (even vs odd real slices): {1000 * floor['kid_mean']:.2f} x1e-3.\n\n"
+        + markdown_table(rows, columns)
+        + "\n\n"
+        + "\n".join(f"- {label} ({tag}): ![{label}]({name})" for label, name, tag in figures)
+    )
+    write_result(
+        "demo",
+        "The demo's budget: unconditional vs level-conditional brain image+label generation",
+        data="embedded MNI152 T1 axial slices (nilearn), 64 px, 133 slices, 4 tissue classes",
+        seed=0,
+        wall_seconds=time.monotonic() - started,
+        body=body,
+        numbers={"rows": rows, "kid_floor": floor, "feature_net": feature_net.name},
+    )
 
 
 if __name__ == "__main__":

@@ -76,8 +76,14 @@ CATARACT_PREFIX = "cataract surgery microscope frame"
 THESIS_RANGE = (1.4, 1.7)
 # the smallest change over alpha 0 that counts as applied (the units of each edit's measure): a visible step,
 # well above the seed-to-seed spread of the measures in the first runs
-VISIBLE = {"high contrast": 10.0, "low contrast": 10.0, "white-matter extent": 2.0, "bright": 5.0, "dark": 5.0,
-           "instrument removed": 1.0}
+VISIBLE = {
+    "high contrast": 10.0,
+    "low contrast": 10.0,
+    "white-matter extent": 2.0,
+    "bright": 5.0,
+    "dark": 5.0,
+    "instrument removed": 1.0,
+}
 MIN_SSIM_SHARE = 0.8  # SSIM to the input at least this share of alpha 0's
 RESPONSE_SAMPLES = 8
 # the brain model (image + 4 label channels, 70 slices) still drew blurred, noisy slices after 1000 steps
@@ -119,17 +125,38 @@ def _uint8_hwc(images: torch.Tensor) -> np.ndarray:
 
 
 def _model_config(data: dict, captions: dict, joint_mask: bool, steps: int, alignment_steps: int):
-    return from_dict(textgen.TextGenConfig, {
-        "data": data,
-        "model": {"base_channels": 32, "channel_mults": [1, 2, 2, 4], "blocks_per_level": 1,
-                  "attention_levels": [2, 3]},
-        "noise": {"beta_schedule": "cosine", "prediction_type": "v_prediction"},
-        "train": {"steps": steps, "batch_size": 8, "lr": 1e-3, "warmup_steps": 50,
-                  "ema_decay": 0.995, "mixed_precision": "bf16", "log_every": 25, "sample_every": 100_000,
-                  "checkpoint_every": 100_000, "keep_checkpoints": 1},
-        "sampler": {"name": "dpm++", "steps": 20, "guidance_scale": 2.0},
-        "captions": captions, "joint_mask": joint_mask, "caption_drop_prob": 0.1, "tone": {"prob": 0.3},
-        "alignment": {"steps": alignment_steps, "image_size": 64}, "grid_samples": 8})
+    return from_dict(
+        textgen.TextGenConfig,
+        {
+            "data": data,
+            "model": {
+                "base_channels": 32,
+                "channel_mults": [1, 2, 2, 4],
+                "blocks_per_level": 1,
+                "attention_levels": [2, 3],
+            },
+            "noise": {"beta_schedule": "cosine", "prediction_type": "v_prediction"},
+            "train": {
+                "steps": steps,
+                "batch_size": 8,
+                "lr": 1e-3,
+                "warmup_steps": 50,
+                "ema_decay": 0.995,
+                "mixed_precision": "bf16",
+                "log_every": 25,
+                "sample_every": 100_000,
+                "checkpoint_every": 100_000,
+                "keep_checkpoints": 1,
+            },
+            "sampler": {"name": "dpm++", "steps": 20, "guidance_scale": 2.0},
+            "captions": captions,
+            "joint_mask": joint_mask,
+            "caption_drop_prob": 0.1,
+            "tone": {"prob": 0.3},
+            "alignment": {"steps": alignment_steps, "image_size": 64},
+            "grid_samples": 8,
+        },
+    )
 
 
 def _shift_size(caption: str, cls: str, seen: set[str]) -> str:
@@ -177,44 +204,89 @@ def brain(work: Path, quick: bool, steps: int, alignment_steps: int) -> Setting:
     data = brain_mri(64)
     band, test, train_slices = brain_bands(len(data))
     train = torch.nonzero(train_slices)[:, 0].tolist()
-    root = write_pair_folder(work / "brain_train", _uint8_hwc(data.images[train]), data.masks[train].numpy(),
-                             [data.names[i] for i in train], {"class_names": BRAIN_CLASSES})
-    config = _model_config({"kind": "image_mask_folder", "root": str(root), "size": 64, "hflip": True,
-                            "class_names": BRAIN_CLASSES}, {"prefix": BRAIN_PREFIX}, True, steps,
-                           alignment_steps)
+    root = write_pair_folder(
+        work / "brain_train",
+        _uint8_hwc(data.images[train]),
+        data.masks[train].numpy(),
+        [data.names[i] for i in train],
+        {"class_names": BRAIN_CLASSES},
+    )
+    config = _model_config(
+        {"kind": "image_mask_folder", "root": str(root), "size": 64, "hflip": True, "class_names": BRAIN_CLASSES},
+        {"prefix": BRAIN_PREFIX},
+        True,
+        steps,
+        alignment_steps,
+    )
     train_captions = template_captions(data.masks[train].long(), BRAIN_CLASSES, BRAIN_PREFIX)
-    seen = {m.group(1) for c in train_captions for m in [re.search(r"(tiny|small|medium|large|very large) "
-                                                                   r"white matter", c)] if m}
+    seen = {
+        m.group(1)
+        for c in train_captions
+        for m in [
+            re.search(
+                r"(tiny|small|medium|large|very large) "
+                r"white matter",
+                c,
+            )
+        ]
+        if m
+    }
     held_out = [int(torch.nonzero(band == b)[:, 0].float().median()) for b in ([4] if quick else [4, 6])]
     edits = []
     for k, i in enumerate(held_out):
-        image, mask = _quantise(data.images[i:i + 1]), data.masks[i:i + 1].long()
+        image, mask = _quantise(data.images[i : i + 1]), data.masks[i : i + 1].long()
         source = template_captions(mask, BRAIN_CLASSES, BRAIN_PREFIX)[0]
         if k == 0:
-            edits += [Edit(data.names[i], word, image, mask, source, f"{source}, {word}", _tone_gain(word, image))
-                      for word in (["high contrast"] if quick else ["high contrast", "low contrast"])]
+            edits += [
+                Edit(data.names[i], word, image, mask, source, f"{source}, {word}", _tone_gain(word, image))
+                for word in (["high contrast"] if quick else ["high contrast", "low contrast"])
+            ]
         else:
             target = _shift_size(source, "white matter", seen)
-            edits.append(Edit(data.names[i], "white-matter extent", image, mask, source, target,
-                              _share_gain(mask, 3, _size_rank(target, "white matter") > _size_rank(source, "white matter"))))
-    return Setting("brain", f"MNI152 T1 axial slices, 64 px, image + 4-class label map; {len(train)} training "
-                   f"slices, {int(test.sum())} held out (3 bands, 2-slice gap)", config, edits)
+            edits.append(
+                Edit(
+                    data.names[i],
+                    "white-matter extent",
+                    image,
+                    mask,
+                    source,
+                    target,
+                    _share_gain(mask, 3, _size_rank(target, "white matter") > _size_rank(source, "white matter")),
+                )
+            )
+    return Setting(
+        "brain",
+        f"MNI152 T1 axial slices, 64 px, image + 4-class label map; {len(train)} training "
+        f"slices, {int(test.sum())} held out (3 bands, 2-slice gap)",
+        config,
+        edits,
+    )
 
 
 def cataract(work: Path, quick: bool, steps: int, alignment_steps: int) -> Setting:
     common = dict(kind="image_mask_folder", class_names=CATARACT_CLASSES, size=64, fit="resize", channels=3)
-    parts = [build_dataset(from_dict(DataConfig, {**common, "root": str(DATA / "cataract1k_samples"),
-                                                  "masks_dir": "masks_L"})),
-             build_dataset(from_dict(DataConfig, {**common, "root": str(DATA / "catinstseg_samples")})),
-             build_dataset(from_dict(DataConfig, {**common, "root": str(DATA / "cadis_samples_mt"),
-                                                  "unpaired": "skip"}))]
+    parts = [
+        build_dataset(
+            from_dict(DataConfig, {**common, "root": str(DATA / "cataract1k_samples"), "masks_dir": "masks_L"})
+        ),
+        build_dataset(from_dict(DataConfig, {**common, "root": str(DATA / "catinstseg_samples")})),
+        build_dataset(from_dict(DataConfig, {**common, "root": str(DATA / "cadis_samples_mt"), "unpaired": "skip"})),
+    ]
     images = _quantise(torch.cat([p.images for p in parts]))
     masks = torch.cat([p.masks.long() for p in parts])
     names = [n for p in parts for n in p.names]
     is_test = [bool(re.search(r"case_?53153|11-07-49", n)) for n in names]
-    unlabelled = build_dataset(from_dict(DataConfig, {"kind": "image_folder", "size": 64, "fit": "resize",
-                                                      "root": str(DATA / "cataract_frames_unlabeled_csam2" /
-                                                                  "images")}))
+    unlabelled = build_dataset(
+        from_dict(
+            DataConfig,
+            {
+                "kind": "image_folder",
+                "size": 64,
+                "fit": "resize",
+                "root": str(DATA / "cataract_frames_unlabeled_csam2" / "images"),
+            },
+        )
+    )
     pool = [i for i, t in enumerate(is_test) if not t]
     test = [i for i, t in enumerate(is_test) if t]
     train_images = torch.cat([images[pool], _quantise(unlabelled.images)])
@@ -224,16 +296,22 @@ def cataract(work: Path, quick: bool, steps: int, alignment_steps: int) -> Setti
     root = write_pair_folder(work / "cataract_train", _uint8_hwc(train_images), None, train_names, {})
     with (work / "cataract_captions.csv").open("w", newline="") as f:
         csv.writer(f).writerows([("name", "caption"), *zip(train_names, captions)])
-    config = _model_config({"kind": "image_folder", "root": str(root / "images"), "size": 64, "hflip": False},
-                           {"source": "file", "file": str(work / "cataract_captions.csv")}, False, steps,
-                           alignment_steps)
+    config = _model_config(
+        {"kind": "image_folder", "root": str(root / "images"), "size": 64, "hflip": False},
+        {"source": "file", "file": str(work / "cataract_captions.csv")},
+        False,
+        steps,
+        alignment_steps,
+    )
     # held out: one frame with an instrument per test video (quick: the first only)
-    chosen = [next(i for i in test if re.search(v, names[i]) and masks[i].eq(1).any())
-              for v in (["53153"] if quick else ["53153", "11-07-49"])]
+    chosen = [
+        next(i for i in test if re.search(v, names[i]) and masks[i].eq(1).any())
+        for v in (["53153"] if quick else ["53153", "11-07-49"])
+    ]
     edits = []
     for k, i in enumerate(chosen):
-        image = images[i:i + 1]
-        source = template_captions(masks[i:i + 1], CATARACT_CLASSES, CATARACT_PREFIX)[0]
+        image = images[i : i + 1]
+        source = template_captions(masks[i : i + 1], CATARACT_CLASSES, CATARACT_PREFIX)[0]
         if k == 0:
             no_instrument = re.sub(r" [^,]* instrument( at [a-z ]+)?$", " no instrument", source)
             edits.append(Edit(names[i], "instrument removed", image, None, source, no_instrument))
@@ -241,9 +319,14 @@ def cataract(work: Path, quick: bool, steps: int, alignment_steps: int) -> Setti
             word = "bright" if float(to_unit_range(image).mean()) <= median else "dark"
             edits.append(Edit(names[i], word, image, None, source, f"{source}, {word}", _tone_gain(word, image)))
 
-    return Setting("cataract", f"Cataract-1K + CatInstSeg + CaDIS labelled frames and 100 unlabelled frames, 64 px "
-                   f"RGB, image only; {len(train_images)} training frames ({len(pool)} labelled), {len(test)} "
-                   "held-out frames (Cataract-1K video 53153, CatInstSeg video 11-07-49)", config, edits)
+    return Setting(
+        "cataract",
+        f"Cataract-1K + CatInstSeg + CaDIS labelled frames and 100 unlabelled frames, 64 px "
+        f"RGB, image only; {len(train_images)} training frames ({len(pool)} labelled), {len(test)} "
+        "held-out frames (Cataract-1K video 53153, CatInstSeg video 11-07-49)",
+        config,
+        edits,
+    )
 
 
 def train_model(setting: Setting, work: Path) -> tuple[Path, dict]:
@@ -259,9 +342,13 @@ def train_model(setting: Setting, work: Path) -> tuple[Path, dict]:
     start = time.perf_counter()
     result = textgen.fit(setting.config, run, progress=False)
     aligner = textgen.load_run_aligner(textgen.load(run))
-    info = {"steps": result.step, "minutes": (time.perf_counter() - start) / 60,
-            "final_loss": float(np.mean(list(result.losses.values())[-10:])),
-            "aligner": aligner.name, "aligner_train_top1": aligner.record["train_top1"]}
+    info = {
+        "steps": result.step,
+        "minutes": (time.perf_counter() - start) / 60,
+        "final_loss": float(np.mean(list(result.losses.values())[-10:])),
+        "aligner": aligner.name,
+        "aligner_train_top1": aligner.record["train_top1"],
+    }
     info_file.write_text(json.dumps(info))
     return run, info
 
@@ -271,19 +358,26 @@ def _similarity(scorer: DomainAlignmentScore, images: torch.Tensor, prompt: str)
     return scorer.aligner.similarity(images.float(), scorer.encoder.encode([prompt]).pooled)
 
 
-def prompt_response(model: MeddiffEditModel, scorer: DomainAlignmentScore, edit: Edit, sampler: SamplerConfig,
-                    size: tuple[int, int]) -> float:
+def prompt_response(
+    model: MeddiffEditModel, scorer: DomainAlignmentScore, edit: Edit, sampler: SamplerConfig, size: tuple[int, int]
+) -> float:
     """How far the trained model (before editing) follows the edit's words: ``RESPONSE_SAMPLES`` samples with
     the source caption and with the target prompt from the same seeds; the mean over seeds of the direct
     change measure (else the alignment margin) of the target sample minus that of the source sample."""
     m = model.model
-    drawn = {p: textgen.generate_from_text(m.unet, m.diffusion, m.codec, m.encoder, m.null, [p] * RESPONSE_SAMPLES,
-                                           sampler, seed=0, size=size) for p in (edit.source, edit.target)}
+    drawn = {
+        p: textgen.generate_from_text(
+            m.unet, m.diffusion, m.codec, m.encoder, m.null, [p] * RESPONSE_SAMPLES, sampler, seed=0, size=size
+        )
+        for p in (edit.source, edit.target)
+    }
     if edit.measure:
         score = {p: edit.measure(*out) for p, out in drawn.items()}
     else:
-        score = {p: _similarity(scorer, out[0], edit.target) - _similarity(scorer, out[0], edit.source)
-                 for p, out in drawn.items()}
+        score = {
+            p: _similarity(scorer, out[0], edit.target) - _similarity(scorer, out[0], edit.source)
+            for p, out in drawn.items()
+        }
     return float((score[edit.target] - score[edit.source]).mean())
 
 
@@ -293,13 +387,21 @@ def run_edit(run: Path, setting: Setting, edit: Edit, imagic_config: ImagicConfi
     scorer = DomainAlignmentScore(textgen.load_run_aligner(model.model), model.model.encoder)
     response = prompt_response(model, scorer, edit, imagic_config.sampler, tuple(edit.image.shape[-2:]))
     result = imagic(model, edit.image, edit.mask, edit.target, imagic_config)
-    seconds = {"A": result.seconds["A_embedding"], "B": result.seconds["B_finetune"],
-               "C_linear": result.seconds["C_sampling"]}
+    seconds = {
+        "A": result.seconds["A_embedding"],
+        "B": result.seconds["B_finetune"],
+        "C_linear": result.seconds["C_sampling"],
+    }
     outputs = {"linear": (result.images, result.masks)}
     start = time.perf_counter()
     target = model.encode_prompt(edit.target)
-    slerp = sample_edits(model, result.embedding, target, tuple(model.encode_input(edit.image, edit.mask).shape[1:]),
-                         dataclasses.replace(imagic_config, interp="slerp"))
+    slerp = sample_edits(
+        model,
+        result.embedding,
+        target,
+        tuple(model.encode_input(edit.image, edit.mask).shape[1:]),
+        dataclasses.replace(imagic_config, interp="slerp"),
+    )
     decoded = {a: model.decode_output(x) for a, x in slerp.items()}
     outputs["slerp"] = ({a: d[0] for a, d in decoded.items()}, {a: d[1] for a, d in decoded.items()})
     seconds["C_slerp"] = time.perf_counter() - start
@@ -315,18 +417,38 @@ def run_edit(run: Path, setting: Setting, edit: Edit, imagic_config: ImagicConfi
             change = edit.measure(x, m) if edit.measure else torch.full((x.shape[0],), float("nan"))
             broken = collapsed(x)
             for k in range(x.shape[0]):
-                rows.append({**base, "interp": interp, "alpha": alpha, "seed": imagic_config.seed + k,
-                             "psnr": float(p[k]), "ssim": float(s[k]), "align": float(target_score[k]),
-                             "margin": float(margin[k]), "change": float(change[k]),
-                             "collapsed": bool(broken[k])})
-    input_scores = {"align": float(scorer(edit.image, edit.target)[0]),
-                    "margin": float(_similarity(scorer, edit.image, edit.target)[0]
-                                    - _similarity(scorer, edit.image, edit.source)[0])}
-    info = {**base, "source": edit.source, "target": edit.target, "seconds": seconds, "input": input_scores,
-            "response": response,
-            "stage_A_loss": [result.reconstruction_before, result.reconstruction_after],
-            "stage_B_loss": [float(np.mean(result.finetune_losses[:10])), float(np.mean(result.finetune_losses[-10:]))]
-            if result.finetune_losses else None}
+                rows.append(
+                    {
+                        **base,
+                        "interp": interp,
+                        "alpha": alpha,
+                        "seed": imagic_config.seed + k,
+                        "psnr": float(p[k]),
+                        "ssim": float(s[k]),
+                        "align": float(target_score[k]),
+                        "margin": float(margin[k]),
+                        "change": float(change[k]),
+                        "collapsed": bool(broken[k]),
+                    }
+                )
+    input_scores = {
+        "align": float(scorer(edit.image, edit.target)[0]),
+        "margin": float(
+            _similarity(scorer, edit.image, edit.target)[0] - _similarity(scorer, edit.image, edit.source)[0]
+        ),
+    }
+    info = {
+        **base,
+        "source": edit.source,
+        "target": edit.target,
+        "seconds": seconds,
+        "input": input_scores,
+        "response": response,
+        "stage_A_loss": [result.reconstruction_before, result.reconstruction_after],
+        "stage_B_loss": [float(np.mean(result.finetune_losses[:10])), float(np.mean(result.finetune_losses[-10:]))]
+        if result.finetune_losses
+        else None,
+    }
     return rows, info, outputs
 
 
@@ -346,14 +468,24 @@ def stage_b_study(run: Path, setting: Setting, edit: Edit, config: ImagicConfig,
                 outputs = {a: (result.images[a], result.masks[a]) for a in STUDY_ALPHAS}
             else:
                 sampler = dataclasses.replace(config.sampler, guidance_scale=guidance)
-                drawn = sample_edits(model, result.embedding, target, shape, dataclasses.replace(tuned, sampler=sampler))
+                drawn = sample_edits(
+                    model, result.embedding, target, shape, dataclasses.replace(tuned, sampler=sampler)
+                )
                 outputs = {a: model.decode_output(x) for a, x in drawn.items()}
             for alpha, (images, masks) in outputs.items():
                 reference = edit.image.expand_as(images)
-                rows.append({"dataset": setting.name, "edit": edit.kind, "B steps": n, "guidance": guidance,
-                             "alpha": alpha, "PSNR": float(psnr(images, reference)),
-                             "SSIM": float(ssim(images, reference)),
-                             "change": float(edit.measure(images, masks).mean())})
+                rows.append(
+                    {
+                        "dataset": setting.name,
+                        "edit": edit.kind,
+                        "B steps": n,
+                        "guidance": guidance,
+                        "alpha": alpha,
+                        "PSNR": float(psnr(images, reference)),
+                        "SSIM": float(ssim(images, reference)),
+                        "change": float(edit.measure(images, masks).mean()),
+                    }
+                )
     return rows
 
 
@@ -363,15 +495,25 @@ def summarise(rows: list[dict]) -> list[dict]:
     keys = list(dict.fromkeys((r["dataset"], r["edit"], r["interp"]) for r in rows))
     for dataset, edit, interp in keys:
         for alpha in sorted({r["alpha"] for r in rows}):
-            group = [r for r in rows if (r["dataset"], r["edit"], r["interp"], r["alpha"]) == (dataset, edit, interp, alpha)]
+            group = [
+                r for r in rows if (r["dataset"], r["edit"], r["interp"], r["alpha"]) == (dataset, edit, interp, alpha)
+            ]
             changes = [r["change"] for r in group if not np.isnan(r["change"])]
-            table.append({"dataset": dataset, "edit": edit, "interp": interp, "alpha": alpha, "n": len(group),
-                          "PSNR": float(np.mean([r["psnr"] for r in group])),
-                          "SSIM": float(np.mean([r["ssim"] for r in group])),
-                          "alignment": float(np.mean([r["align"] for r in group])),
-                          "margin": float(np.mean([r["margin"] for r in group])),
-                          "change": float(np.mean(changes)) if changes else float("nan"),
-                          "collapse rate": float(np.mean([r["collapsed"] for r in group]))})
+            table.append(
+                {
+                    "dataset": dataset,
+                    "edit": edit,
+                    "interp": interp,
+                    "alpha": alpha,
+                    "n": len(group),
+                    "PSNR": float(np.mean([r["psnr"] for r in group])),
+                    "SSIM": float(np.mean([r["ssim"] for r in group])),
+                    "alignment": float(np.mean([r["align"] for r in group])),
+                    "margin": float(np.mean([r["margin"] for r in group])),
+                    "change": float(np.mean(changes)) if changes else float("nan"),
+                    "collapse rate": float(np.mean([r["collapsed"] for r in group])),
+                }
+            )
     return table
 
 
@@ -380,12 +522,19 @@ def good_alphas(table: list[dict], dataset: str, edit: str, interp: str) -> tupl
     the direct change measure where the edit has one, else the alignment margin, has risen over alpha 0 by
     at least ``VISIBLE[edit]``; SSIM to the input at least ``MIN_SSIM_SHARE`` of alpha 0's; no collapsed
     output."""
-    rows = sorted((r for r in table if (r["dataset"], r["edit"], r["interp"]) == (dataset, edit, interp)),
-                  key=lambda r: r["alpha"])
+    rows = sorted(
+        (r for r in table if (r["dataset"], r["edit"], r["interp"]) == (dataset, edit, interp)),
+        key=lambda r: r["alpha"],
+    )
     key = "margin" if np.isnan(rows[0]["change"]) else "change"
     zero = rows[0]
-    return [r["alpha"] for r in rows if r[key] - zero[key] >= VISIBLE[edit]
-            and r["SSIM"] >= MIN_SSIM_SHARE * zero["SSIM"] and r["collapse rate"] == 0], key
+    return [
+        r["alpha"]
+        for r in rows
+        if r[key] - zero[key] >= VISIBLE[edit]
+        and r["SSIM"] >= MIN_SSIM_SHARE * zero["SSIM"]
+        and r["collapse rate"] == 0
+    ], key
 
 
 def _slug(edit: str) -> str:
@@ -414,20 +563,41 @@ def _plots(table: list[dict], dataset: str, edit: str, prefix: str) -> list[Path
         row[f"SSIM {r['interp']}"], row[f"{key} {r['interp']}"] = r["SSIM"], r[key]
     stem = f"{prefix}_{dataset}_{_slug(edit)}"
     label = "direct change measure (> 0: requested direction)" if key == "change" else "domain alignment margin"
-    return [metric_curves(list(wide.values()), "alpha", [f"SSIM {i}" for i in INTERPS], RESULTS / f"{stem}_fidelity.png",
-                          title=f"{dataset}, {edit}: fidelity to the input", ylabel="SSIM to the input"),
-            metric_curves(list(wide.values()), "alpha", [f"{key} {i}" for i in INTERPS],
-                          RESULTS / f"{stem}_alignment.png", title=f"{dataset}, {edit}: the requested change",
-                          ylabel=label)]
+    return [
+        metric_curves(
+            list(wide.values()),
+            "alpha",
+            [f"SSIM {i}" for i in INTERPS],
+            RESULTS / f"{stem}_fidelity.png",
+            title=f"{dataset}, {edit}: fidelity to the input",
+            ylabel="SSIM to the input",
+        ),
+        metric_curves(
+            list(wide.values()),
+            "alpha",
+            [f"{key} {i}" for i in INTERPS],
+            RESULTS / f"{stem}_alignment.png",
+            title=f"{dataset}, {edit}: the requested change",
+            ylabel=label,
+        ),
+    ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="end-to-end check in ~3 minutes (editing_quick)")
-    parser.add_argument("--text-steps", type=int, default=None,
-                        help=f"training steps of every text-conditioned model (default: {TEXT_STEPS})")
-    parser.add_argument("--work", type=Path, default=None,
-                        help="keep the text-conditioned models here (reused on rerun with the same --text-steps)")
+    parser.add_argument(
+        "--text-steps",
+        type=int,
+        default=None,
+        help=f"training steps of every text-conditioned model (default: {TEXT_STEPS})",
+    )
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=None,
+        help="keep the text-conditioned models here (reused on rerun with the same --text-steps)",
+    )
     args = parser.parse_args()
     started = time.perf_counter()
     torch.manual_seed(0)
@@ -436,9 +606,13 @@ def main() -> None:
     alignment_steps = 30 if args.quick else 200
     seeds = 1 if args.quick else 2
     defaults = ImagicConfig()
-    imagic_config = ImagicConfig(embed_steps=10 if args.quick else defaults.embed_steps,
-                                 finetune_steps=15 if args.quick else defaults.finetune_steps,
-                                 alphas=ALPHAS, seeds=seeds, bf16=True)
+    imagic_config = ImagicConfig(
+        embed_steps=10 if args.quick else defaults.embed_steps,
+        finetune_steps=15 if args.quick else defaults.finetune_steps,
+        alphas=ALPHAS,
+        seeds=seeds,
+        bf16=True,
+    )
     study_steps = (5, 15) if args.quick else (150, defaults.finetune_steps)
     rows, infos, training, grids, study = [], [], {}, [], []
     with tempfile.TemporaryDirectory(prefix="meddiff-editing-") as tmp:
@@ -462,17 +636,33 @@ def main() -> None:
     table = summarise(rows)
     edits = list(dict.fromkeys((r["dataset"], r["edit"]) for r in table))
     figures = [p for dataset, edit in edits for p in _plots(table, dataset, edit, prefix)]
-    write_result(prefix, "Text-guided editing (Imagic): alpha x interpolation on brain MRI and cataract frames",
-                 data="; ".join(f"{s.name}: {s.description}" for s in settings), seed=0,
-                 wall_seconds=time.perf_counter() - started,
-                 body=report(table, infos, training, imagic_config, figures, grids, study),
-                 numbers={"table": table, "edits": infos, "training": training, "outputs": rows, "stage_b_study": study,
-                          "good_alphas": {f"{d} {e} {i}": good_alphas(table, d, e, i)[0] for d, e in edits
-                                          for i in INTERPS}})
+    write_result(
+        prefix,
+        "Text-guided editing (Imagic): alpha x interpolation on brain MRI and cataract frames",
+        data="; ".join(f"{s.name}: {s.description}" for s in settings),
+        seed=0,
+        wall_seconds=time.perf_counter() - started,
+        body=report(table, infos, training, imagic_config, figures, grids, study),
+        numbers={
+            "table": table,
+            "edits": infos,
+            "training": training,
+            "outputs": rows,
+            "stage_b_study": study,
+            "good_alphas": {f"{d} {e} {i}": good_alphas(table, d, e, i)[0] for d, e in edits for i in INTERPS},
+        },
+    )
 
 
-def report(table: list[dict], infos: list[dict], training: dict, config: ImagicConfig, figures: list[Path],
-           grids: list[tuple[Edit, Path]], study: list[dict]) -> str:
+def report(
+    table: list[dict],
+    infos: list[dict],
+    training: dict,
+    config: ImagicConfig,
+    figures: list[Path],
+    grids: list[tuple[Edit, Path]],
+    study: list[dict],
+) -> str:
     seconds = {k: float(np.mean([i["seconds"][k] for i in infos])) for k in infos[0]["seconds"]}
     lines = [
         "Imagic on meddiff's small text-conditioned model (64 px, MiniLM captions, tone words learned from "
@@ -483,15 +673,27 @@ def report(table: list[dict], infos: list[dict], training: dict, config: ImagicC
         "alpha, linear and slerp from the same fine-tuned model; bf16 autocast throughout.",
         "",
         "## Models",
-        markdown_table([{"dataset": k, **{n: v for n, v in t.items()}} for k, t in training.items()],
-                       ["dataset", "steps", "minutes", "final_loss", "aligner", "aligner_train_top1"]),
+        markdown_table(
+            [{"dataset": k, **{n: v for n, v in t.items()}} for k, t in training.items()],
+            ["dataset", "steps", "minutes", "final_loss", "aligner", "aligner_train_top1"],
+        ),
         "",
         "## Edits",
-        markdown_table([{"dataset": i["dataset"], "image": i["image"], "edit": i["edit"], "target prompt": i["target"],
-                         "A loss before -> after": f"{i['stage_A_loss'][0]:.4f} -> {i['stage_A_loss'][1]:.4f}",
-                         "input margin": i["input"]["margin"], "model response": i["response"]} for i in infos],
-                       ["dataset", "image", "edit", "target prompt", "A loss before -> after", "input margin",
-                        "model response"]),
+        markdown_table(
+            [
+                {
+                    "dataset": i["dataset"],
+                    "image": i["image"],
+                    "edit": i["edit"],
+                    "target prompt": i["target"],
+                    "A loss before -> after": f"{i['stage_A_loss'][0]:.4f} -> {i['stage_A_loss'][1]:.4f}",
+                    "input margin": i["input"]["margin"],
+                    "model response": i["response"],
+                }
+                for i in infos
+            ],
+            ["dataset", "image", "edit", "target prompt", "A loss before -> after", "input margin", "model response"],
+        ),
         "",
         f"`model response`: how far the trained model follows the edit's words before any editing: {RESPONSE_SAMPLES} "
         "samples with the source caption and with the target prompt from the same seeds, mean of the change "
@@ -516,13 +718,28 @@ def report(table: list[dict], infos: list[dict], training: dict, config: ImagicC
         "dark: mean intensity change, percentage points of the range; white-matter extent: change of its share "
         "of the edited label map, percentage points; none for instrument removal).",
         "",
-        markdown_table(table, ["dataset", "edit", "interp", "alpha", "n", "PSNR", "SSIM", "alignment", "margin",
-                               "change", "collapse rate"]),
+        markdown_table(
+            table,
+            [
+                "dataset",
+                "edit",
+                "interp",
+                "alpha",
+                "n",
+                "PSNR",
+                "SSIM",
+                "alignment",
+                "margin",
+                "change",
+                "collapse rate",
+            ],
+        ),
         "",
         "## Best alpha range",
         "Criterion (fixed before the run): the direct change measure (where the edit has one, else the "
         "alignment margin) has risen over alpha 0 by a visible step ("
-        + ", ".join(f"{k} {v:g}" for k, v in VISIBLE.items()) + "), SSIM to the input is at least "
+        + ", ".join(f"{k} {v:g}" for k, v in VISIBLE.items())
+        + "), SSIM to the input is at least "
         f"{MIN_SSIM_SHARE:.0%} of alpha 0's, and no output collapsed. "
         f"The cataract thesis found [{THESIS_RANGE[0]}, {THESIS_RANGE[1]}] (linear).",
         "",
@@ -534,13 +751,18 @@ def report(table: list[dict], infos: list[dict], training: dict, config: ImagicC
                 verdict = f"none ({key}): no alpha applies the text clearly while keeping the image"
             else:
                 inside = [a for a in good if THESIS_RANGE[0] <= a <= THESIS_RANGE[1]]
-                verdict = (f"{', '.join(f'{a:g}' for a in good)} ({key}; range [{min(good):g}, {max(good):g}]; "
-                           f"{len(inside)} of them inside the thesis' [{THESIS_RANGE[0]:g}, {THESIS_RANGE[1]:g}])")
+                verdict = (
+                    f"{', '.join(f'{a:g}' for a in good)} ({key}; range [{min(good):g}, {max(good):g}]; "
+                    f"{len(inside)} of them inside the thesis' [{THESIS_RANGE[0]:g}, {THESIS_RANGE[1]:g}])"
+                )
             lines.append(f"- {dataset}, {edit}, {i}: {verdict}")
     lines += ["", "## Figures", ""]
     lines += [f"![{p.stem}]({p.name})" for p in figures]
-    lines += [f"![{edit.kind}]({path.name}) ({edit.kind}: rows alpha {ALPHAS[0]:g}..{ALPHAS[-1]:g}; columns: input, "
-              "linear seeds, slerp seeds)" for edit, path in grids]
+    lines += [
+        f"![{edit.kind}]({path.name}) ({edit.kind}: rows alpha {ALPHAS[0]:g}..{ALPHAS[-1]:g}; columns: input, "
+        "linear seeds, slerp seeds)"
+        for edit, path in grids
+    ]
     return "\n".join(lines)
 
 

@@ -37,8 +37,10 @@ DATA = REPO.parent / "shared" / "data" / "harvard_fusion"
 SETS = {"MRI_PET": "PET", "MRI_SPECT": "SPECT"}
 CONFIGS = {"MRI_PET": REPO / "configs" / "fuse_mri_pet.yaml", "MRI_SPECT": REPO / "configs" / "fuse_mri_spect.yaml"}
 # CDDFuse (CVPR 2023) Table 5, as quoted in ../shared/reference/fusion-metrics.md: published, not rerun.
-CDDFUSE = {"MRI_PET": dict(EN=4.23, SD=70.73, SF=29.57, MI=2.03, SCD=1.69, VIF=0.71, Qabf=0.71, SSIM=1.49),
-           "MRI_SPECT": dict(EN=3.90, SD=58.31, SF=20.87, MI=2.49, SCD=1.35, VIF=0.97, Qabf=0.78, SSIM=1.48)}
+CDDFUSE = {
+    "MRI_PET": dict(EN=4.23, SD=70.73, SF=29.57, MI=2.03, SCD=1.69, VIF=0.71, Qabf=0.71, SSIM=1.49),
+    "MRI_SPECT": dict(EN=3.90, SD=58.31, SF=20.87, MI=2.49, SCD=1.35, VIF=0.97, Qabf=0.78, SSIM=1.48),
+}
 FIGURE_PAIRS = 3
 ABLATION_EVERY = 4
 
@@ -56,15 +58,26 @@ def train(train_set: str, run_dir: Path, steps: int, minutes: float) -> dict:
     """``meddiff fuse fit`` of the set's config with ``steps`` steps (or ``minutes`` of training)."""
     _, config = load_task_config(CONFIGS[train_set])
     config.data = dataclasses.replace(config.data, root=DATA / train_set)
-    config.train = dataclasses.replace(config.train, steps=steps, max_minutes=minutes, warmup_steps=min(30, steps // 5),
-                                       sample_every=steps, checkpoint_every=steps)
+    config.train = dataclasses.replace(
+        config.train,
+        steps=steps,
+        max_minutes=minutes,
+        warmup_steps=min(30, steps // 5),
+        sample_every=steps,
+        checkpoint_every=steps,
+    )
     started = time.perf_counter()
     result = fuse.fit(config, run_dir, progress=False)
     prior = json.loads((run_dir / "prior.json").read_text())
-    return {"steps": result.step, "train_seconds": time.perf_counter() - started,
-            "budget_stop": result.stopped_by_budget, "final_loss": float(np.mean(list(result.losses.values())[-20:])),
-            "prior_counts": prior["counts"], "sampler": f"{config.sampler.name} {config.sampler.steps} steps",
-            "batch": f"{config.train.batch_size} random {config.data.size}px crops"}
+    return {
+        "steps": result.step,
+        "train_seconds": time.perf_counter() - started,
+        "budget_stop": result.stopped_by_budget,
+        "final_loss": float(np.mean(list(result.losses.values())[-20:])),
+        "prior_counts": prior["counts"],
+        "sampler": f"{config.sampler.name} {config.sampler.steps} steps",
+        "batch": f"{config.train.batch_size} random {config.data.size}px crops",
+    }
 
 
 def score(method: str, dir_a: Path, dir_b: Path, out: Path, **options) -> tuple[dict, list[dict]]:
@@ -80,7 +93,7 @@ def figure(test_set: str, dir_a: Path, dir_b: Path, outputs: dict[str, Path], pa
     """Rows of example pairs: MRI | colour source | each method's colour PNG as written by ``fuse run``."""
     pairs = list_pairs(dir_a, dir_b)
     tiles = []
-    for name, path_a, path_b in pairs[::max(1, len(pairs) // FIGURE_PAIRS)][:FIGURE_PAIRS]:
+    for name, path_a, path_b in pairs[:: max(1, len(pairs) // FIGURE_PAIRS)][:FIGURE_PAIRS]:
         files = [path_a, path_b, *(folder / f"{name}.png" for folder in outputs.values())]
         tiles += [read_source(file).expand(-1, 3, -1, -1) for file in files]
     save_png(image_grid(torch.cat(tiles), nrow=2 + len(outputs)), path)
@@ -140,15 +153,23 @@ def main() -> None:
     wall = time.perf_counter() - started
 
     body = [__doc__.split("\n\n", 2)[2].strip(), ""]
-    body += ["Metrics: the published protocol (CDDFuse evaluator semantics): sources read as 8-bit BT.601 grey, "
-             "rounded; PET/SPECT scored on Y; SSIM = scikit-image SSIM with data_range 2, summed over both "
-             "sources; SSIM_wang (11x11 Gaussian, L=255) is a different convention, not comparable to published "
-             "SSIM. MI in nats. Higher is better for all 8 published metrics (EN..SSIM). The diffusion output is the "
-             "DDIM sample of Y with pixels black in both sources set to black (`keep_background`, ablated below), "
-             "min-max stretched to 0..255; rule outputs are clipped. Training targets (the fusion prior) are "
-             "per pair the best classic rule under 2 SSIM + VIF + 3 Qabf on the training set.", ""]
-    numbers = {"training": training, "results": results, "cddfuse_published": CDDFUSE, "beats": {},
-               "ablation_keep_background": ablations}
+    body += [
+        "Metrics: the published protocol (CDDFuse evaluator semantics): sources read as 8-bit BT.601 grey, "
+        "rounded; PET/SPECT scored on Y; SSIM = scikit-image SSIM with data_range 2, summed over both "
+        "sources; SSIM_wang (11x11 Gaussian, L=255) is a different convention, not comparable to published "
+        "SSIM. MI in nats. Higher is better for all 8 published metrics (EN..SSIM). The diffusion output is the "
+        "DDIM sample of Y with pixels black in both sources set to black (`keep_background`, ablated below), "
+        "min-max stretched to 0..255; rule outputs are clipped. Training targets (the fusion prior) are "
+        "per pair the best classic rule under 2 SSIM + VIF + 3 Qabf on the training set.",
+        "",
+    ]
+    numbers = {
+        "training": training,
+        "results": results,
+        "cddfuse_published": CDDFUSE,
+        "beats": {},
+        "ablation_keep_background": ablations,
+    }
     summary, sections = [], []
     for train_set, test_set in [("MRI_PET", "MRI_SPECT"), ("MRI_SPECT", "MRI_PET")]:
         rows = results[test_set]
@@ -157,34 +178,58 @@ def main() -> None:
         count = {"vs_max": beats(model, rows["max"]), "vs_cddfuse": beats(model, CDDFUSE[test_set])}
         numbers["beats"][test_set] = count
         t = training[train_set]
-        table = [{"method": k, **v} for k, v in rows.items()] + [{"method": "CDDFuse (published, not rerun)",
-                                                                   **CDDFUSE[test_set]}]
+        table = [{"method": k, **v} for k, v in rows.items()] + [
+            {"method": "CDDFuse (published, not rerun)", **CDDFUSE[test_set]}
+        ]
         pairs = model["pairs"]
-        summary.append({"test set": f"{test_set} ({pairs} pairs)", "trained on": train_set,
-                        "training steps": t["steps"], "s/pair (diffusion)": model["s/pair"],
-                        "beats pixel max (of 8)": count["vs_max"],
-                        "beats CDDFuse published (of 8)": count["vs_cddfuse"]})
-        sections += [f"## Test set {test_set} ({pairs} pairs), model trained on {train_set}", "",
-                 f"Model: {t['steps']} training steps of {t['batch']}"
-                 f"{' (stopped by the time cap)' if t['budget_stop'] else ''} in {t['train_seconds'] / 60:.1f} min "
-                 "(incl. computing the prior), "
-                 f"sampler {t['sampler']}, bf16; prior targets won per rule on {train_set}: {t['prior_counts']}.", "",
-                 markdown_table(table, ["method", *PUBLISHED_METRICS, "AG", "CC", "PSNR", "SSIM_wang", "s/pair"]), "",
-                 f"Diffusion model beats pixel max on **{count['vs_max']}/8** and published CDDFuse on "
-                 f"**{count['vs_cddfuse']}/8** of the published metrics (EN SD SF MI SCD VIF Qabf SSIM).", "",
-                 f"Ablation, same model on every {ABLATION_EVERY}th test pair: sampled Y kept as is vs set to "
-                 "black where both sources are black (`keep_background`, the default):", "",
-                 markdown_table([{"variant": k, **v} for k, v in ablations[test_set].items()],
-                                ["variant", *PUBLISHED_METRICS, "pairs"]), "",
-                 f"![examples {test_set}]({figures[test_set]})", "",
-                 f"Figure: {FIGURE_PAIRS} test pairs; columns MRI | {SETS[test_set]} | "
-                 + " | ".join(k for k in rows if k.split()[0] in ("diffusion", "max", "laplacian"))
-                 + " (colour PNGs as `meddiff fuse run` writes them).", ""]
+        summary.append(
+            {
+                "test set": f"{test_set} ({pairs} pairs)",
+                "trained on": train_set,
+                "training steps": t["steps"],
+                "s/pair (diffusion)": model["s/pair"],
+                "beats pixel max (of 8)": count["vs_max"],
+                "beats CDDFuse published (of 8)": count["vs_cddfuse"],
+            }
+        )
+        sections += [
+            f"## Test set {test_set} ({pairs} pairs), model trained on {train_set}",
+            "",
+            f"Model: {t['steps']} training steps of {t['batch']}"
+            f"{' (stopped by the time cap)' if t['budget_stop'] else ''} in {t['train_seconds'] / 60:.1f} min "
+            "(incl. computing the prior), "
+            f"sampler {t['sampler']}, bf16; prior targets won per rule on {train_set}: {t['prior_counts']}.",
+            "",
+            markdown_table(table, ["method", *PUBLISHED_METRICS, "AG", "CC", "PSNR", "SSIM_wang", "s/pair"]),
+            "",
+            f"Diffusion model beats pixel max on **{count['vs_max']}/8** and published CDDFuse on "
+            f"**{count['vs_cddfuse']}/8** of the published metrics (EN SD SF MI SCD VIF Qabf SSIM).",
+            "",
+            f"Ablation, same model on every {ABLATION_EVERY}th test pair: sampled Y kept as is vs set to "
+            "black where both sources are black (`keep_background`, the default):",
+            "",
+            markdown_table(
+                [{"variant": k, **v} for k, v in ablations[test_set].items()], ["variant", *PUBLISHED_METRICS, "pairs"]
+            ),
+            "",
+            f"![examples {test_set}]({figures[test_set]})",
+            "",
+            f"Figure: {FIGURE_PAIRS} test pairs; columns MRI | {SETS[test_set]} | "
+            + " | ".join(k for k in rows if k.split()[0] in ("diffusion", "max", "laplacian"))
+            + " (colour PNGs as `meddiff fuse run` writes them).",
+            "",
+        ]
     body += ["## Summary", "", markdown_table(summary, list(summary[0])), "", *sections]
     assert set(METRICS) <= set(next(iter(results["MRI_PET"].values())))
-    write_result(name, "Image fusion: diffusion model vs classic rules vs published CDDFuse (MRI-PET, MRI-SPECT)",
-                 data=f"{DATA} (MRI_PET 42 pairs, MRI_SPECT 73 pairs; cross-set train/test)", seed=0, wall_seconds=wall,
-                 body="\n".join(body), numbers=numbers)
+    write_result(
+        name,
+        "Image fusion: diffusion model vs classic rules vs published CDDFuse (MRI-PET, MRI-SPECT)",
+        data=f"{DATA} (MRI_PET 42 pairs, MRI_SPECT 73 pairs; cross-set train/test)",
+        seed=0,
+        wall_seconds=wall,
+        body="\n".join(body),
+        numbers=numbers,
+    )
     print(f"wrote {RESULTS / name}.md in {wall / 60:.1f} min")
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)

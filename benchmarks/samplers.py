@@ -57,11 +57,26 @@ from meddiff.tasks.runs import to_uint8
 from meddiff.tasks.segmenter import SegmenterConfig, select_images
 from meddiff.train.engine import TrainConfig
 
-SAMPLERS = [("ddpm", 1000), ("ddim", 100), ("ddim", 50), ("ddim", 20), ("ddim", 10), ("ddim", 5),
-            ("dpm++", 20), ("dpm++", 10), ("dpm++", 5)]
+SAMPLERS = [
+    ("ddpm", 1000),
+    ("ddim", 100),
+    ("ddim", 50),
+    ("ddim", 20),
+    ("ddim", 10),
+    ("ddim", 5),
+    ("dpm++", 20),
+    ("dpm++", 10),
+    ("dpm++", 5),
+]
 QUICK_SAMPLERS = [("ddpm", 50), ("ddim", 10), ("ddim", 5), ("dpm++", 5)]
-UNET = UNetConfig(base_channels=16, channel_mults=[1, 2, 2, 4], blocks_per_level=1, attention_levels=[3],
-                  norm_groups=8, spade_hidden=16)
+UNET = UNetConfig(
+    base_channels=16,
+    channel_mults=[1, 2, 2, 4],
+    blocks_per_level=1,
+    attention_levels=[3],
+    norm_groups=8,
+    spade_hidden=16,
+)
 
 
 @dataclass
@@ -81,37 +96,86 @@ def split() -> Split:
 def pair_folder(data: ArrayDataset, folder: Path) -> DataConfig:
     """Write ``data`` as an image+mask folder and return the data config that reads it back."""
     arrays = to_uint8(data.images)[:, 0].numpy()
-    write_pair_folder(folder, arrays, data.masks.numpy().astype(np.uint8), data.names,
-                      {"model": {"class_names": list(data.class_names)}, "files": []})
-    return from_dict(DataConfig, {"kind": "image_mask_folder", "root": str(folder), "size": 64,
-                                  "class_names": list(data.class_names), "hflip": True})
+    write_pair_folder(
+        folder,
+        arrays,
+        data.masks.numpy().astype(np.uint8),
+        data.names,
+        {"model": {"class_names": list(data.class_names)}, "files": []},
+    )
+    return from_dict(
+        DataConfig,
+        {
+            "kind": "image_mask_folder",
+            "root": str(folder),
+            "size": 64,
+            "class_names": list(data.class_names),
+            "hflip": True,
+        },
+    )
 
 
-def train_synthesizer(train: ArrayDataset, steps: int, minutes: float, work: Path,
-                      quick: bool) -> tuple[synthesize.Synthesizer, dict]:
+def train_synthesizer(
+    train: ArrayDataset, steps: int, minutes: float, work: Path, quick: bool
+) -> tuple[synthesize.Synthesizer, dict]:
     config = synthesize.SynthesizeConfig(
         data=pair_folder(train, work / "pairs"),
-        model=UNetConfig(base_channels=8, channel_mults=[1, 2], blocks_per_level=1, attention_levels=[],
-                         norm_groups=4, spade_hidden=8) if quick else UNET,
+        model=UNetConfig(
+            base_channels=8,
+            channel_mults=[1, 2],
+            blocks_per_level=1,
+            attention_levels=[],
+            norm_groups=4,
+            spade_hidden=8,
+        )
+        if quick
+        else UNET,
         noise=NoiseConfig(beta_schedule="cosine", prediction_type="v_prediction"),
-        train=TrainConfig(steps=steps, batch_size=8, lr=1e-3, warmup_steps=50, ema_decay=0.995,
-                          mixed_precision="bf16", max_minutes=minutes, log_every=25, sample_every=100_000,
-                          checkpoint_every=100_000, keep_checkpoints=1),
-        grid_samples=4)
+        train=TrainConfig(
+            steps=steps,
+            batch_size=8,
+            lr=1e-3,
+            warmup_steps=50,
+            ema_decay=0.995,
+            mixed_precision="bf16",
+            max_minutes=minutes,
+            log_every=25,
+            sample_every=100_000,
+            checkpoint_every=100_000,
+            keep_checkpoints=1,
+        ),
+        grid_samples=4,
+    )
     started = time.monotonic()
     result = synthesize.fit(config, work / "spade", progress=False)
     synth = synthesize.load(work / "spade")
-    return synth, {"train_steps": result.step, "train_minutes": (time.monotonic() - started) / 60,
-                   "final_loss": float(np.mean(list(result.losses.values())[-50:])),
-                   "parameters": synth.model.num_parameters(), "gflop_per_eval": synth.model.flops(64, 64) / 1e9}
+    return synth, {
+        "train_steps": result.step,
+        "train_minutes": (time.monotonic() - started) / 60,
+        "final_loss": float(np.mean(list(result.losses.values())[-50:])),
+        "parameters": synth.model.num_parameters(),
+        "gflop_per_eval": synth.model.flops(64, 64) / 1e9,
+    }
 
 
 def train_judge(train: ArrayDataset, minutes: float, work: Path):
-    config = SegmenterConfig(model=SegNetConfig(base_channels=16, depth=3),
-                             train=TrainConfig(steps=3000, batch_size=8, lr=1e-3, warmup_steps=50, ema_decay=0.99,
-                                               eval_every=25, patience=8, checkpoint_every=100_000,
-                                               keep_checkpoints=1, log_every=25, max_minutes=minutes,
-                                               mixed_precision="bf16"))
+    config = SegmenterConfig(
+        model=SegNetConfig(base_channels=16, depth=3),
+        train=TrainConfig(
+            steps=3000,
+            batch_size=8,
+            lr=1e-3,
+            warmup_steps=50,
+            ema_decay=0.99,
+            eval_every=25,
+            patience=8,
+            checkpoint_every=100_000,
+            keep_checkpoints=1,
+            log_every=25,
+            max_minutes=minutes,
+            mixed_precision="bf16",
+        ),
+    )
     segmenter.fit_dataset(config, work / "judge", train, progress=False)
     return segmenter.load(work / "judge")[0]
 
@@ -136,8 +200,13 @@ def paired(values: torch.Tensor, reference: torch.Tensor) -> tuple[float, float]
 def plot(rows: list[dict], reference: dict, real_miou: float, out: Path) -> None:
     fig = Figure(figsize=(10, 6.4), dpi=120, layout="constrained")
     FigureCanvasAgg(fig)
-    panels = [("PSNR (dB)", "PSNR"), ("SSIM", "SSIM"), ("judge mIoU", "mIoU"), ("KID x1000", "KID x1000"),
-              ("seconds per image", "s/img")]
+    panels = [
+        ("PSNR (dB)", "PSNR"),
+        ("SSIM", "SSIM"),
+        ("judge mIoU", "mIoU"),
+        ("KID x1000", "KID x1000"),
+        ("seconds per image", "s/img"),
+    ]
     axes = fig.subplots(2, 3).flatten()
     for ax, (label, key) in zip(axes, panels):
         for family, marker in (("ddim", "o"), ("dpm++", "s")):
@@ -180,8 +249,9 @@ def main() -> None:
 
     synth, info = train_synthesizer(data.train, args.steps, args.minutes, work, args.quick)
     judge = train_judge(data.train, args.judge_minutes, work)
-    feature_net, _ = train_domain_net(data.train.images,
-                                      train_config=DomainTrainConfig(steps=20) if args.quick else None)
+    feature_net, _ = train_domain_net(
+        data.train.images, train_config=DomainTrainConfig(steps=20) if args.quick else None
+    )
     real_features = extract_features(data.test.images, feature_net)
     real_miou = float(miou_per_image(segmenter.predict(judge, data.test.images), data.test.masks, k).mean())
 
@@ -198,15 +268,26 @@ def main() -> None:
         seconds = (time.monotonic() - t0) / len(masks)
         with warnings.catch_warnings():  # the FID of a few images is biased; KID is what is reported
             warnings.simplefilter("ignore", UserWarning)
-            scores = scores_from_features(real_features, extract_features(fake, feature_net), feature_net.name,
-                                          kid_subsets=100)
+            scores = scores_from_features(
+                real_features, extract_features(fake, feature_net), feature_net.name, kid_subsets=100
+            )
         tag = f"{name} {steps}"
-        per_image[tag] = {"PSNR": psnr(fake, real, reduction="none"), "SSIM": ssim(fake, real, reduction="none"),
-                          "mIoU": miou_per_image(segmenter.predict(judge, fake), masks, k)}
+        per_image[tag] = {
+            "PSNR": psnr(fake, real, reduction="none"),
+            "SSIM": ssim(fake, real, reduction="none"),
+            "mIoU": miou_per_image(segmenter.predict(judge, fake), masks, k),
+        }
         samples[tag] = fake
-        rows.append({"sampler": name, "steps": steps, "s/img": seconds,
-                     **{key: float(v.mean()) for key, v in per_image[tag].items()},
-                     "KID x1000": 1000 * scores["kid_mean"], "KID std": 1000 * scores["kid_std"]})
+        rows.append(
+            {
+                "sampler": name,
+                "steps": steps,
+                "s/img": seconds,
+                **{key: float(v.mean()) for key, v in per_image[tag].items()},
+                "KID x1000": 1000 * scores["kid_mean"],
+                "KID std": 1000 * scores["kid_std"],
+            }
+        )
         print(f"{tag}: {rows[-1]}", flush=True)
 
     reference = rows[0]
@@ -225,36 +306,70 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     plot(rows, reference, real_miou, RESULTS / f"{prefix}.png")
     show = min(6, len(pick))
-    grid = torch.cat([data.test.images[pick[:show]], *(samples[f"{n} {s}"][::args.seeds][:show] for n, s in
-                                                       (QUICK_SAMPLERS if args.quick else SAMPLERS))])
+    grid = torch.cat(
+        [
+            data.test.images[pick[:show]],
+            *(samples[f"{n} {s}"][:: args.seeds][:show] for n, s in (QUICK_SAMPLERS if args.quick else SAMPLERS)),
+        ]
+    )
     save_png(image_grid(grid, nrow=show, scale=2), RESULTS / f"{prefix}_grid.png")
 
     matching = [r for r in rows[1:] if r["matches DDPM"] == "yes"]
     fewest = min(matching, key=lambda r: (r["steps"], r["s/img"])) if matching else None
-    headline = (f"Fewest steps matching {ref_tag}: **{fewest['sampler']} {fewest['steps']}** "
-                f"({fewest['speed-up']:.0f}x faster: {fewest['s/img']:.2f} s/img vs {reference['s/img']:.1f})"
-                if fewest else f"No sampler matched {ref_tag} on every metric.")
-    columns = ["sampler", "steps", "PSNR", "dPSNR", "SSIM", "dSSIM", "mIoU", "dmIoU", "KID x1000", "KID std",
-               "s/img", "speed-up", "matches DDPM"]
-    body = (f"{headline}\n\n"
-            f"SPADE UNet ({info['parameters'] / 1e6:.2f}M parameters, {info['gflop_per_eval']:.2f} GFLOP per "
-            f"evaluation), trained {info['train_minutes']:.1f} min ({info['train_steps']} steps, final loss "
-            f"{info['final_loss']:.4f}) on {len(data.train)} training slices; {len(pick)} held-out test masks x "
-            f"{args.seeds} seed(s) = {len(masks)} images per sampler, guidance {args.guidance} (two UNet "
-            f"evaluations per step). d<metric> = mean per-image difference to {ref_tag} ± 95% interval. "
-            f"KID against all {len(data.test)} real test slices (domain net `{feature_net.name}`). "
-            f"Judge mIoU on the real test slices: {real_miou:.3f}. Wall times are for batches of up to 32 images "
-            f"on this machine, with whatever else was running (see machine line).\n\n"
-            + markdown_table(rows, columns)
-            + f"\n\n![metrics against steps]({prefix}.png)\n\nSamples (top row: real test slices; then one row per "
-              f"sampler in table order, same start noise):\n\n![samples]({prefix}_grid.png)\n")
-    write_result(prefix, "Sampler study: mask-to-image synthesis quality and time against sampling steps",
-                 data=f"embedded MNI152 T1 axial slices (nilearn), 64 px; {len(data.train)} training / "
-                      f"{len(data.test)} test slices (benchmarks.segmentation brain split)",
-                 seed=0, wall_seconds=time.monotonic() - started, body=body,
-                 numbers={"rows": rows, "model": info, "real_miou": real_miou, "guidance": args.guidance,
-                          "masks": len(pick), "seeds": args.seeds, "feature_net": feature_net.name,
-                          "fewest_matching": None if fewest is None else f"{fewest['sampler']} {fewest['steps']}"})
+    headline = (
+        f"Fewest steps matching {ref_tag}: **{fewest['sampler']} {fewest['steps']}** "
+        f"({fewest['speed-up']:.0f}x faster: {fewest['s/img']:.2f} s/img vs {reference['s/img']:.1f})"
+        if fewest
+        else f"No sampler matched {ref_tag} on every metric."
+    )
+    columns = [
+        "sampler",
+        "steps",
+        "PSNR",
+        "dPSNR",
+        "SSIM",
+        "dSSIM",
+        "mIoU",
+        "dmIoU",
+        "KID x1000",
+        "KID std",
+        "s/img",
+        "speed-up",
+        "matches DDPM",
+    ]
+    body = (
+        f"{headline}\n\n"
+        f"SPADE UNet ({info['parameters'] / 1e6:.2f}M parameters, {info['gflop_per_eval']:.2f} GFLOP per "
+        f"evaluation), trained {info['train_minutes']:.1f} min ({info['train_steps']} steps, final loss "
+        f"{info['final_loss']:.4f}) on {len(data.train)} training slices; {len(pick)} held-out test masks x "
+        f"{args.seeds} seed(s) = {len(masks)} images per sampler, guidance {args.guidance} (two UNet "
+        f"evaluations per step). d<metric> = mean per-image difference to {ref_tag} ± 95% interval. "
+        f"KID against all {len(data.test)} real test slices (domain net `{feature_net.name}`). "
+        f"Judge mIoU on the real test slices: {real_miou:.3f}. Wall times are for batches of up to 32 images "
+        f"on this machine, with whatever else was running (see machine line).\n\n"
+        + markdown_table(rows, columns)
+        + f"\n\n![metrics against steps]({prefix}.png)\n\nSamples (top row: real test slices; then one row per "
+        f"sampler in table order, same start noise):\n\n![samples]({prefix}_grid.png)\n"
+    )
+    write_result(
+        prefix,
+        "Sampler study: mask-to-image synthesis quality and time against sampling steps",
+        data=f"embedded MNI152 T1 axial slices (nilearn), 64 px; {len(data.train)} training / "
+        f"{len(data.test)} test slices (benchmarks.segmentation brain split)",
+        seed=0,
+        wall_seconds=time.monotonic() - started,
+        body=body,
+        numbers={
+            "rows": rows,
+            "model": info,
+            "real_miou": real_miou,
+            "guidance": args.guidance,
+            "masks": len(pick),
+            "seeds": args.seeds,
+            "feature_net": feature_net.name,
+            "fewest_matching": None if fewest is None else f"{fewest['sampler']} {fewest['steps']}",
+        },
+    )
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -155,18 +155,33 @@ def brain(quick: bool) -> Setting:
     test_index = torch.nonzero(test)[:, 0].tolist()
     if quick:
         test_index = test_index[::6]
-    return Setting("brain", f"MNI152 T1 axial slices (nilearn), 64 px, 4 tissue classes; {len(pool)} pool / "
-                   f"{len(sweep_val)} sweep-validation / {len(test_index)} test slices, test = 3 bands of "
-                   "consecutive slices with a 2-slice gap to any training slice",
-                   _subset(data, pool), [str(int(band[i])) for i in pool], None, _subset(data, test_index),
-                   _subset(data, sweep_val), data.images[pool + sweep_val], {"size": 64, "hflip": True}, 20)
+    return Setting(
+        "brain",
+        f"MNI152 T1 axial slices (nilearn), 64 px, 4 tissue classes; {len(pool)} pool / "
+        f"{len(sweep_val)} sweep-validation / {len(test_index)} test slices, test = 3 bands of "
+        "consecutive slices with a 2-slice gap to any training slice",
+        _subset(data, pool),
+        [str(int(band[i])) for i in pool],
+        None,
+        _subset(data, test_index),
+        _subset(data, sweep_val),
+        data.images[pool + sweep_val],
+        {"size": 64, "hflip": True},
+        20,
+    )
 
 
 def acdc(quick: bool, size: int = 64) -> Setting:
     """ACDC by split.csv: pool = training patients, sweep validation = validation patients, test = test
     patients (every 5th slice); the diffusion model sees every training-patient slice, unlabelled."""
-    common = dict(kind="image_mask_folder", root=str(DATA / "acdc"), class_map=str(CLASSMAPS / "acdc.yaml"),
-                  split_file=str(DATA / "acdc" / "split.csv"), size=size, fit="pad")
+    common = dict(
+        kind="image_mask_folder",
+        root=str(DATA / "acdc"),
+        class_map=str(CLASSMAPS / "acdc.yaml"),
+        split_file=str(DATA / "acdc" / "split.csv"),
+        size=size,
+        fit="pad",
+    )
     train = _load(**common, split="train")
     val = _load(**common, split="val")
     test = _load(**common, split="test")
@@ -175,41 +190,74 @@ def acdc(quick: bool, size: int = 64) -> Setting:
     unlabelled = train.images
     if quick:
         test_index, val_index, unlabelled = test_index[:4], val_index[:4], train.images[:64]
-    return Setting("acdc", f"ACDC cine-MRI, padded to a square and resized to {size} px, 4 classes; pool = "
-                   f"{len(train)} slices of 70 training patients, sweep validation = {len(val_index)} slices of "
-                   f"10 validation patients, test = {len(test_index)} slices (every 5th) of the 20 test patients",
-                   train, [ACDC_SLICE.match(n).group(1) for n in train.names], 5, _subset(test, test_index),
-                   _subset(val, val_index), unlabelled,
-                   {"size": size}, 20)
+    return Setting(
+        "acdc",
+        f"ACDC cine-MRI, padded to a square and resized to {size} px, 4 classes; pool = "
+        f"{len(train)} slices of 70 training patients, sweep validation = {len(val_index)} slices of "
+        f"10 validation patients, test = {len(test_index)} slices (every 5th) of the 20 test patients",
+        train,
+        [ACDC_SLICE.match(n).group(1) for n in train.names],
+        5,
+        _subset(test, test_index),
+        _subset(val, val_index),
+        unlabelled,
+        {"size": size},
+        20,
+    )
 
 
 def isbi(quick: bool) -> Setting:
     """ISBI-2012 EM at 128 px (resized from 512): pool = images 0-19, test = 20-29 (never labelled, never
     seen by the diffusion model), which also trains on the 30 unlabelled challenge test images. The
     diffusion model and the U-Net train on random 64-px crops (the U-Net predicts whole images)."""
-    data = _load(kind="image_mask_folder", root=str(DATA / "isbi2012_em_membrane"), remap={0: [255], 1: [0]},
-                 class_names=["cell interior", "membrane"], size=128, fit="resize", hflip=True, vflip=True)
+    data = _load(
+        kind="image_mask_folder",
+        root=str(DATA / "isbi2012_em_membrane"),
+        remap={0: [255], 1: [0]},
+        class_names=["cell interior", "membrane"],
+        size=128,
+        fit="resize",
+        hflip=True,
+        vflip=True,
+    )
     order = sorted(range(len(data)), key=lambda i: int(data.names[i]))
     extra = _load(kind="image_folder", root=str(DATA / "isbi2012_em_membrane" / "test_images"), size=128)
     pool = _subset(data, order[:20])
     pool.crop = 64
     test = _subset(data, order[20:24] if quick else order[20:])
-    return Setting("isbi", "ISBI-2012 EM membranes, 128 px (resized from 512), 2 classes; pool = images 0-19, "
-                   "sweep validation = the pool images the sweep does not train on, test = images 20-29; the "
-                   "U-Net trains on random 64-px crops (flips as well), the diffusion model on 64-px crops",
-                   pool, [str(i) for i in range(20)], None, test, pool, torch.cat([pool.images, extra.images]),
-                   {"size": 64, "fit": "random_crop", "short_side": 128, "hflip": True, "vflip": True}, 20)
+    return Setting(
+        "isbi",
+        "ISBI-2012 EM membranes, 128 px (resized from 512), 2 classes; pool = images 0-19, "
+        "sweep validation = the pool images the sweep does not train on, test = images 20-29; the "
+        "U-Net trains on random 64-px crops (flips as well), the diffusion model on 64-px crops",
+        pool,
+        [str(i) for i in range(20)],
+        None,
+        test,
+        pool,
+        torch.cat([pool.images, extra.images]),
+        {"size": 64, "fit": "random_crop", "short_side": 128, "hflip": True, "vflip": True},
+        20,
+    )
 
 
 def cataract(quick: bool) -> Setting:
     """Binary instrument masks from three datasets at 64 px. Test = Cataract-1K video 53153 and CatInstSeg
     video 11-07-49: no frame of a test video is labelled or seen by the diffusion model, which trains on the
     100 unlabelled frames and the 17 pool frames."""
-    common = dict(kind="image_mask_folder", class_names=["background", "instrument"], size=64, fit="resize",
-                  hflip=True, channels=3)
-    parts = [_load(**common, root=str(DATA / "cataract1k_samples"), masks_dir="masks_L"),
-             _load(**common, root=str(DATA / "catinstseg_samples")),
-             _load(**common, root=str(DATA / "cadis_samples_mt"), unpaired="skip")]
+    common = dict(
+        kind="image_mask_folder",
+        class_names=["background", "instrument"],
+        size=64,
+        fit="resize",
+        hflip=True,
+        channels=3,
+    )
+    parts = [
+        _load(**common, root=str(DATA / "cataract1k_samples"), masks_dir="masks_L"),
+        _load(**common, root=str(DATA / "catinstseg_samples")),
+        _load(**common, root=str(DATA / "cadis_samples_mt"), unpaired="skip"),
+    ]
     images = torch.cat([p.images for p in parts])
     masks = torch.cat([p.masks.long() for p in parts])
     names = [n for p in parts for n in p.names]
@@ -218,22 +266,33 @@ def cataract(quick: bool) -> Setting:
     test_videos = {"case_53153", "2019-10-16_11-07-49"}
     pool = [i for i, v in enumerate(video) if v not in test_videos]
     test = [i for i, v in enumerate(video) if v in test_videos]
-    unlabelled = _load(kind="image_folder", root=str(DATA / "cataract_frames_unlabeled_csam2" / "images"),
-                       size=64, fit="resize")
-    return Setting("cataract", "instrument vs background, 64 px (resized); pool = 17 frames (Cataract-1K videos 5013, "
-                   "5014, 5316; CatInstSeg video 10-13-16; CaDIS video 3), test = 7 frames of two other videos "
-                   "(Cataract-1K 53153, CatInstSeg 11-07-49); the sweep validates on pool frames it does not "
-                   "train on",
-                   _subset(data, pool), [video[i] for i in pool], None, _subset(data, test[:3] if quick else test),
-                   _subset(data, pool), torch.cat([unlabelled.images[:20] if quick else unlabelled.images,
-                                                   images[pool]]),
-                   {"size": 64, "hflip": True}, 17)
+    unlabelled = _load(
+        kind="image_folder", root=str(DATA / "cataract_frames_unlabeled_csam2" / "images"), size=64, fit="resize"
+    )
+    return Setting(
+        "cataract",
+        "instrument vs background, 64 px (resized); pool = 17 frames (Cataract-1K videos 5013, "
+        "5014, 5316; CatInstSeg video 10-13-16; CaDIS video 3), test = 7 frames of two other videos "
+        "(Cataract-1K 53153, CatInstSeg 11-07-49); the sweep validates on pool frames it does not "
+        "train on",
+        _subset(data, pool),
+        [video[i] for i in pool],
+        None,
+        _subset(data, test[:3] if quick else test),
+        _subset(data, pool),
+        torch.cat([unlabelled.images[:20] if quick else unlabelled.images, images[pool]]),
+        {"size": 64, "hflip": True},
+        17,
+    )
 
 
 def _video(name: str) -> str:
     """The video a cataract frame comes from, from its file name."""
-    for pattern, form in ((r"case_?(\d+)", "case_{}"), (r"(\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d)", "{}"),
-                          (r"(Video\d+)", "{}")):
+    for pattern, form in (
+        (r"case_?(\d+)", "case_{}"),
+        (r"(\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d)", "{}"),
+        (r"(Video\d+)", "{}"),
+    ):
         found = re.search(pattern, name)
         if found:
             return form.format(found.group(1))
@@ -268,39 +327,63 @@ class Budget:
 def budget(quick: bool, diffusion_steps: int, unet_steps: int) -> Budget:
     # Every trainer in the process uses bf16: accelerate keeps one precision per process.
     if quick:
-        return Budget(True, 8, UNetConfig(base_channels=8, channel_mults=[1, 2], blocks_per_level=1,
-                                         attention_levels=[], norm_groups=4),
-                      SweepConfig(timesteps=[50, 250], blocks=[1, 3], members=1, max_pixels=1000, top_blocks=2,
-                                  top_timesteps=1),
-                      PixelConfig(max_pixels=2000, val_pixels=400),
-                      EnsembleConfig(members=2, hidden=[16, 8], eval_every=20, patience=2, max_epochs=2),
-                      SegNetConfig(base_channels=8, depth=3),
-                      TrainConfig(steps=6, batch_size=4, warmup_steps=0, eval_every=3, patience=2,
-                                  checkpoint_every=1000, log_every=3, mixed_precision="bf16"),
-                      EnsembleConfig(hidden=[16, 8], eval_every=20, patience=2, max_epochs=2),
-                      memory_timesteps=[50, 150], memory_pixels=PixelConfig(max_pixels=2000, val_pixels=400),
-                      memory_ensemble=EnsembleConfig(members=2, hidden=[16, 8], eval_every=20, patience=2,
-                                                     max_epochs=1),
-                      memory_size=64, memory_test=4)
+        return Budget(
+            True,
+            8,
+            UNetConfig(base_channels=8, channel_mults=[1, 2], blocks_per_level=1, attention_levels=[], norm_groups=4),
+            SweepConfig(timesteps=[50, 250], blocks=[1, 3], members=1, max_pixels=1000, top_blocks=2, top_timesteps=1),
+            PixelConfig(max_pixels=2000, val_pixels=400),
+            EnsembleConfig(members=2, hidden=[16, 8], eval_every=20, patience=2, max_epochs=2),
+            SegNetConfig(base_channels=8, depth=3),
+            TrainConfig(
+                steps=6,
+                batch_size=4,
+                warmup_steps=0,
+                eval_every=3,
+                patience=2,
+                checkpoint_every=1000,
+                log_every=3,
+                mixed_precision="bf16",
+            ),
+            EnsembleConfig(hidden=[16, 8], eval_every=20, patience=2, max_epochs=2),
+            memory_timesteps=[50, 150],
+            memory_pixels=PixelConfig(max_pixels=2000, val_pixels=400),
+            memory_ensemble=EnsembleConfig(members=2, hidden=[16, 8], eval_every=20, patience=2, max_epochs=1),
+            memory_size=64,
+            memory_test=4,
+        )
     # Sized for ~1 hour on one core (see the results file): a 3.1 M-parameter UNet without attention (576
     # feature channels per timestep over its 8 decoder blocks), 20,000 training pixels per fit, at most 3
     # passes over them; a base-16 U-Net baseline trained until its held-out loss stops improving. Budgets
     # are steps, not minutes, so that the scores do not depend on how busy the machine is.
-    return Budget(False, diffusion_steps,
-                  UNetConfig(base_channels=32, channel_mults=[1, 2, 2, 4], blocks_per_level=1, attention_levels=[]),
-                  SweepConfig(timesteps=[20, 50, 100, 150, 250, 500], members=2, max_pixels=8000, top_blocks=3,
-                              top_timesteps=2),
-                  PixelConfig(max_pixels=20_000, val_pixels=4000),
-                  EnsembleConfig(eval_every=100, patience=2, max_epochs=3),
-                  SegNetConfig(base_channels=16, depth=4),
-                  TrainConfig(steps=unet_steps, batch_size=4, lr=1e-3, warmup_steps=20, ema_decay=0.99, eval_every=25,
-                              patience=8, checkpoint_every=100_000, keep_checkpoints=1, log_every=25,
-                              mixed_precision="bf16"),
-                  EnsembleConfig(batch_size=256, eval_every=25, patience=2, max_epochs=3),
-                  memory_timesteps=[10, 20, 50, 75, 100, 150, 200, 250, 300, 350, 400, 500, 600, 700],
-                  memory_pixels=PixelConfig(max_pixels=20_000, val_pixels=4000),
-                  memory_ensemble=EnsembleConfig(eval_every=100, patience=2, max_epochs=1),
-                  memory_size=256, memory_test=2)
+    return Budget(
+        False,
+        diffusion_steps,
+        UNetConfig(base_channels=32, channel_mults=[1, 2, 2, 4], blocks_per_level=1, attention_levels=[]),
+        SweepConfig(timesteps=[20, 50, 100, 150, 250, 500], members=2, max_pixels=8000, top_blocks=3, top_timesteps=2),
+        PixelConfig(max_pixels=20_000, val_pixels=4000),
+        EnsembleConfig(eval_every=100, patience=2, max_epochs=3),
+        SegNetConfig(base_channels=16, depth=4),
+        TrainConfig(
+            steps=unet_steps,
+            batch_size=4,
+            lr=1e-3,
+            warmup_steps=20,
+            ema_decay=0.99,
+            eval_every=25,
+            patience=8,
+            checkpoint_every=100_000,
+            keep_checkpoints=1,
+            log_every=25,
+            mixed_precision="bf16",
+        ),
+        EnsembleConfig(batch_size=256, eval_every=25, patience=2, max_epochs=3),
+        memory_timesteps=[10, 20, 50, 75, 100, 150, 200, 250, 300, 350, 400, 500, 600, 700],
+        memory_pixels=PixelConfig(max_pixels=20_000, val_pixels=4000),
+        memory_ensemble=EnsembleConfig(eval_every=100, patience=2, max_epochs=1),
+        memory_size=256,
+        memory_test=2,
+    )
 
 
 def _write_pngs(images: torch.Tensor, folder: Path) -> Path:
@@ -320,16 +403,33 @@ def train_diffusion(setting: Setting, b: Budget, work: Path) -> tuple[Path, dict
     folder = _write_pngs(setting.unlabelled, work / setting.name / "unlabelled")
     config = generate.GenerateConfig(
         data=from_dict(DataConfig, {"kind": "image_folder", "root": str(folder), **setting.diffusion_data}),
-        model=b.unet, noise=NoiseConfig(beta_schedule="cosine", prediction_type="v_prediction"),
-        train=TrainConfig(steps=b.diffusion_steps, batch_size=8, lr=1e-3, warmup_steps=0 if b.quick else 20,
-                          ema_decay=0.995, mixed_precision="bf16", sample_every=100_000, checkpoint_every=100_000,
-                          keep_checkpoints=1, log_every=50),
-        sampler=SamplerConfig(name="dpm++", steps=20), joint_mask=False, grid_samples=4)
+        model=b.unet,
+        noise=NoiseConfig(beta_schedule="cosine", prediction_type="v_prediction"),
+        train=TrainConfig(
+            steps=b.diffusion_steps,
+            batch_size=8,
+            lr=1e-3,
+            warmup_steps=0 if b.quick else 20,
+            ema_decay=0.995,
+            mixed_precision="bf16",
+            sample_every=100_000,
+            checkpoint_every=100_000,
+            keep_checkpoints=1,
+            log_every=50,
+        ),
+        sampler=SamplerConfig(name="dpm++", steps=20),
+        joint_mask=False,
+        grid_samples=4,
+    )
     result = generate.fit(config, run, progress=False)
     shutil.rmtree(folder)
-    info = {"steps": result.step, "minutes": result.seconds / 60,
-            "final_loss": float(np.mean(list(result.losses.values())[-50:])), "images": len(setting.unlabelled),
-            "train_size": setting.diffusion_data["size"]}
+    info = {
+        "steps": result.step,
+        "minutes": result.seconds / 60,
+        "final_loss": float(np.mean(list(result.losses.values())[-50:])),
+        "images": len(setting.unlabelled),
+        "train_size": setting.diffusion_data["size"],
+    }
     info_file.write_text(json.dumps(info))
     return run, info
 
@@ -354,8 +454,13 @@ def _scores(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> dict:
     meter = SegmentationMeter(num_classes)
     meter.update(pred, target.long())
     scores = meter.compute()
-    return {"miou": scores.miou, "fg_miou": float(scores.iou[1:].nanmean()), "mean_dice": scores.mean_dice,
-            "iou": scores.iou.tolist(), "dice": scores.dice.tolist()}
+    return {
+        "miou": scores.miou,
+        "fg_miou": float(scores.iou[1:].nanmean()),
+        "mean_dice": scores.mean_dice,
+        "iou": scores.iou.tolist(),
+        "dice": scores.dice.tolist(),
+    }
 
 
 def run_sweep_for(setting: Setting, diffusion_run: Path, b: Budget, work: Path, n_labels: int) -> dict:
@@ -363,10 +468,12 @@ def run_sweep_for(setting: Setting, diffusion_run: Path, b: Budget, work: Path, 
     labelled = _subset(setting.pool, choose_labels(setting, n_labels, 0))
     val = setting.sweep_val
     if val is setting.pool:  # validate on the pool images the sweep does not train on
-        val = _subset(setting.pool, [i for i in range(len(setting.pool)) if setting.pool.names[i] not in
-                                     set(labelled.names)])
-    config = SegmentConfig(diffusion=diffusion_run, features=FeatureConfig(), pixels=b.pixels,
-                           ensemble=b.sweep_ensemble, sweep=b.sweep)
+        val = _subset(
+            setting.pool, [i for i in range(len(setting.pool)) if setting.pool.names[i] not in set(labelled.names)]
+        )
+    config = SegmentConfig(
+        diffusion=diffusion_run, features=FeatureConfig(), pixels=b.pixels, ensemble=b.sweep_ensemble, sweep=b.sweep
+    )
     out = work / setting.name / "sweep"
     shutil.rmtree(out, ignore_errors=True)
     with Phase() as phase:
@@ -374,45 +481,85 @@ def run_sweep_for(setting: Setting, diffusion_run: Path, b: Budget, work: Path, 
     figure = RESULTS / f"segmentation{'_quick' if b.quick else ''}_sweep_{setting.name}.png"
     shutil.copy(out / "figures" / "sweep.png", figure)
     result = json.loads((out / "sweep.json").read_text())
-    return {**result, "figure": figure.name, "labelled": len(labelled), "validation": len(val),
-            "seconds": phase.seconds, "peak_mb": phase.peak_mb}
+    return {
+        **result,
+        "figure": figure.name,
+        "labelled": len(labelled),
+        "validation": len(val),
+        "seconds": phase.seconds,
+        "peak_mb": phase.peak_mb,
+    }
 
 
-def fit_diffusion_features(setting: Setting, diffusion_run: Path, features: FeatureConfig, labelled: ArrayDataset,
-                           test: ArrayDataset, pixels: PixelConfig, ensemble: EnsembleConfig, seed: int,
-                           work: Path) -> dict:
+def fit_diffusion_features(
+    setting: Setting,
+    diffusion_run: Path,
+    features: FeatureConfig,
+    labelled: ArrayDataset,
+    test: ArrayDataset,
+    pixels: PixelConfig,
+    ensemble: EnsembleConfig,
+    seed: int,
+    work: Path,
+) -> dict:
     model, diffusion, _ = load_diffusion(diffusion_run)
     extractor = make_extractor(model, diffusion, features)
     scratch = work / "scratch"
     scratch.mkdir(parents=True, exist_ok=True)
     with Phase() as fit_phase:
-        outcome = fit_classifier(extractor, labelled.images, labelled.masks, labelled.num_classes, pixels, ensemble,
-                                 seed, scratch=scratch, hflip=labelled.hflip, vflip=labelled.vflip)
+        outcome = fit_classifier(
+            extractor,
+            labelled.images,
+            labelled.masks,
+            labelled.num_classes,
+            pixels,
+            ensemble,
+            seed,
+            scratch=scratch,
+            hflip=labelled.hflip,
+            vflip=labelled.vflip,
+        )
     classifier = PixelClassifier(extractor, outcome.ensemble)
     with Phase() as predict_phase:
         pred = classifier.predict(test.images).labels
-    return {**_scores(pred, test.masks, test.num_classes), "fit_s": fit_phase.seconds, "fit_peak_mb": fit_phase.peak_mb,
-            "fit_added_mb": fit_phase.added_mb, "predict_s": predict_phase.seconds,
-            "predict_peak_mb": predict_phase.peak_mb, "predict_added_mb": predict_phase.added_mb, "dims": extractor.dims,
-            "train_pixels": outcome.report.train_pixels, "steps": outcome.report.steps,
-            "store_mb": outcome.store_bytes / 2**20}
+    return {
+        **_scores(pred, test.masks, test.num_classes),
+        "fit_s": fit_phase.seconds,
+        "fit_peak_mb": fit_phase.peak_mb,
+        "fit_added_mb": fit_phase.added_mb,
+        "predict_s": predict_phase.seconds,
+        "predict_peak_mb": predict_phase.peak_mb,
+        "predict_added_mb": predict_phase.added_mb,
+        "dims": extractor.dims,
+        "train_pixels": outcome.report.train_pixels,
+        "steps": outcome.report.steps,
+        "store_mb": outcome.store_bytes / 2**20,
+    }
 
 
 def fit_unet(labelled: ArrayDataset, test: ArrayDataset, b: Budget, seed: int, work: Path) -> dict:
     run = work / "unet"
     shutil.rmtree(run, ignore_errors=True)
-    config = SegmenterConfig(model=b.segnet, train=dataclasses.replace(b.segmenter_train, seed=seed),
-                             val_fraction=b.pixels.val_fraction)
+    config = SegmenterConfig(
+        model=b.segnet, train=dataclasses.replace(b.segmenter_train, seed=seed), val_fraction=b.pixels.val_fraction
+    )
     with Phase() as fit_phase:
         result = segmenter.fit_dataset(config, run, labelled, progress=False)
     model, _ = segmenter.load(run)
     with Phase() as predict_phase:
         pred = segmenter.predict(model, test.images)
     shutil.rmtree(run, ignore_errors=True)
-    return {**_scores(pred, test.masks, test.num_classes), "fit_s": fit_phase.seconds,
-            "fit_peak_mb": fit_phase.peak_mb, "fit_added_mb": fit_phase.added_mb, "predict_s": predict_phase.seconds,
-            "predict_peak_mb": predict_phase.peak_mb, "predict_added_mb": predict_phase.added_mb, "steps": result.step,
-            "best_step": result.best_step}
+    return {
+        **_scores(pred, test.masks, test.num_classes),
+        "fit_s": fit_phase.seconds,
+        "fit_peak_mb": fit_phase.peak_mb,
+        "fit_added_mb": fit_phase.added_mb,
+        "predict_s": predict_phase.seconds,
+        "predict_peak_mb": predict_phase.peak_mb,
+        "predict_added_mb": predict_phase.added_mb,
+        "steps": result.step,
+        "best_step": result.best_step,
+    }
 
 
 # -- ACDC-only experiments --------------------------------------------------------------------------------
@@ -460,38 +607,75 @@ def memory_experiment(setting: Setting, diffusion_run: Path, b: Budget, work: Pa
     labelled = [setting.pool.names[i] for i in choose_labels(setting, 20, 0)]
     present = [len(mask.unique()) for mask in setting.test.masks]
     complete = [i for i, k in enumerate(present) if k == max(present)]  # slices with every class (if any)
-    test = [setting.test.names[i] for i in complete[:: max(1, len(complete) // b.memory_test)][:b.memory_test]]
+    test = [setting.test.names[i] for i in complete[:: max(1, len(complete) // b.memory_test)][: b.memory_test]]
     root = work / "memory"
     shutil.rmtree(root, ignore_errors=True)
     model, _, _ = load_diffusion(diffusion_run)
-    config = {"task": "segment", "diffusion": str(diffusion_run),
-              "data": {"kind": "image_mask_folder", "root": str(_link_pairs(labelled, root / "labelled", True)),
-                       "class_map": str(CLASSMAPS / "acdc.yaml"), "size": size, "fit": "pad"},
-              "features": {"blocks": list(range(model.num_decoder_blocks)), "timesteps": b.memory_timesteps,
-                           "scale": setting.diffusion_data["size"] / size},
-              "pixels": to_dict(b.memory_pixels), "ensemble": to_dict(b.memory_ensemble), "seed": 0}
+    config = {
+        "task": "segment",
+        "diffusion": str(diffusion_run),
+        "data": {
+            "kind": "image_mask_folder",
+            "root": str(_link_pairs(labelled, root / "labelled", True)),
+            "class_map": str(CLASSMAPS / "acdc.yaml"),
+            "size": size,
+            "fit": "pad",
+        },
+        "features": {
+            "blocks": list(range(model.num_decoder_blocks)),
+            "timesteps": b.memory_timesteps,
+            "scale": setting.diffusion_data["size"] / size,
+        },
+        "pixels": to_dict(b.memory_pixels),
+        "ensemble": to_dict(b.memory_ensemble),
+        "seed": 0,
+    }
     (root / "segment.yaml").write_text(yaml.safe_dump(config))
     fit_s, fit_mb = _run_cli(root / "fit.log", "segment", "fit", root / "segment.yaml", "--out", root / "run")
-    predict_s, predict_mb = _run_cli(root / "predict.log", "segment", "predict", root / "run", "--images",
-                                     _link_pairs(test, root / "test", False) / "images", "--out", root / "predicted")
+    predict_s, predict_mb = _run_cli(
+        root / "predict.log",
+        "segment",
+        "predict",
+        root / "run",
+        "--images",
+        _link_pairs(test, root / "test", False) / "images",
+        "--out",
+        root / "predicted",
+    )
     meter = SegmentationMeter(setting.test.num_classes)
     for name in test:
         truth = torch.from_numpy(np.array(Image.open(DATA / "acdc" / "masks" / f"{name}.png"))).long()
-        meter.update(torch.from_numpy(np.array(Image.open(root / "predicted" / "masks" / f"{name}.png"))).long(),
-                     truth)
+        meter.update(torch.from_numpy(np.array(Image.open(root / "predicted" / "masks" / f"{name}.png"))).long(), truth)
     metrics = json.loads((root / "run" / "metrics.json").read_text())
     scores = meter.compute()
-    result = {"size": size, "labelled": len(labelled), "test": len(test), "dims": metrics["feature_dims"],
-              "train_pixels": metrics["train_pixels"], "store_mb": metrics["feature_store_mb"], "fit_s": fit_s,
-              "fit_peak_mb": fit_mb, "predict_s": predict_s, "predict_peak_mb": predict_mb, "miou": scores.miou,
-              "fg_miou": float(scores.iou[1:].nanmean())}
+    result = {
+        "size": size,
+        "labelled": len(labelled),
+        "test": len(test),
+        "dims": metrics["feature_dims"],
+        "train_pixels": metrics["train_pixels"],
+        "store_mb": metrics["feature_store_mb"],
+        "fit_s": fit_s,
+        "fit_peak_mb": fit_mb,
+        "predict_s": predict_s,
+        "predict_peak_mb": predict_mb,
+        "miou": scores.miou,
+        "fg_miou": float(scores.iou[1:].nanmean()),
+    }
     result["all_pixels_float32_gb"] = len(labelled) * size * size * result["dims"] * 4 / 2**30
     shutil.rmtree(root / "scratch", ignore_errors=True)
     return result
 
 
-def fidelity_experiment(setting: Setting, diffusion_run: Path, features: FeatureConfig, b: Budget, seeds: list[int],
-                        work: Path, bounded_rows: list[dict]) -> list[dict]:
+def fidelity_experiment(
+    setting: Setting,
+    diffusion_run: Path,
+    features: FeatureConfig,
+    b: Budget,
+    seeds: list[int],
+    work: Path,
+    bounded_rows: list[dict],
+) -> list[dict]:
     """Every labelled pixel in float32 RAM (Baranchuk et al.'s way) vs the bounded path at the largest label
     count of the run. The bounded path is refitted with as many optimiser steps as the every-pixel fit may
     take (its epochs scaled up by the pixel ratio), so only the pixel sample and the fp16 disk storage
@@ -501,44 +685,79 @@ def fidelity_experiment(setting: Setting, diffusion_run: Path, features: Feature
     rows = []
     for seed in seeds:
         labelled = _subset(setting.pool, choose_labels(setting, n, seed))
-        full = fit_diffusion_features(setting, diffusion_run, features, labelled, setting.test, every_pixel,
-                                      b.ensemble, seed, work)
+        full = fit_diffusion_features(
+            setting, diffusion_run, features, labelled, setting.test, every_pixel, b.ensemble, seed, work
+        )
         epochs = math.ceil(b.ensemble.max_epochs * full["train_pixels"] / b.pixels.max_pixels)
-        matched = fit_diffusion_features(setting, diffusion_run, features, labelled, setting.test, b.pixels,
-                                         dataclasses.replace(b.ensemble, max_epochs=epochs), seed, work)
+        matched = fit_diffusion_features(
+            setting,
+            diffusion_run,
+            features,
+            labelled,
+            setting.test,
+            b.pixels,
+            dataclasses.replace(b.ensemble, max_epochs=epochs),
+            seed,
+            work,
+        )
         grid = next(r for r in bounded_rows if r["seed"] == seed and r["labels"] == n)
-        rows.append({"dataset": setting.name, "seed": seed, "labels": n, "every-pixel mIoU": full["miou"],
-                     "bounded mIoU (same step budget)": matched["miou"],
-                     "difference (points)": 100 * (matched["miou"] - full["miou"]),
-                     "bounded mIoU (main grid)": grid["miou"], "every-pixel train pixels": full["train_pixels"],
-                     "bounded train pixels": matched["train_pixels"], "every-pixel steps": full["steps"],
-                     "bounded steps (same budget / grid)": f"{matched['steps']} / {grid['steps']}",
-                     "every-pixel fit peak MB": full["fit_peak_mb"], "bounded fit peak MB": matched["fit_peak_mb"],
-                     "every-pixel feature MB": full["store_mb"], "bounded feature MB": matched["store_mb"],
-                     "every-pixel fit s": full["fit_s"], "bounded fit s": matched["fit_s"]})
+        rows.append(
+            {
+                "dataset": setting.name,
+                "seed": seed,
+                "labels": n,
+                "every-pixel mIoU": full["miou"],
+                "bounded mIoU (same step budget)": matched["miou"],
+                "difference (points)": 100 * (matched["miou"] - full["miou"]),
+                "bounded mIoU (main grid)": grid["miou"],
+                "every-pixel train pixels": full["train_pixels"],
+                "bounded train pixels": matched["train_pixels"],
+                "every-pixel steps": full["steps"],
+                "bounded steps (same budget / grid)": f"{matched['steps']} / {grid['steps']}",
+                "every-pixel fit peak MB": full["fit_peak_mb"],
+                "bounded fit peak MB": matched["fit_peak_mb"],
+                "every-pixel feature MB": full["store_mb"],
+                "bounded feature MB": matched["store_mb"],
+                "every-pixel fit s": full["fit_s"],
+                "bounded fit s": matched["fit_s"],
+            }
+        )
     return rows
 
 
 # -- report ----------------------------------------------------------------------------------------------------
 def summarise(rows: list[dict], class_names: dict[str, list[str]]) -> tuple[str, list[dict]]:
     table = []
-    keys = sorted({(r["dataset"], r["labels"], r["method"]) for r in rows},
-                  key=lambda k: (list(class_names).index(k[0]), k[1], k[2]))
+    keys = sorted(
+        {(r["dataset"], r["labels"], r["method"]) for r in rows},
+        key=lambda k: (list(class_names).index(k[0]), k[1], k[2]),
+    )
     for dataset, labels, method in keys:
         group = [r for r in rows if (r["dataset"], r["labels"], r["method"]) == (dataset, labels, method)]
-        line = {"dataset": dataset, "labels": labels, "method": method, "seeds": len(group),
-                "mIoU": mean_std([r["miou"] for r in group]), "fg mIoU": mean_std([r["fg_miou"] for r in group]),
-                "mean Dice": mean_std([r["mean_dice"] for r in group])}
+        line = {
+            "dataset": dataset,
+            "labels": labels,
+            "method": method,
+            "seeds": len(group),
+            "mIoU": mean_std([r["miou"] for r in group]),
+            "fg mIoU": mean_std([r["fg_miou"] for r in group]),
+            "mean Dice": mean_std([r["mean_dice"] for r in group]),
+        }
         for k, name in enumerate(class_names[dataset]):
-            line[f"IoU/Dice {name}"] = (f"{mean_std([r['iou'][k] for r in group])} / "
-                                        f"{mean_std([r['dice'][k] for r in group])}")
-        line.update({"steps": round(statistics.mean(r["steps"] for r in group)),
-                     "fit s": statistics.mean(r["fit_s"] for r in group),
-                     "fit peak MB (+added)": f"{max(r['fit_peak_mb'] for r in group):.0f} "
-                                             f"(+{max(r['fit_added_mb'] for r in group):.0f})",
-                     "predict s": statistics.mean(r["predict_s"] for r in group),
-                     "predict peak MB (+added)": f"{max(r['predict_peak_mb'] for r in group):.0f} "
-                                                 f"(+{max(r['predict_added_mb'] for r in group):.0f})"})
+            line[f"IoU/Dice {name}"] = (
+                f"{mean_std([r['iou'][k] for r in group])} / {mean_std([r['dice'][k] for r in group])}"
+            )
+        line.update(
+            {
+                "steps": round(statistics.mean(r["steps"] for r in group)),
+                "fit s": statistics.mean(r["fit_s"] for r in group),
+                "fit peak MB (+added)": f"{max(r['fit_peak_mb'] for r in group):.0f} "
+                f"(+{max(r['fit_added_mb'] for r in group):.0f})",
+                "predict s": statistics.mean(r["predict_s"] for r in group),
+                "predict peak MB (+added)": f"{max(r['predict_peak_mb'] for r in group):.0f} "
+                f"(+{max(r['predict_added_mb'] for r in group):.0f})",
+            }
+        )
         table.append(line)
     parts = []
     for dataset in class_names:
@@ -555,12 +774,24 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--labels", nargs="+", type=int, default=[5, 10, 20])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--diffusion-steps", type=int, default=800,
-                        help="optimiser steps of each dataset's diffusion model (batches of 8)")
-    parser.add_argument("--unet-steps", type=int, default=800,
-                        help="at most this many steps per U-Net baseline fit (it stops early before that)")
-    parser.add_argument("--fidelity-seeds", type=int, default=3,
-                        help="seeds (the first N of --seeds) of the bounded vs every-pixel comparison on ACDC")
+    parser.add_argument(
+        "--diffusion-steps",
+        type=int,
+        default=800,
+        help="optimiser steps of each dataset's diffusion model (batches of 8)",
+    )
+    parser.add_argument(
+        "--unet-steps",
+        type=int,
+        default=800,
+        help="at most this many steps per U-Net baseline fit (it stops early before that)",
+    )
+    parser.add_argument(
+        "--fidelity-seeds",
+        type=int,
+        default=3,
+        help="seeds (the first N of --seeds) of the bounded vs every-pixel comparison on ACDC",
+    )
     parser.add_argument("--work", type=Path, default=None, help="keep diffusion models here (reused on rerun)")
     args = parser.parse_args()
     if not DATA.is_dir():
@@ -577,8 +808,10 @@ def main() -> None:
     def stage(name: str, what: str, since: float) -> float:
         now, cpu_now = time.monotonic(), time.process_time()
         stages.setdefault(name, {})[what] = now - since
-        print(f"[{(now - started) / 60:5.1f} min] {name}: {what} took {now - since:.0f} s "
-              f"(CPU {cpu_now - cpu[0]:.0f} s)", flush=True)
+        print(
+            f"[{(now - started) / 60:5.1f} min] {name}: {what} took {now - since:.0f} s (CPU {cpu_now - cpu[0]:.0f} s)",
+            flush=True,
+        )
         cpu[0] = cpu_now
         return now
 
@@ -589,25 +822,34 @@ def main() -> None:
         description_lines = "\n".join(f"- **{n}**: {d}" for n, d in descriptions.items())
         diffusion_lines = "\n".join(
             f"- **{n}**: {i['images']} unlabelled images, trained at {i['train_size']} px for {i['steps']} steps "
-            f"({i['minutes']:.1f} min), final loss {i['final_loss']:.4f}" for n, i in diffusion_info.items())
+            f"({i['minutes']:.1f} min), final loss {i['final_loss']:.4f}"
+            for n, i in diffusion_info.items()
+        )
         sweep_lines = "\n\n".join(
             f"**{n}** ({s['labelled']} labelled / {s['validation']} validation images, {s['seconds'] / 60:.1f} min): "
             f"recommended blocks {s['recommended']['blocks']}, timesteps {s['recommended']['timesteps']}; "
             f"best cell mIoU {np.nanmax(np.array(s['miou'])):.3f}.\n\n![{n} sweep]({s['figure']})"
-            for n, s in sweeps.items())
-        text = ("" if complete else f"**Partial result**: the run has finished {len(descriptions)} of "
-                f"{len(args.datasets)} datasets so far (this file is rewritten after each dataset).\n\n")
-        text += (f"Methods: **diffusion features + MLP ensemble** = meddiff `segment` with the sweep's recommended "
-                f"blocks and timesteps, {b.ensemble.members} MLPs (hidden {b.ensemble.hidden}), "
-                f"{b.pixels.max_pixels} class-balanced training pixels in fp16 on disk; **U-Net from scratch** = "
-                f"`segmenter` (base {b.segnet.base_channels}, depth {b.segnet.depth}), "
-                f"{_unet_budget(b.segmenter_train)} per fit. Both use the data's flips and stop early on the "
-                f"same held-out {b.pixels.val_fraction:.0%} of the labelled pixels. Scores: mean ± sample std over "
-                f"seeds {seeds}; fit/predict peak MB = peak resident memory of the benchmark process during that "
-                f"phase (VmHWM reset before it; includes the loaded datasets and models), +added = above the "
-                f"resident memory at the phase's start.\n\n"
-                f"## Datasets and splits\n\n{description_lines}\n\n## Diffusion models\n\n{diffusion_lines}\n\n"
-                f"## Block x timestep sweeps\n\n{sweep_lines}\n\n## Results\n\n{body}\n")
+            for n, s in sweeps.items()
+        )
+        text = (
+            ""
+            if complete
+            else f"**Partial result**: the run has finished {len(descriptions)} of "
+            f"{len(args.datasets)} datasets so far (this file is rewritten after each dataset).\n\n"
+        )
+        text += (
+            f"Methods: **diffusion features + MLP ensemble** = meddiff `segment` with the sweep's recommended "
+            f"blocks and timesteps, {b.ensemble.members} MLPs (hidden {b.ensemble.hidden}), "
+            f"{b.pixels.max_pixels} class-balanced training pixels in fp16 on disk; **U-Net from scratch** = "
+            f"`segmenter` (base {b.segnet.base_channels}, depth {b.segnet.depth}), "
+            f"{_unet_budget(b.segmenter_train)} per fit. Both use the data's flips and stop early on the "
+            f"same held-out {b.pixels.val_fraction:.0%} of the labelled pixels. Scores: mean ± sample std over "
+            f"seeds {seeds}; fit/predict peak MB = peak resident memory of the benchmark process during that "
+            f"phase (VmHWM reset before it; includes the loaded datasets and models), +added = above the "
+            f"resident memory at the phase's start.\n\n"
+            f"## Datasets and splits\n\n{description_lines}\n\n## Diffusion models\n\n{diffusion_lines}\n\n"
+            f"## Block x timestep sweeps\n\n{sweep_lines}\n\n## Results\n\n{body}\n"
+        )
         if fidelity:
             gap = statistics.mean(r["difference (points)"] for r in fidelity)
             verdict = "met" if abs(gap) <= 1 else "NOT met"
@@ -620,9 +862,11 @@ def main() -> None:
                 f"{gap:+.2f} mIoU points over {len(fidelity)} seed(s) (target: within 1 point; {verdict}); "
                 f"for scale, every-pixel mIoU over these seeds: {mean_std([r['every-pixel mIoU'] for r in fidelity])}. "
                 f"The balanced sample is trained on as drawn (`PixelConfig.reweight` off). "
-                f"\"main grid\" is the bounded fit of the results table, which has at most "
+                f'"main grid" is the bounded fit of the results table, which has at most '
                 f"{b.ensemble.max_epochs} passes over its {b.pixels.max_pixels} pixels.\n\n"
-                + markdown_table(fidelity, list(fidelity[0])) + "\n")
+                + markdown_table(fidelity, list(fidelity[0]))
+                + "\n"
+            )
         if memory:
             m = memory
             target = "met" if max(m["fit_peak_mb"], m["predict_peak_mb"]) <= 4096 else "NOT met"
@@ -639,20 +883,32 @@ def main() -> None:
                 f"slice (all four in the full run; tile by tile, masks at native resolution): "
                 f"{m['predict_s']:.0f} s, peak RSS {m['predict_peak_mb']:.0f} MB; mIoU {m['miou']:.3f} (foreground "
                 f"{m['fg_miou']:.3f}) at native resolution. Holding every pixel's features of these images in "
-                f"float32, as the reference implementation does, would take {m['all_pixels_float32_gb']:.1f} GB.\n")
+                f"float32, as the reference implementation does, would take {m['all_pixels_float32_gb']:.1f} GB.\n"
+            )
         if stages:
             names = list(dict.fromkeys(k for v in stages.values() for k in v))
             stage_rows = [{"dataset": n, **{k: v.get(k, "") for k in names}} for n, v in stages.items()]
-            text += ("\n## Wall time per stage (s)\n\n" + markdown_table(stage_rows, ["dataset", *names]) + "\n")
+            text += "\n## Wall time per stage (s)\n\n" + markdown_table(stage_rows, ["dataset", *names]) + "\n"
         if not args.quick:
             text += "\n## Scope: what was cut to fit the time budget\n\n" + scope_note(b, labels) + "\n"
         text += "\n## Closing note\n\n" + closing_note(table, memory, labels) + "\n"
-        write_result("segmentation_quick" if args.quick else "segmentation",
-                     "Few-label segmentation: diffusion features + MLP ensemble vs U-Net from scratch",
-                     data=", ".join(args.datasets) + " (../shared/data and nilearn's MNI152)", seed=str(seeds),
-                     wall_seconds=time.monotonic() - started, body=text,
-                     numbers={"rows": rows, "summary": table, "sweeps": sweeps, "diffusion": diffusion_info,
-                              "fidelity": fidelity, "memory": memory, "stage_seconds": stages})
+        write_result(
+            "segmentation_quick" if args.quick else "segmentation",
+            "Few-label segmentation: diffusion features + MLP ensemble vs U-Net from scratch",
+            data=", ".join(args.datasets) + " (../shared/data and nilearn's MNI152)",
+            seed=str(seeds),
+            wall_seconds=time.monotonic() - started,
+            body=text,
+            numbers={
+                "rows": rows,
+                "summary": table,
+                "sweeps": sweeps,
+                "diffusion": diffusion_info,
+                "fidelity": fidelity,
+                "memory": memory,
+                "stage_seconds": stages,
+            },
+        )
 
     for name in args.datasets:
         mark = time.monotonic()
@@ -669,17 +925,30 @@ def main() -> None:
             for seed in seeds:
                 labelled = _subset(setting.pool, choose_labels(setting, n, seed))
                 common = {"dataset": name, "labels": n, "seed": seed, "images": labelled.names}
-                rows.append({**common, "method": "diffusion features + MLP ensemble",
-                             **fit_diffusion_features(setting, run, features, labelled, setting.test, b.pixels,
-                                                      b.ensemble, seed, work)})
-                rows.append({**common, "method": "U-Net from scratch", **fit_unet(labelled, setting.test, b, seed, work)})
-                print(f"{name} {n} labels seed {seed}: " + ", ".join(
-                    f"{r['method']} {r['miou']:.3f} (fit {r['fit_s']:.0f} s, predict {r['predict_s']:.0f} s)"
-                    for r in rows[-2:]), flush=True)
+                rows.append(
+                    {
+                        **common,
+                        "method": "diffusion features + MLP ensemble",
+                        **fit_diffusion_features(
+                            setting, run, features, labelled, setting.test, b.pixels, b.ensemble, seed, work
+                        ),
+                    }
+                )
+                rows.append(
+                    {**common, "method": "U-Net from scratch", **fit_unet(labelled, setting.test, b, seed, work)}
+                )
+                print(
+                    f"{name} {n} labels seed {seed}: "
+                    + ", ".join(
+                        f"{r['method']} {r['miou']:.3f} (fit {r['fit_s']:.0f} s, predict {r['predict_s']:.0f} s)"
+                        for r in rows[-2:]
+                    ),
+                    flush=True,
+                )
         mark = stage(name, "fits", mark)
         if name == "acdc":
             bounded = [r for r in rows if r["dataset"] == name and r["method"].startswith("diffusion")]
-            fidelity = fidelity_experiment(setting, run, features, b, seeds[:args.fidelity_seeds], work, bounded)
+            fidelity = fidelity_experiment(setting, run, features, b, seeds[: args.fidelity_seeds], work, bounded)
             mark = stage(name, "bounded vs every pixel", mark)
             memory = memory_experiment(setting, run, b, work)
             stage(name, f"memory at {b.memory_size} px", mark)
@@ -696,31 +965,33 @@ def _unet_budget(train: TrainConfig) -> str:
 def scope_note(b: Budget, labels: list[int]) -> str:
     """What this run leaves out of issue 5's evaluation, and why (read from the budget actually used)."""
     dropped = [n for n in (5, 10, 20) if n not in labels]
-    return "\n".join(([f"- Label counts {dropped} were left out of this run (it had to fit a shorter slot)."]
-                      if dropped else []) + [
-        f"- The whole run is sized for about an hour on one CPU core, so every model is small and briefly "
-        f"trained: each dataset's diffusion model trains {b.diffusion_steps} steps of 8 images (a "
-        f"{b.unet.base_channels}-base UNet, mults {b.unet.channel_mults}, no attention), far below the days of "
-        f"GPU training behind Baranchuk et al.'s models; diffusion features from a better-trained model would "
-        f"likely score higher.",
-        "- Images are 64 px (ACDC padded to a square, brain, cataract) and 128 px for ISBI (its membranes are "
-        "only a few pixels wide even there); Baranchuk et al. work at 256 px. Only the memory experiment runs at "
-        "256 px.",
-        f"- Pixel classifier: {b.pixels.max_pixels} class-balanced training pixels per fit (the bounded path), "
-        f"at most {b.ensemble.max_epochs} passes, held-out loss every {b.ensemble.eval_every} steps, patience "
-        f"{b.ensemble.patience}; the sweep uses {b.sweep.members}-member ensembles on {b.sweep.max_pixels} pixels "
-        f"(batches of {b.sweep_ensemble.batch_size}, at most {b.sweep_ensemble.max_epochs} passes) "
-        f"and keeps the {b.sweep.top_blocks} best blocks x {b.sweep.top_timesteps} best timesteps.",
-        f"- U-Net baseline: base {b.segnet.base_channels}, depth {b.segnet.depth}, "
-        f"{_unet_budget(b.segmenter_train)}; the \"steps\" column is the mean number it ran (the MLP "
-        "ensemble's optimiser steps for the other method).",
-        "- ACDC tests on every 5th slice of the 20 test patients (sweep: every 10th validation slice); "
-        "cataract has 17 labelled pool frames, so its "
-        "largest label count is 17, not 20.",
-        f"- Memory experiment: {b.memory_pixels.max_pixels} training pixels and at most "
-        f"{b.memory_ensemble.max_epochs} pass(es) (to keep its 8,000-dim fit to minutes), prediction on "
-        f"{b.memory_test} test slices; its mIoU is a by-product, not a tuned result.",
-    ])
+    return "\n".join(
+        ([f"- Label counts {dropped} were left out of this run (it had to fit a shorter slot)."] if dropped else [])
+        + [
+            f"- The whole run is sized for about an hour on one CPU core, so every model is small and briefly "
+            f"trained: each dataset's diffusion model trains {b.diffusion_steps} steps of 8 images (a "
+            f"{b.unet.base_channels}-base UNet, mults {b.unet.channel_mults}, no attention), far below the days of "
+            f"GPU training behind Baranchuk et al.'s models; diffusion features from a better-trained model would "
+            f"likely score higher.",
+            "- Images are 64 px (ACDC padded to a square, brain, cataract) and 128 px for ISBI (its membranes are "
+            "only a few pixels wide even there); Baranchuk et al. work at 256 px. Only the memory experiment runs at "
+            "256 px.",
+            f"- Pixel classifier: {b.pixels.max_pixels} class-balanced training pixels per fit (the bounded path), "
+            f"at most {b.ensemble.max_epochs} passes, held-out loss every {b.ensemble.eval_every} steps, patience "
+            f"{b.ensemble.patience}; the sweep uses {b.sweep.members}-member ensembles on {b.sweep.max_pixels} pixels "
+            f"(batches of {b.sweep_ensemble.batch_size}, at most {b.sweep_ensemble.max_epochs} passes) "
+            f"and keeps the {b.sweep.top_blocks} best blocks x {b.sweep.top_timesteps} best timesteps.",
+            f"- U-Net baseline: base {b.segnet.base_channels}, depth {b.segnet.depth}, "
+            f'{_unet_budget(b.segmenter_train)}; the "steps" column is the mean number it ran (the MLP '
+            "ensemble's optimiser steps for the other method).",
+            "- ACDC tests on every 5th slice of the 20 test patients (sweep: every 10th validation slice); "
+            "cataract has 17 labelled pool frames, so its "
+            "largest label count is 17, not 20.",
+            f"- Memory experiment: {b.memory_pixels.max_pixels} training pixels and at most "
+            f"{b.memory_ensemble.max_epochs} pass(es) (to keep its 8,000-dim fit to minutes), prediction on "
+            f"{b.memory_test} test slices; its mIoU is a by-product, not a tuned result.",
+        ]
+    )
 
 
 def closing_note(table: list[dict], memory: dict | None, labels: list[int]) -> str:
@@ -731,12 +1002,16 @@ def closing_note(table: list[dict], memory: dict | None, labels: list[int]) -> s
         ours = pair.get("diffusion features + MLP ensemble")
         base = pair.get("U-Net from scratch")
         if ours and base:
-            lines.append(f"- {dataset}, {top} labels: diffusion features mIoU {ours['mIoU']} vs U-Net baseline "
-                         f"{base['mIoU']} (foreground mIoU {ours['fg mIoU']} vs {base['fg mIoU']})")
+            lines.append(
+                f"- {dataset}, {top} labels: diffusion features mIoU {ours['mIoU']} vs U-Net baseline "
+                f"{base['mIoU']} (foreground mIoU {ours['fg mIoU']} vs {base['fg mIoU']})"
+            )
     if memory:
-        lines.append(f"- peak resident memory fitting {memory['labelled']} labelled {memory['size']}-px images with "
-                     f"{memory['dims']}-dim features: {memory['fit_peak_mb'] / 1024:.2f} GiB (prediction "
-                     f"{memory['predict_peak_mb'] / 1024:.2f} GiB)")
+        lines.append(
+            f"- peak resident memory fitting {memory['labelled']} labelled {memory['size']}-px images with "
+            f"{memory['dims']}-dim features: {memory['fit_peak_mb'] / 1024:.2f} GiB (prediction "
+            f"{memory['predict_peak_mb'] / 1024:.2f} GiB)"
+        )
     return "\n".join(lines)
 
 

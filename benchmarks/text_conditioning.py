@@ -41,14 +41,29 @@ def responses(run: Path, caption: str, size: tuple[int, int]) -> list[dict]:
         sampler = SamplerConfig(name="dpm++", steps=20, guidance_scale=guidance)
 
         def draw(prompt: str) -> torch.Tensor:
-            return textgen.generate_from_text(model.unet, model.diffusion, model.codec, model.encoder, model.null,
-                                              [prompt] * SAMPLES, sampler, seed=0, size=size)[0]
+            return textgen.generate_from_text(
+                model.unet,
+                model.diffusion,
+                model.codec,
+                model.encoder,
+                model.null,
+                [prompt] * SAMPLES,
+                sampler,
+                seed=0,
+                size=size,
+            )[0]
 
         plain = draw(caption)
         for word in TONE_WORDS:
             response = editing.tone_change(word, draw(f"{caption}, {word}"), plain)
-            rows.append({"guidance": guidance, "word": word, "response": float(response.mean()),
-                         "seed std": float(response.std())})
+            rows.append(
+                {
+                    "guidance": guidance,
+                    "word": word,
+                    "response": float(response.mean()),
+                    "seed std": float(response.std()),
+                }
+            )
     return rows
 
 
@@ -66,33 +81,44 @@ def main() -> None:
         setting = make(Path(tmp), args.quick, steps, alignment_steps=0)
         edit = setting.edits[0]
         for pooled in (False, True):
-            config = dataclasses.replace(setting.config,
-                                         model=dataclasses.replace(setting.config.model, context_pooled=pooled))
+            config = dataclasses.replace(
+                setting.config, model=dataclasses.replace(setting.config.model, context_pooled=pooled)
+            )
             run = Path(tmp) / f"run_pooled_{pooled}"
             start = time.perf_counter()
             result = textgen.fit(config, run, progress=False)
-            training[str(pooled)] = {"context_pooled": pooled, "steps": result.step,
-                                     "minutes": (time.perf_counter() - start) / 60,
-                                     "final_loss": float(np.mean(list(result.losses.values())[-10:]))}
+            training[str(pooled)] = {
+                "context_pooled": pooled,
+                "steps": result.step,
+                "minutes": (time.perf_counter() - start) / 60,
+                "final_loss": float(np.mean(list(result.losses.values())[-10:])),
+            }
             print(training[str(pooled)], flush=True)
             rows += [{"context_pooled": pooled, **r} for r in responses(run, edit.source, tuple(edit.image.shape[-2:]))]
-    body = "\n".join([
-        f"Model: {setting.name} ({setting.description}); {steps} training steps each, batch 8, `tone.prob` 0.3. "
-        f"Caption: \"{edit.source}\" (a held-out frame's). Response: mean over {SAMPLES} seeds of the word's "
-        "samples minus the caption's samples from the same seed (dark / bright: mean intensity, percentage points; "
-        "contrast: % change of the standard deviation; > 0: the word's direction); `seed std`: its spread over "
-        "seeds.",
-        "",
-        "## Training",
-        markdown_table(list(training.values()), ["context_pooled", "steps", "minutes", "final_loss"]),
-        "",
-        "## Response to the tone words",
-        markdown_table(rows, ["context_pooled", "guidance", "word", "response", "seed std"]),
-    ])
-    write_result("text_conditioning_quick" if args.quick else "text_conditioning",
-                 "Text conditioning: cross-attention alone vs with the pooled text embedding",
-                 data=setting.description, seed=0, wall_seconds=time.perf_counter() - started, body=body,
-                 numbers={"training": training, "responses": rows})
+    body = "\n".join(
+        [
+            f"Model: {setting.name} ({setting.description}); {steps} training steps each, batch 8, `tone.prob` 0.3. "
+            f"Caption: \"{edit.source}\" (a held-out frame's). Response: mean over {SAMPLES} seeds of the word's "
+            "samples minus the caption's samples from the same seed (dark / bright: mean intensity, percentage points; "
+            "contrast: % change of the standard deviation; > 0: the word's direction); `seed std`: its spread over "
+            "seeds.",
+            "",
+            "## Training",
+            markdown_table(list(training.values()), ["context_pooled", "steps", "minutes", "final_loss"]),
+            "",
+            "## Response to the tone words",
+            markdown_table(rows, ["context_pooled", "guidance", "word", "response", "seed std"]),
+        ]
+    )
+    write_result(
+        "text_conditioning_quick" if args.quick else "text_conditioning",
+        "Text conditioning: cross-attention alone vs with the pooled text embedding",
+        data=setting.description,
+        seed=0,
+        wall_seconds=time.perf_counter() - started,
+        body=body,
+        numbers={"training": training, "responses": rows},
+    )
 
 
 if __name__ == "__main__":

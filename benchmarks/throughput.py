@@ -37,13 +37,27 @@ class DiffusersAdapter(nn.Module):
 
 
 def models() -> dict[str, nn.Module]:
-    meddiff = UNet(UNetConfig(in_channels=CHANNELS, out_channels=CHANNELS, base_channels=32,
-                              channel_mults=[1, 2, 2, 4], attention_levels=[2, 3]))
-    diffusers = DiffusersAdapter(UNet2DModel(
-        sample_size=SIZE, in_channels=CHANNELS, out_channels=CHANNELS, block_out_channels=(32, 64, 64, 128),
-        layers_per_block=2, attention_head_dim=32,
-        down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
-        up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D")))
+    meddiff = UNet(
+        UNetConfig(
+            in_channels=CHANNELS,
+            out_channels=CHANNELS,
+            base_channels=32,
+            channel_mults=[1, 2, 2, 4],
+            attention_levels=[2, 3],
+        )
+    )
+    diffusers = DiffusersAdapter(
+        UNet2DModel(
+            sample_size=SIZE,
+            in_channels=CHANNELS,
+            out_channels=CHANNELS,
+            block_out_channels=(32, 64, 64, 128),
+            layers_per_block=2,
+            attention_head_dim=32,
+            down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
+            up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+        )
+    )
     return {"meddiff UNet": meddiff, "diffusers UNet2DModel": diffusers}
 
 
@@ -78,8 +92,14 @@ def main() -> None:
         optimizers[name].zero_grad(set_to_none=True)
 
     def sample_batch(name: str, bf16: bool) -> None:
-        sample(nets[name].eval(), diffusion, sampler, (args.batch, CHANNELS, SIZE, SIZE),
-               generator=torch.Generator().manual_seed(0), autocast_bf16=bf16)
+        sample(
+            nets[name].eval(),
+            diffusion,
+            sampler,
+            (args.batch, CHANNELS, SIZE, SIZE),
+            generator=torch.Generator().manual_seed(0),
+            autocast_bf16=bf16,
+        )
 
     timings: dict[tuple[str, str, str], list[float]] = {}
     for _ in range(args.rounds):
@@ -87,20 +107,28 @@ def main() -> None:
             for bf16 in (False, True):
                 precision = "bf16" if bf16 else "fp32"
                 timings.setdefault((name, precision, "train"), []).append(
-                    median_seconds(lambda: train_step(name, bf16), repeats=3))
+                    median_seconds(lambda: train_step(name, bf16), repeats=3)
+                )
                 timings.setdefault((name, precision, "sample"), []).append(
-                    median_seconds(lambda: sample_batch(name, bf16), repeats=1, warmup=0))
+                    median_seconds(lambda: sample_batch(name, bf16), repeats=1, warmup=0)
+                )
 
     rows = []
     for name, net in nets.items():
         for precision in ("fp32", "bf16"):
             train_s = statistics.median(timings[(name, precision, "train")])
             sample_s = statistics.median(timings[(name, precision, "sample")])
-            rows.append({"model": name, "precision": precision,
-                         "params (M)": sum(p.numel() for p in net.parameters()) / 1e6,
-                         "GFLOP/img fwd": flops(net) / 1e9,
-                         "train steps/s": 1 / train_s, "train img/s": args.batch / train_s,
-                         f"sample img/s ({sampler.name} {sampler.steps})": args.batch / sample_s})
+            rows.append(
+                {
+                    "model": name,
+                    "precision": precision,
+                    "params (M)": sum(p.numel() for p in net.parameters()) / 1e6,
+                    "GFLOP/img fwd": flops(net) / 1e9,
+                    "train steps/s": 1 / train_s,
+                    "train img/s": args.batch / train_s,
+                    f"sample img/s ({sampler.name} {sampler.steps})": args.batch / sample_s,
+                }
+            )
     base = {r["precision"]: r for r in rows if r["model"] == "diffusers UNet2DModel"}
     fp32 = {r["model"]: r for r in rows if r["precision"] == "fp32"}
     sample_key = f"sample img/s ({sampler.name} {sampler.steps})"
@@ -109,15 +137,34 @@ def main() -> None:
         r["sample vs diffusers"] = r[sample_key] / base[r["precision"]][sample_key]
         r["bf16 gain train"] = r["train steps/s"] / fp32[r["model"]]["train steps/s"]
         r["bf16 gain sample"] = r[sample_key] / fp32[r["model"]][sample_key]
-    columns = ["model", "precision", "params (M)", "GFLOP/img fwd", "train steps/s", "train img/s", sample_key,
-               "train vs diffusers", "sample vs diffusers", "bf16 gain train", "bf16 gain sample"]
-    body = (f"Batch {args.batch}, {CHANNELS} channels at {SIZE}x{SIZE} (the demo's joint image+label model), "
-            f"AdamW, v-prediction loss; sampling = a full {sampler.name} {sampler.steps}-step run. Medians of "
-            f"{args.rounds} interleaved rounds (each training number is itself a median of 3 steps).\n\n"
-            + markdown_table(rows, columns))
-    write_result("throughput", "Training and sampling throughput, meddiff UNet vs diffusers UNet2DModel",
-                 data=f"random tensors [{args.batch}, {CHANNELS}, {SIZE}, {SIZE}]", seed=0,
-                 wall_seconds=time.monotonic() - started, body=body, numbers={"rows": rows})
+    columns = [
+        "model",
+        "precision",
+        "params (M)",
+        "GFLOP/img fwd",
+        "train steps/s",
+        "train img/s",
+        sample_key,
+        "train vs diffusers",
+        "sample vs diffusers",
+        "bf16 gain train",
+        "bf16 gain sample",
+    ]
+    body = (
+        f"Batch {args.batch}, {CHANNELS} channels at {SIZE}x{SIZE} (the demo's joint image+label model), "
+        f"AdamW, v-prediction loss; sampling = a full {sampler.name} {sampler.steps}-step run. Medians of "
+        f"{args.rounds} interleaved rounds (each training number is itself a median of 3 steps).\n\n"
+        + markdown_table(rows, columns)
+    )
+    write_result(
+        "throughput",
+        "Training and sampling throughput, meddiff UNet vs diffusers UNet2DModel",
+        data=f"random tensors [{args.batch}, {CHANNELS}, {SIZE}, {SIZE}]",
+        seed=0,
+        wall_seconds=time.monotonic() - started,
+        body=body,
+        numbers={"rows": rows},
+    )
 
 
 if __name__ == "__main__":

@@ -35,8 +35,16 @@ def tiny_generate_config(steps: int = 120, **train):
     from meddiff.tasks.generate import GenerateConfig
     from meddiff.train.engine import TrainConfig
 
-    settings = dict(steps=steps, batch_size=8, lr=2e-3, warmup_steps=10, ema_decay=0.9, log_every=1,
-                    sample_every=10_000, checkpoint_every=10_000)
+    settings = dict(
+        steps=steps,
+        batch_size=8,
+        lr=2e-3,
+        warmup_steps=10,
+        ema_decay=0.9,
+        log_every=1,
+        sample_every=10_000,
+        checkpoint_every=10_000,
+    )
     settings.update(train)
     return GenerateConfig(
         data=from_dict(DataConfig, {"kind": "brain_mri", "size": 32}),
@@ -64,10 +72,23 @@ def tiny_textgen_config(steps: int = 80, **changes):
 
     data = {
         "data": {"kind": "brain_mri", "size": 32, "levels": 4},
-        "model": {"base_channels": 16, "channel_mults": [1, 2, 2], "blocks_per_level": 1,
-                  "attention_levels": [1, 2], "norm_groups": 8},
-        "train": {"steps": steps, "batch_size": 8, "lr": 2e-3, "warmup_steps": 10, "ema_decay": 0.9, "log_every": 10,
-                  "sample_every": 10_000, "checkpoint_every": 10_000},
+        "model": {
+            "base_channels": 16,
+            "channel_mults": [1, 2, 2],
+            "blocks_per_level": 1,
+            "attention_levels": [1, 2],
+            "norm_groups": 8,
+        },
+        "train": {
+            "steps": steps,
+            "batch_size": 8,
+            "lr": 2e-3,
+            "warmup_steps": 10,
+            "ema_decay": 0.9,
+            "log_every": 10,
+            "sample_every": 10_000,
+            "checkpoint_every": 10_000,
+        },
         "sampler": {"name": "ddim", "steps": 10, "guidance_scale": 2.0},
         "alignment": {"steps": 30, "image_size": 32},
         "grid_samples": 4,

@@ -7,16 +7,17 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
+from tests.conftest import REPO, tiny_generate_config
 
 from meddiff.config import to_dict
-from tests.conftest import REPO, tiny_generate_config
 
 COMMANDS = [["train"], ["sample"], ["demo"], ["report"], ["data", "inspect"]]
 
 
 def meddiff(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "meddiff.cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "meddiff.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
@@ -35,12 +36,15 @@ def _config(tmp_path, **changes):
     return path
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"train.stpes": 3}, "unknown key 'train.stpes'"),
-    ({"train.lr": "fast"}, "'train.lr' must be a number"),
-    ({"model.channel_mults": 4}, "'model.channel_mults' must be a list"),
-    ({"sampler.name": "euler-a"}, "'sampler.name' must be one of"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"train.stpes": 3}, "unknown key 'train.stpes'"),
+        ({"train.lr": "fast"}, "'train.lr' must be a number"),
+        ({"model.channel_mults": 4}, "'model.channel_mults' must be a list"),
+        ({"sampler.name": "euler-a"}, "'sampler.name' must be one of"),
+    ],
+)
 def test_a_bad_config_is_one_line_naming_file_and_key(tmp_path, change, message):
     done = meddiff("train", _config(tmp_path, **change), "--out", tmp_path / "run")
     assert done.returncode == 2

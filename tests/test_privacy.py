@@ -8,9 +8,9 @@ from pathlib import Path
 import pydicom
 import yaml
 from pydicom.data import get_testdata_file
+from tests.conftest import tiny_generate_config
 
 from meddiff.config import to_dict
-from tests.conftest import tiny_generate_config
 
 IDENTITY = {
     "PatientName": "Doe^Jane^Quincy",
@@ -40,8 +40,9 @@ def _series(folder: Path) -> list[str]:
 
 
 def meddiff(*args):
-    done = subprocess.run([sys.executable, "-m", "meddiff.cli", *map(str, args)], capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "meddiff.cli", *map(str, args)], capture_output=True, text=True, timeout=300
+    )
     assert done.returncode in (0, 2), done.stderr
     return done
 
@@ -67,10 +68,12 @@ def test_no_identifier_reaches_any_output(tmp_path):
     config["joint_mask"] = False
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({"task": "generate", **config}))
     run = tmp_path / "run"
-    outputs = [inspected,
-               meddiff("train", tmp_path / "config.yaml", "--out", run),
-               meddiff("sample", run, "--n", 2, "--steps", 2, "--out", run / "synthetic"),
-               meddiff("report", run)]
+    outputs = [
+        inspected,
+        meddiff("train", tmp_path / "config.yaml", "--out", run),
+        meddiff("sample", run, "--n", 2, "--steps", 2, "--out", run / "synthetic"),
+        meddiff("report", run),
+    ]
     assert (run / "report.html").is_file() and (run / "synthetic" / "images").is_dir()
 
     written = [p for p in run.rglob("*") if p.is_file()]

@@ -30,9 +30,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, where: str = "") -> 
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise UserError(
-            f"unknown key '{where}{unknown[0]}' (known keys here: {', '.join(sorted(fields))})"
-        )
+        raise UserError(f"unknown key '{where}{unknown[0]}' (known keys here: {', '.join(sorted(fields))})")
     hints = typing.get_type_hints(cls)
     kwargs = {name: _coerce(hints[name], value, f"{where}{name}") for name, value in data.items()}
     try:

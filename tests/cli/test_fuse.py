@@ -6,13 +6,13 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
+from tests.cli.conftest import write_config
 from typer.testing import CliRunner
 
 from meddiff.config import from_dict
 from meddiff.data.build import DataConfig, build_dataset
 from meddiff.errors import UserError
 from meddiff.metrics.fusion import read_gray
-from tests.cli.conftest import write_config
 
 H, W = 45, 38  # not a multiple of anything the networks like
 
@@ -40,14 +40,25 @@ def trained_run(pairs, tmp_path_factory):
     from meddiff.cli import app
 
     folder = tmp_path_factory.mktemp("fuse_run")
-    config = write_config(folder / "fuse.yaml", {
-        "task": "fuse",
-        "data": {"kind": "paired_folder", "root": str(pairs), "modalities": ["MRI", "PET"], "size": 32,
-                 "fit": "random_crop", "short_side": 38},
-        "model": {"channels": [4, 8, 8], "heads": [2, 2], "blocks": [1, 1], "emb_dim": 8},
-        "noise": {"prediction_type": "sample"},
-        "train": {"steps": 3, "batch_size": 2, "log_every": 1, "sample_every": 3, "checkpoint_every": 3},
-        "sampler": {"name": "ddim", "steps": 2}, "grid_pairs": 2})
+    config = write_config(
+        folder / "fuse.yaml",
+        {
+            "task": "fuse",
+            "data": {
+                "kind": "paired_folder",
+                "root": str(pairs),
+                "modalities": ["MRI", "PET"],
+                "size": 32,
+                "fit": "random_crop",
+                "short_side": 38,
+            },
+            "model": {"channels": [4, 8, 8], "heads": [2, 2], "blocks": [1, 1], "emb_dim": 8},
+            "noise": {"prediction_type": "sample"},
+            "train": {"steps": 3, "batch_size": 2, "log_every": 1, "sample_every": 3, "checkpoint_every": 3},
+            "sampler": {"name": "ddim", "steps": 2},
+            "grid_pairs": 2,
+        },
+    )
     result = CliRunner().invoke(app, ["fuse", "fit", str(config), "--out", str(folder / "run")])
     assert result.exit_code == 0, (result.output, result.exception)
     return folder / "run"
@@ -88,8 +99,22 @@ def test_trained_run_fuses_a_users_folders(cli, trained_run, pairs, tmp_path):
     assert manifest["settings"]["steps"] == 2 and manifest["output_range"] == "minmax"
     assert read_gray(out / "y" / "case0.png").max() == 255  # min-max stretched
     assert manifest["settings"]["keep_background"] is True
-    cli("fuse", "run", trained_run, "--a", pairs / "MRI", "--b", pairs / "PET", "--out", tmp_path / "raw",
-        "--steps", 1, "--no-keep-background", "--range", "clip")
+    cli(
+        "fuse",
+        "run",
+        trained_run,
+        "--a",
+        pairs / "MRI",
+        "--b",
+        pairs / "PET",
+        "--out",
+        tmp_path / "raw",
+        "--steps",
+        1,
+        "--no-keep-background",
+        "--range",
+        "clip",
+    )
     manifest = _check_outputs(tmp_path / "raw", pairs)
     assert manifest["settings"]["keep_background"] is False and manifest["output_range"] == "clip"
 

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
-
 from tests.cli.conftest import user_data, write_config
 
 
@@ -17,20 +16,36 @@ def test_every_command_has_help_with_an_example(cli, command):
 
 
 def test_fit_predict_and_sweep_on_a_user_folder(cli, user_folder, tmp_path):
-    diffusion = write_config(tmp_path / "diffusion.yaml", {
-        "data": {"kind": "image_folder", "root": str(user_folder / "images"), "size": 32},
-        "joint_mask": False,
-        "model": {"base_channels": 8, "channel_mults": [1, 2], "blocks_per_level": 1, "attention_levels": [],
-                  "norm_groups": 4},
-        "train": {"steps": 2, "batch_size": 4, "sample_every": 10_000, "checkpoint_every": 10_000},
-        "sampler": {"name": "ddim", "steps": 2}, "grid_samples": 1})
+    diffusion = write_config(
+        tmp_path / "diffusion.yaml",
+        {
+            "data": {"kind": "image_folder", "root": str(user_folder / "images"), "size": 32},
+            "joint_mask": False,
+            "model": {
+                "base_channels": 8,
+                "channel_mults": [1, 2],
+                "blocks_per_level": 1,
+                "attention_levels": [],
+                "norm_groups": 4,
+            },
+            "train": {"steps": 2, "batch_size": 4, "sample_every": 10_000, "checkpoint_every": 10_000},
+            "sampler": {"name": "ddim", "steps": 2},
+            "grid_samples": 1,
+        },
+    )
     cli("generate", "fit", diffusion, "--out", tmp_path / "diffusion")
-    config = write_config(tmp_path / "segment.yaml", {
-        "task": "segment", "diffusion": str(tmp_path / "diffusion"), "data": user_data(user_folder),
-        "features": {"blocks": [1, 3], "timesteps": [50, 250]},
-        "pixels": {"max_pixels": 600, "val_pixels": 100},
-        "ensemble": {"members": 3, "hidden": [8], "eval_every": 5, "patience": 1, "max_epochs": 1},
-        "sweep": {"timesteps": [50, 250], "max_pixels": 300, "top_blocks": 2, "top_timesteps": 1}})
+    config = write_config(
+        tmp_path / "segment.yaml",
+        {
+            "task": "segment",
+            "diffusion": str(tmp_path / "diffusion"),
+            "data": user_data(user_folder),
+            "features": {"blocks": [1, 3], "timesteps": [50, 250]},
+            "pixels": {"max_pixels": 600, "val_pixels": 100},
+            "ensemble": {"members": 3, "hidden": [8], "eval_every": 5, "patience": 1, "max_epochs": 1},
+            "sweep": {"timesteps": [50, 250], "max_pixels": 300, "top_blocks": 2, "top_timesteps": 1},
+        },
+    )
 
     cli("segment", "fit", config, "--out", tmp_path / "run")
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["labelled_images"] == 8

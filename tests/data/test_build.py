@@ -13,9 +13,15 @@ from .makers import image_mask_folder
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "configs" / "data").glob("*.yaml"))
 # What each example gives (count, in_channels, in_channels_b, num_classes); ACDC checked on its val split.
 EXPECTED = {
-    "acdc": (210, 1, 0, 4), "cadis_relabelled_task1": (40, 0, 0, 8), "cadis_samples_mt": (4, 3, 0, 2),
-    "cadis_trafas_task1": (1, 3, 0, 8), "cataract1k": (15, 3, 0, 2), "cataract_unlabelled": (100, 3, 0, 0),
-    "catinstseg": (5, 3, 0, 2), "harvard_mri_pet": (42, 1, 3, 0), "harvard_mri_spect": (73, 1, 3, 0),
+    "acdc": (210, 1, 0, 4),
+    "cadis_relabelled_task1": (40, 0, 0, 8),
+    "cadis_samples_mt": (4, 3, 0, 2),
+    "cadis_trafas_task1": (1, 3, 0, 8),
+    "cataract1k": (15, 3, 0, 2),
+    "cataract_unlabelled": (100, 3, 0, 0),
+    "catinstseg": (5, 3, 0, 2),
+    "harvard_mri_pet": (42, 1, 3, 0),
+    "harvard_mri_spect": (73, 1, 3, 0),
     "isbi_em_membrane": (30, 1, 0, 2),
 }
 
@@ -58,25 +64,33 @@ def test_yaml_config_with_class_map_and_remap(tmp_path):
     (tmp_path / "classes.yaml").write_text("".join(f"- {{name: c{i}, id: {i}}}\n" for i in range(4)))
     (tmp_path / "data.yaml").write_text(
         f"kind: image_mask_folder\nroot: {tmp_path / 'set'}\nclass_map: {tmp_path / 'classes.yaml'}\n"
-        "remap: {0: [0], 1: [1, 2], 255: [3]}\nsize: 16\nfit: random_crop\nhflip: true\n")
+        "remap: {0: [0], 1: [1, 2], 255: [3]}\nsize: 16\nfit: random_crop\nhflip: true\n"
+    )
     dataset = build_dataset(load_config(DataConfig, tmp_path / "data.yaml"))
     assert dataset.class_names == ["c0", "c1+c2"] and dataset.crop == 16
     assert set(dataset.masks.unique().tolist()) == {0, 1, 255}
 
 
-@pytest.mark.parametrize("data, message", [
-    ({"kind": "image_folder", "root": "x", "window": [40, 400]},
-     r"'window' does not apply to kind 'image_folder' \(only to dicom, nifti\)"),
-    ({"kind": "image_folder"}, "'root' is required for kind 'image_folder'"),
-    ({"kind": "nifti", "root": "x", "axis": 3}, "'axis' must be 0, 1 or 2"),
-    ({"kind": "cadis", "root": "x", "cadis_task": "task4"}, "'data.cadis_task' must be one of"),
-    ({"kind": "image_mask_folder", "root": "x", "roots": "y"}, "unknown key 'data.roots'"),
-    ({"kind": "image_mask_folder", "root": "x", "fit": "squash"}, "'data.fit' must be one of"),
-    ({"kind": "image_mask_folder", "root": "x", "size": 32, "fit": "random_crop", "short_side": 16},
-     "short_side \\(16\\) must be at least size \\(32\\)"),
-    ({"kind": "image_mask_folder", "root": "x", "split_file": "s.csv"}, "'split' must name the split"),
-    ({"kind": "dicom", "root": "x", "window": [40, 0]}, "'window' must be \\[center, width\\] with width > 0"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (
+            {"kind": "image_folder", "root": "x", "window": [40, 400]},
+            r"'window' does not apply to kind 'image_folder' \(only to dicom, nifti\)",
+        ),
+        ({"kind": "image_folder"}, "'root' is required for kind 'image_folder'"),
+        ({"kind": "nifti", "root": "x", "axis": 3}, "'axis' must be 0, 1 or 2"),
+        ({"kind": "cadis", "root": "x", "cadis_task": "task4"}, "'data.cadis_task' must be one of"),
+        ({"kind": "image_mask_folder", "root": "x", "roots": "y"}, "unknown key 'data.roots'"),
+        ({"kind": "image_mask_folder", "root": "x", "fit": "squash"}, "'data.fit' must be one of"),
+        (
+            {"kind": "image_mask_folder", "root": "x", "size": 32, "fit": "random_crop", "short_side": 16},
+            "short_side \\(16\\) must be at least size \\(32\\)",
+        ),
+        ({"kind": "image_mask_folder", "root": "x", "split_file": "s.csv"}, "'split' must name the split"),
+        ({"kind": "dicom", "root": "x", "window": [40, 0]}, "'window' must be \\[center, width\\] with width > 0"),
+    ],
+)
 def test_config_errors_name_the_key(data, message):
     with pytest.raises(UserError, match=message):
         from_dict(DataConfig, data, "data.")

@@ -3,8 +3,7 @@ import os
 import numpy as np
 import pytest
 
-from meddiff.data.cadis import (CADIS_CLASSES, SPLITS, cadis_dataset, cadis_label_maps, cadis_remap, cadis_spec,
-                                video_of)
+from meddiff.data.cadis import CADIS_CLASSES, SPLITS, cadis_dataset, cadis_label_maps, cadis_remap, cadis_spec, video_of
 from meddiff.data.fit import Fit
 from meddiff.data.imagefiles import read_mask
 from meddiff.errors import UserError
@@ -20,8 +19,13 @@ def _histogram(ids: np.ndarray) -> np.ndarray:
 
 def test_task_tables():
     assert len(CADIS_CLASSES) == 36
-    assert {t: len(cadis_spec(t).class_names) for t in TASKS} == {"raw": 36, "task1": 8, "task2": 17, "task3": 25,
-                                                                   "merged5": 5}
+    assert {t: len(cadis_spec(t).class_names) for t in TASKS} == {
+        "raw": 36,
+        "task1": 8,
+        "task2": 17,
+        "task3": 25,
+        "merged5": 5,
+    }
     for task in TASKS:  # every CaDIS id is mapped exactly once or ignored
         listed = [old for olds in cadis_remap(task).values() for old in olds]
         assert len(listed) == len(set(listed)) and set(listed) <= set(range(36))
@@ -84,8 +88,12 @@ def test_relabelled_masks_as_masks_only_dataset(shared):
     assert set(dataset[0]) == {"mask", "name"} and dataset[0]["mask"].max() <= 7
     val = cadis_label_maps(folder, "task1", "val", Fit(16))
     assert {video_of(n) for n in val.names} == {7, 16}
-    assert len(cadis_label_maps(folder, "task1", "test", Fit(16))) + len(val) + \
-        len(cadis_label_maps(folder, "task1", "train", Fit(16))) == 40
+    assert (
+        len(cadis_label_maps(folder, "task1", "test", Fit(16)))
+        + len(val)
+        + len(cadis_label_maps(folder, "task1", "train", Fit(16)))
+        == 40
+    )
 
 
 def _official(root, video: int, frame: int, image: np.ndarray, ids: np.ndarray) -> None:
@@ -113,8 +121,11 @@ def test_official_layout_errors(tmp_path):
     bad = label(27, 48, 36)
     bad[0, 0] = 40
     _official(tmp_path, 5, 20, rgb(27, 48), bad)
-    with pytest.raises(UserError, match=r"Video5_frame000020\.png: mask contains class id\(s\) 40 that are not in "
-                                        r"the 36 CaDIS classes"):
+    with pytest.raises(
+        UserError,
+        match=r"Video5_frame000020\.png: mask contains class id\(s\) 40 that are not in "
+        r"the 36 CaDIS classes",
+    ):
         cadis_dataset(tmp_path)
     with pytest.raises(UserError, match="no Video folder of split 'test'"):
         cadis_dataset(tmp_path, split="test")

@@ -33,13 +33,16 @@ def test_ids_outside_the_class_map_name_the_mask(tmp_path):
         spec.apply(np.array([[0, 4], [9, 1]], dtype=np.uint8), Path("case7.png"))
 
 
-@pytest.mark.parametrize("text, message", [
-    ("- {name: a, id: 0}\n- {name: b, id: 0}\n", "class id 0 is listed twice"),
-    ("- {name: a, id: 0, colour: [1, 2]}\n", r"'\[0\].colour' must be three values"),
-    ("- {name: a, ident: 0}\n", r"unknown key '\[0\].ident'"),
-    ("name: a\n", "must be a non-empty list"),
-    ("- {name: a, id: 0}\n- {name: b, id: 2}\n", "without gaps"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("- {name: a, id: 0}\n- {name: b, id: 0}\n", "class id 0 is listed twice"),
+        ("- {name: a, id: 0, colour: [1, 2]}\n", r"'\[0\].colour' must be three values"),
+        ("- {name: a, ident: 0}\n", r"unknown key '\[0\].ident'"),
+        ("name: a\n", "must be a non-empty list"),
+        ("- {name: a, id: 0}\n- {name: b, id: 2}\n", "without gaps"),
+    ],
+)
 def test_bad_class_maps_name_the_file(tmp_path, text, message):
     path = _write(tmp_path, text)
     with pytest.raises(UserError, match=message) as info:
@@ -52,11 +55,14 @@ def test_remap_merges_and_ignores():
     assert lut[[0, 1, 2, 3, 4, 5, 255]].tolist() == [0, 255, 255, 1, 1, 255, 255]
 
 
-@pytest.mark.parametrize("remap, message", [
-    ({0: [0], 2: [1]}, "without gaps, but 1 is missing"),
-    ({0: [0, 1], 1: [1]}, "stored id 1 is listed twice"),
-    ({300: [1]}, "new class id 300"),
-])
+@pytest.mark.parametrize(
+    "remap, message",
+    [
+        ({0: [0], 2: [1]}, "without gaps, but 1 is missing"),
+        ({0: [0, 1], 1: [1]}, "stored id 1 is listed twice"),
+        ({300: [1]}, "new class id 300"),
+    ],
+)
 def test_bad_remaps(remap, message):
     with pytest.raises(UserError, match=message):
         remap_lut(remap)

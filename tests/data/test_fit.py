@@ -9,8 +9,9 @@ def _pair(h: int = 30, w: int = 60):
     return torch.rand(3, h, w), torch.randint(0, 3, (h, w), dtype=torch.uint8)
 
 
-@pytest.mark.parametrize("mode, shape", [("resize", (16, 16)), ("pad", (16, 16)), ("center_crop", (16, 16)),
-                                         ("random_crop", (16, 32))])
+@pytest.mark.parametrize(
+    "mode, shape", [("resize", (16, 16)), ("pad", (16, 16)), ("center_crop", (16, 16)), ("random_crop", (16, 32))]
+)
 def test_fitted_shapes(mode, shape):
     image, mask = _pair()
     fit = Fit(16, mode)

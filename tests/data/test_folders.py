@@ -7,7 +7,8 @@ from meddiff.data.fit import Fit
 from meddiff.data.folders import image_folder, image_mask_folder, paired_folder
 from meddiff.errors import UserError
 
-from .makers import grey, image_mask_folder as make_folder, label, rgb, write_image
+from .makers import grey, label, rgb, write_image
+from .makers import image_mask_folder as make_folder
 
 
 def test_image_mask_folder_reads_and_fits(tmp_path):
@@ -162,6 +163,7 @@ def test_paired_folder_errors(tmp_path):
 
 # --- the real data beside the repository ---
 
+
 def test_cataract1k_instrument_masks(shared):
     spec = label_spec(class_names=["background", "instrument"])
     dataset = image_mask_folder(shared / "cataract1k_samples", spec, Fit(32), masks_dir="masks_L")
@@ -191,8 +193,9 @@ def test_isbi_membranes_remapped(shared):
 
 def test_acdc_patient_wise_split(shared):
     spec = label_spec(class_names=["background", "RV", "myocardium", "LV"])
-    dataset = image_mask_folder(shared / "acdc", spec, Fit(32, "pad"), split_file=shared / "acdc" / "split.csv",
-                                split="val")
+    dataset = image_mask_folder(
+        shared / "acdc", spec, Fit(32, "pad"), split_file=shared / "acdc" / "split.csv", split="val"
+    )
     assert len(dataset) == 210 and dataset.in_channels == 1
     assert len({name.split("_")[0] for name in dataset.names}) == 10
     assert set(dataset.masks.unique().tolist()) == {0, 1, 2, 3, 255}  # 255 = square padding

@@ -26,8 +26,14 @@ def test_collects_every_problem_naming_each_file(tmp_path):
     class_map.write_text("- {name: a, id: 0}\n- {name: b, id: 1}\n- {name: c, id: 2}\n")
     report = inspect_path(tmp_path, class_map)
     assert report.kind == "image_mask_folder" and not report.ok
-    expected = ["lonely.png: image has no mask", "orphan.png: mask has no image", "case0.png: unreadable image",
-                "case1.png: size 30x20", "case2.png: mask contains class id(s) 7", "case3.png: RGBA image"]
+    expected = [
+        "lonely.png: image has no mask",
+        "orphan.png: mask has no image",
+        "case0.png: unreadable image",
+        "case1.png: size 30x20",
+        "case2.png: mask contains class id(s) 7",
+        "case3.png: RGBA image",
+    ]
     for fragment in expected:
         assert sum(fragment in p for p in report.problems) == 1, fragment
     assert len(report.problems) == len(expected)
@@ -55,11 +61,20 @@ def test_detects_layouts(tmp_path):
     nib.save(nib.Nifti1Image(np.zeros((3, 3, 3), np.float32), np.eye(4)), tmp_path / "brain.nii.gz")
     (tmp_path / "dicom").mkdir()
     pydicom.dcmread(get_testdata_file("MR_small.dcm")).save_as(tmp_path / "dicom" / "IM0001")
-    kinds = {name: detect_kind(tmp_path / name) for name in
-             ("pairs", "plain", "fusion", "cadis", "cadis_labels", "brain.nii.gz", "dicom", "dicom/IM0001")}
-    assert kinds == {"pairs": "image_mask_folder", "plain": "image_folder", "fusion": "paired_folder",
-                     "cadis": "cadis", "cadis_labels": "cadis", "brain.nii.gz": "nifti", "dicom": "dicom",
-                     "dicom/IM0001": "dicom"}
+    kinds = {
+        name: detect_kind(tmp_path / name)
+        for name in ("pairs", "plain", "fusion", "cadis", "cadis_labels", "brain.nii.gz", "dicom", "dicom/IM0001")
+    }
+    assert kinds == {
+        "pairs": "image_mask_folder",
+        "plain": "image_folder",
+        "fusion": "paired_folder",
+        "cadis": "cadis",
+        "cadis_labels": "cadis",
+        "brain.nii.gz": "nifti",
+        "dicom": "dicom",
+        "dicom/IM0001": "dicom",
+    }
 
 
 def test_privacy_warnings(tmp_path):
@@ -110,11 +125,13 @@ def test_missing_path_and_empty_folder(tmp_path):
     with pytest.raises(UserError, match="nowhere: not found"):
         inspect_path(tmp_path / "nowhere")
     report = inspect_path(tmp_path)
-    assert report.problems == [f"{tmp_path}: no image files found (.bmp, .jpeg, .jpg, .png, .tif, .tiff, "
-                                "searched recursively)"]
+    assert report.problems == [
+        f"{tmp_path}: no image files found (.bmp, .jpeg, .jpg, .png, .tif, .tiff, searched recursively)"
+    ]
 
 
 # --- the real data beside the repository ---
+
 
 def test_cadis_samples_mt(shared):
     report = inspect_path(shared / "cadis_samples_mt")
@@ -131,8 +148,30 @@ def test_isbi_binary_masks_get_a_remap_hint(shared):
 def test_cadis_relabelled_masks(shared):
     report = inspect_path(shared / "cadis_relabelled_masks")
     assert report.kind == "cadis" and report.counts == {"label maps": 40} and report.ok
-    assert sorted(report.class_histogram) == [0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 14, 15, 17, 18, 19, 20,
-                                              25, 33, 35]  # as SOURCE.md lists
+    assert sorted(report.class_histogram) == [
+        0,
+        1,
+        2,
+        3,
+        4,
+        5,
+        6,
+        7,
+        8,
+        10,
+        11,
+        12,
+        13,
+        14,
+        15,
+        17,
+        18,
+        19,
+        20,
+        25,
+        33,
+        35,
+    ]  # as SOURCE.md lists
     assert report.class_names[35] == "Iris Hooks"
 
 
@@ -144,8 +183,10 @@ def test_catinstseg_names_carry_dates(shared):
 def test_harvard_pairs(shared):
     report = inspect_path(shared / "harvard_fusion" / "MRI_SPECT")
     assert report.kind == "paired_folder" and report.counts == {"pairs": 73} and report.ok
-    assert report.notes == ["MRI: 73 grey (1 channel), 0 colour (3 channels) images",
-                            "SPECT: 0 grey (1 channel), 73 colour (3 channels) images"]
+    assert report.notes == [
+        "MRI: 73 grey (1 channel), 0 colour (3 channels) images",
+        "SPECT: 0 grey (1 channel), 73 colour (3 channels) images",
+    ]
 
 
 def test_class_map_with_gaps_checks_stored_ids(tmp_path):

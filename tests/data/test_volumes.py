@@ -13,8 +13,13 @@ from meddiff.data.volumes import dicom_dataset, identifying_tags, nifti_dataset,
 from meddiff.errors import UserError
 
 STAT_MAP = Path(nilearn_datasets.__file__).parent / "data" / "image_10426.nii.gz"  # bundled, 53x63x46, LAS
-SECRETS = {"PatientName": "Doe^Jane", "PatientID": "PID-12345", "PatientBirthDate": "19700101",
-           "AccessionNumber": "ACC-999", "InstitutionName": "St Example Hospital"}
+SECRETS = {
+    "PatientName": "Doe^Jane",
+    "PatientID": "PID-12345",
+    "PatientBirthDate": "19700101",
+    "AccessionNumber": "ACC-999",
+    "InstitutionName": "St Example Hospital",
+}
 
 
 def _save(volume: np.ndarray, path: Path, affine: np.ndarray | None = None) -> Path:
@@ -54,8 +59,11 @@ def test_slices_are_upright_whatever_the_stored_orientation(tmp_path):
 def test_label_volume_of_another_shape_names_both_files(tmp_path):
     image = _save(np.random.rand(6, 7, 5).astype(np.float32), tmp_path / "ct.nii.gz")
     labels = _save(np.zeros((6, 7, 4), np.uint8), tmp_path / "seg.nii.gz")
-    with pytest.raises(UserError, match=r"seg\.nii\.gz: label volume shape \(6, 7, 4\) differs from the shape "
-                                        r"\(6, 7, 5\) of its image .*ct\.nii\.gz"):
+    with pytest.raises(
+        UserError,
+        match=r"seg\.nii\.gz: label volume shape \(6, 7, 4\) differs from the shape "
+        r"\(6, 7, 5\) of its image .*ct\.nii\.gz",
+    ):
         nifti_dataset(image, labels)
 
 
@@ -106,7 +114,7 @@ def _series(folder: Path, count: int = 5, uid: str = "1.2.3.4", secrets: bool = 
         ds.ImagePositionPatient = [0.0, 0.0, 2.5 * k]
         ds.InstanceNumber = count - k
         ds.SeriesInstanceUID = uid
-        for key, value in (SECRETS.items() if secrets else ()):
+        for key, value in SECRETS.items() if secrets else ():
             setattr(ds, key, value)
         paths.append(folder / f"IM{start + count - k:04d}")
         ds.save_as(paths[-1])

@@ -31,8 +31,9 @@ class Oracle(nn.Module):
 @pytest.mark.parametrize("time_input", ["timestep", "noise_level"])
 @pytest.mark.parametrize("beta_schedule", ["linear", "cosine"])
 def test_oracle_has_zero_loss(prediction_type, time_input, beta_schedule):
-    diffusion = Diffusion(NoiseConfig(beta_schedule=beta_schedule, prediction_type=prediction_type,
-                                      time_input=time_input))
+    diffusion = Diffusion(
+        NoiseConfig(beta_schedule=beta_schedule, prediction_type=prediction_type, time_input=time_input)
+    )
     x0 = torch.rand(64, 1, 8, 8) * 2 - 1
     loss = diffusion.loss(Oracle(diffusion, x0), x0, None, torch.Generator().manual_seed(0))
     assert loss.item() < 1e-6

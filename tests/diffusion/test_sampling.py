@@ -16,8 +16,9 @@ from meddiff.tasks import generate
 @pytest.fixture(scope="module")
 def spade_model():
     torch.manual_seed(0)
-    model = UNet(UNetConfig(base_channels=16, channel_mults=[1, 2], attention_levels=[1], norm_groups=8,
-                            spade_classes=3)).eval()
+    model = UNet(
+        UNetConfig(base_channels=16, channel_mults=[1, 2], attention_levels=[1], norm_groups=8, spade_classes=3)
+    ).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -33,8 +34,14 @@ def _label_map(batch=2, size=16):
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 def test_every_sampler_runs_and_stays_in_range(spade_model, name, prediction_type):
     diffusion = Diffusion(NoiseConfig(prediction_type=prediction_type))
-    x = sample(spade_model, diffusion, SamplerConfig(name=name, steps=5, guidance_scale=1.5), (2, 1, 16, 16),
-               Conditioning(label_map=_label_map()), generator=torch.Generator().manual_seed(0))
+    x = sample(
+        spade_model,
+        diffusion,
+        SamplerConfig(name=name, steps=5, guidance_scale=1.5),
+        (2, 1, 16, 16),
+        Conditioning(label_map=_label_map()),
+        generator=torch.Generator().manual_seed(0),
+    )
     assert x.shape == (2, 1, 16, 16) and torch.isfinite(x).all() and x.abs().max() <= 1
 
 
@@ -85,10 +92,22 @@ def test_guidance_scale_zero_is_unconditional_one_conditional_and_above_one_extr
 def test_per_sample_generators_make_samples_independent_of_batching(spade_model):
     diffusion, settings = Diffusion(NoiseConfig()), SamplerConfig(name="ddpm", steps=5)
     cond = Conditioning(label_map=_label_map())
-    both = sample(spade_model, diffusion, settings, (2, 1, 16, 16), cond,
-                  generator=[torch.Generator().manual_seed(s) for s in (7, 8)])
-    second = sample(spade_model, diffusion, settings, (1, 1, 16, 16), Conditioning(label_map=cond.label_map[1:]),
-                    generator=[torch.Generator().manual_seed(8)])
+    both = sample(
+        spade_model,
+        diffusion,
+        settings,
+        (2, 1, 16, 16),
+        cond,
+        generator=[torch.Generator().manual_seed(s) for s in (7, 8)],
+    )
+    second = sample(
+        spade_model,
+        diffusion,
+        settings,
+        (1, 1, 16, 16),
+        Conditioning(label_map=cond.label_map[1:]),
+        generator=[torch.Generator().manual_seed(8)],
+    )
     torch.testing.assert_close(both[1:], second, atol=1e-5, rtol=1e-4)
 
 
@@ -101,8 +120,9 @@ def test_ddim_inversion_then_sampling_reconstructs_the_input(trained_generator):
     errors = {}
     for steps in (10, 50):
         noise = ddim_invert(model, diffusion, x0, steps)
-        rebuilt = sample(model, diffusion, SamplerConfig(name="ddim", steps=steps, clip_sample=False), x0.shape,
-                         x_T=noise)
+        rebuilt = sample(
+            model, diffusion, SamplerConfig(name="ddim", steps=steps, clip_sample=False), x0.shape, x_T=noise
+        )
         errors[steps] = (rebuilt - x0).abs().mean().item()
     assert errors[50] < 0.03 and errors[50] < errors[10]
 
@@ -127,8 +147,14 @@ def test_clipped_ddim_is_consistent_first_order_dpm_solver():
     diffusion, model = Diffusion(noise), _Overshooting()
     x_T = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     ddim = sample(model, diffusion, SamplerConfig(name="ddim", steps=10), x_T.shape, x_T=x_T.clone())
-    solver = DPMSolverMultistepScheduler(beta_schedule="linear", prediction_type="v_prediction", solver_order=1,
-                                         timestep_spacing="trailing", thresholding=True, sample_max_value=1.0)
+    solver = DPMSolverMultistepScheduler(
+        beta_schedule="linear",
+        prediction_type="v_prediction",
+        solver_order=1,
+        timestep_spacing="trailing",
+        thresholding=True,
+        sample_max_value=1.0,
+    )
     solver.set_timesteps(10)
     x = x_T.clone()
     for t in solver.timesteps:

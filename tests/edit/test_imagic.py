@@ -26,11 +26,13 @@ def test_stage_a_lowers_the_reconstruction_loss_and_leaves_the_model_alone(train
     weights = {k: v.clone() for k, v in model.unet.state_dict().items()}
     x0 = model.encode_input(*brain_slice)
     target = model.encode_prompt(PROMPT)
-    e_opt, losses = optimise_embedding(model, x0, target, ImagicConfig(embed_steps=15, embed_lr=5e-2),
-                                       torch.Generator().manual_seed(0))
+    e_opt, losses = optimise_embedding(
+        model, x0, target, ImagicConfig(embed_steps=15, embed_lr=5e-2), torch.Generator().manual_seed(0)
+    )
     assert len(losses) == 15 and e_opt.shape == target.tokens.shape
-    assert reconstruction_loss(model, x0, e_opt, target.mask) < reconstruction_loss(model, x0, target.tokens,
-                                                                                     target.mask)
+    assert reconstruction_loss(model, x0, e_opt, target.mask) < reconstruction_loss(
+        model, x0, target.tokens, target.mask
+    )
     assert all(torch.equal(v, weights[k]) for k, v in model.unet.state_dict().items())
 
 
@@ -39,8 +41,9 @@ def test_alpha_zero_after_fine_tuning_reconstructs_the_input(trained_textgen, br
     fidelity = {}
     for steps in (0, 100):  # without and with stage B
         model = MeddiffEditModel.load(trained_textgen)
-        config = ImagicConfig(embed_steps=5, finetune_steps=steps, finetune_lr=3e-3, alphas=[0.0], seeds=2,
-                              sampler=FAST)
+        config = ImagicConfig(
+            embed_steps=5, finetune_steps=steps, finetune_lr=3e-3, alphas=[0.0], seeds=2, sampler=FAST
+        )
         result = imagic(model, image, mask, PROMPT, config)
         fidelity[steps] = psnr(result.images[0.0], image.expand(2, -1, -1, -1)).item()
     # about 9 -> 16 dB for this barely trained 32 px model; benchmarks/editing.py measures the real one
@@ -50,8 +53,7 @@ def test_alpha_zero_after_fine_tuning_reconstructs_the_input(trained_textgen, br
 def test_editing_an_image_and_mask_gives_images_and_valid_class_ids(trained_textgen, brain_slice):
     image, mask = brain_slice
     model = MeddiffEditModel.load(trained_textgen)
-    config = ImagicConfig(embed_steps=2, finetune_steps=2, alphas=[0.8, 1.6], seeds=2, interp="slerp",
-                          sampler=FAST)
+    config = ImagicConfig(embed_steps=2, finetune_steps=2, alphas=[0.8, 1.6], seeds=2, interp="slerp", sampler=FAST)
     result = imagic(model, image, mask, PROMPT, config)
     assert set(result.seconds) == {"A_embedding", "B_finetune", "C_sampling"}
     for alpha in config.alphas:

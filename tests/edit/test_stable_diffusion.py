@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from tests.text.makers import tiny_stable_diffusion
 
 from meddiff.diffusion.schedulers import SamplerConfig
 from meddiff.edit.imagic import ImagicConfig, imagic
@@ -16,10 +17,17 @@ from meddiff.edit.stable_diffusion import (
     noise_config,
 )
 from meddiff.errors import UserError
-from tests.text.makers import tiny_stable_diffusion
 
-FEW = ImagicConfig(embed_steps=3, embed_lr=1e-3, finetune_steps=3, finetune_lr=1e-4, batch_size=1, alphas=[0.0, 1.2],
-                   seeds=2, sampler=SamplerConfig(name="ddim", steps=3, guidance_scale=7.5, clip_sample=False))
+FEW = ImagicConfig(
+    embed_steps=3,
+    embed_lr=1e-3,
+    finetune_steps=3,
+    finetune_lr=1e-4,
+    batch_size=1,
+    alphas=[0.0, 1.2],
+    seeds=2,
+    sampler=SamplerConfig(name="ddim", steps=3, guidance_scale=7.5, clip_sample=False),
+)
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +39,11 @@ def test_a_saved_pipeline_folder_is_recognised_with_its_size_and_schedule(sd_dir
     assert is_stable_diffusion(sd_dir) and native_size(sd_dir) == 32
     noise = noise_config(sd_dir / "scheduler" / "scheduler_config.json")
     assert (noise.beta_schedule, noise.beta_start, noise.beta_end, noise.prediction_type) == (
-        "scaled_linear", 0.00085, 0.012, "epsilon")
+        "scaled_linear",
+        0.00085,
+        0.012,
+        "epsilon",
+    )
 
 
 def test_all_three_stages_run_on_image_and_mask(sd_dir):

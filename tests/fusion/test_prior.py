@@ -24,7 +24,7 @@ def test_each_pair_gets_its_best_scoring_rule_output():
     for i, (rule, scores) in enumerate(zip(prior.chosen, prior.scores)):
         assert set(scores) == set(RULES)
         assert scores[rule] == max(scores.values())
-        out = RULES[rule](y_a[i:i + 1], y_b[i:i + 1]).clamp(-1, 1)
+        out = RULES[rule](y_a[i : i + 1], y_b[i : i + 1]).clamp(-1, 1)
         torch.testing.assert_close(prior.targets[i], out[0])
         fused = to_uint8(levels(out[0]), "clip").astype(np.float64)
         assert scores[rule] == pytest.approx(prior_score(fused, levels(y_a[i]), levels(y_b[i])))

@@ -27,6 +27,5 @@ def random_feature_net() -> DomainCNN:
     """Tiny seeded random-init CNN (64-d features): fast, deterministic, no weights needed."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        net = DomainCNN(DomainNetConfig(in_channels=1, image_size=32, widths=(8, 16, 32, 64)),
-                        name="test-random-cnn")
+        net = DomainCNN(DomainNetConfig(in_channels=1, image_size=32, widths=(8, 16, 32, 64)), name="test-random-cnn")
     return net.eval()

@@ -7,8 +7,17 @@ import pytest
 import torch
 
 from meddiff.errors import UserError
-from meddiff.metrics.domain_net import (CONFIG_FILE, WEIGHTS_FILE, DomainCNN, DomainNetConfig, DomainTrainConfig,
-                                        augment, load_domain_net, save_domain_net, train_domain_net)
+from meddiff.metrics.domain_net import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    DomainCNN,
+    DomainNetConfig,
+    DomainTrainConfig,
+    augment,
+    load_domain_net,
+    save_domain_net,
+    train_domain_net,
+)
 from meddiff.metrics.features import extract_features
 
 TINY = DomainNetConfig(image_size=32, widths=(8, 16, 32, 64), projection_dim=32)

@@ -86,8 +86,9 @@ def test_mutual_information_uses_grey_levels_as_bins_in_nats():
     f = np.array([0, 0, 1, 1] * 16, dtype=float).reshape(8, 8)
     b = np.array([0, 1, 1, 1] * 16, dtype=float).reshape(8, 8)
     joint, px, py = np.array([[0.25, 0.25], [0, 0.5]]), np.array([0.5, 0.5]), np.array([0.25, 0.75])
-    expected = sum(joint[i, j] * math.log(joint[i, j] / (px[i] * py[j])) for i in range(2) for j in range(2)
-                   if joint[i, j] > 0)
+    expected = sum(
+        joint[i, j] * math.log(joint[i, j] / (px[i] * py[j])) for i in range(2) for j in range(2) if joint[i, j] > 0
+    )
     assert fm.mutual_information(f, constant, b) == pytest.approx(expected)
 
 
@@ -97,7 +98,7 @@ def test_scd_and_cc_are_pearson_correlations(rng):
     assert fm.correlation(a, a, 3 * a + 1) == pytest.approx(1.0)
     assert fm.correlation(a, a, 255 - a) == pytest.approx(0.0)
     f = rng.uniform(0, 255, (16, 16))
-    expected = (np.corrcoef(a.ravel(), (f - b).ravel())[0, 1] + np.corrcoef(b.ravel(), (f - a).ravel())[0, 1])
+    expected = np.corrcoef(a.ravel(), (f - b).ravel())[0, 1] + np.corrcoef(b.ravel(), (f - a).ravel())[0, 1]
     assert fm.scd(f, a, b) == pytest.approx(expected)
 
 
@@ -113,7 +114,7 @@ def _evaluator_vifp(ref, dist):
         n = 2 ** (4 - scale + 1) + 1
         sd = n / 5.0
         m = (n - 1) / 2
-        y, x = np.ogrid[-m:m + 1, -m:m + 1]
+        y, x = np.ogrid[-m : m + 1, -m : m + 1]
         h = np.exp(-(x * x + y * y) / (2 * sd * sd))
         h[h < np.finfo(h.dtype).eps * h.max()] = 0
         win = np.rot90(h / h.sum(), 2)
@@ -214,7 +215,7 @@ def test_ssim_is_the_evaluators_with_data_range_2(rng):
 
 def test_ssim_wang_is_gaussian_11x11_at_L_255_and_named_apart(rng):
     f, a, b = _images(rng, (30, 26))
-    g = np.exp(-(np.arange(11) - 5) ** 2 / (2 * 1.5**2))
+    g = np.exp(-((np.arange(11) - 5) ** 2) / (2 * 1.5**2))
     window = np.outer(g, g) / np.outer(g, g).sum()
     expected = sum(_ssim_map_mean(f, s, window, 255.0, False) for s in (a, b))
     assert fm.ssim_wang(f, a, b) == pytest.approx(expected, rel=1e-6)

@@ -46,8 +46,9 @@ def test_a_different_anatomy_is_detected_by_both_metrics(brain_slices, random_fe
 
 
 def test_output_names_the_feature_net_and_caps_the_kid_subset(brain_slices, random_feature_net):
-    scores = generative_scores(brain_slices[:40], brain_slices[40:70], random_feature_net, kid_subset_size=1000,
-                               kid_subsets=5)
+    scores = generative_scores(
+        brain_slices[:40], brain_slices[40:70], random_feature_net, kid_subset_size=1000, kid_subsets=5
+    )
     assert scores["feature_net"] == "test-random-cnn"
     assert scores["kid_subset_size"] == 30
     assert (scores["n_real"], scores["n_fake"]) == (40, 30)
@@ -84,8 +85,7 @@ def test_small_sets_warn_about_fid_bias_and_single_images_are_refused():
         scores_from_features(real, fake, "f", kid_subset_size=1)
 
 
-def test_without_inception_weights_the_domain_net_is_trained_once_and_then_reused(brain_slices, tmp_path,
-                                                                                  monkeypatch):
+def test_without_inception_weights_the_domain_net_is_trained_once_and_then_reused(brain_slices, tmp_path, monkeypatch):
     tiny = DomainNetConfig(image_size=32, widths=(8, 16, 32, 64), projection_dim=32)
     settings = DomainTrainConfig(steps=2, batch_size=8)
     first = select_feature_net(brain_slices, cache_dir=tmp_path, net_config=tiny, train_config=settings)

@@ -49,8 +49,12 @@ def test_ssim_matches_skimage_gaussian_window_per_image(rgb):
     # which meddiff uses. RGB: both average the per-channel SSIM.
     clean = _unit_images(rgb)
     noisy = _noisy(clean, seed=2)
-    expected = [structural_similarity(c, n, data_range=1.0, channel_axis=-1, gaussian_weights=True, sigma=1.5,
-                                      use_sample_covariance=False) for c, n in zip(clean, noisy)]
+    expected = [
+        structural_similarity(
+            c, n, data_range=1.0, channel_axis=-1, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
+        )
+        for c, n in zip(clean, noisy)
+    ]
     per_image = ssim(_to_meddiff(noisy), _to_meddiff(clean), reduction="none")
     np.testing.assert_allclose(per_image.numpy(), expected, atol=1e-4)
     assert ssim(_to_meddiff(noisy), _to_meddiff(clean)).item() == pytest.approx(np.mean(expected), abs=1e-4)

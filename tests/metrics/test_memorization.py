@@ -37,10 +37,10 @@ def test_exact_and_near_copies_are_flagged_and_point_to_their_source(split):
     generated = torch.cat([exact, near, evaluation])
     report = memorization_check(generated, train, heldout=calibration)
     n = len(source)
-    assert report.likely_copy[:2 * n].all()
-    assert torch.equal(report.nearest[:2 * n], torch.cat([source, source]))
+    assert report.likely_copy[: 2 * n].all()
+    assert torch.equal(report.nearest[: 2 * n], torch.cat([source, source]))
     assert report.distances[:n].max() < 1e-5
-    assert not report.likely_copy[2 * n:].any()  # unseen real slices are not copies
+    assert not report.likely_copy[2 * n :].any()  # unseen real slices are not copies
     assert report.fraction_copies == pytest.approx(2 * n / len(generated))
     assert report.reference == "heldout" and report.space == "pixels-32"
 

@@ -11,10 +11,13 @@ from meddiff.metrics.segmentation import SegmentationMeter, segmentation_scores
 
 I = IGNORE_INDEX
 # Two 2x3 masks, 4 classes; class 3 appears in neither prediction nor ground truth.
-TARGET = torch.tensor([[[0, 0, 1], [1, I, 2]],
-                       [[0, 2, 2], [I, I, 0]]])
-PRED = torch.tensor([[[0, 1, 1], [1, 2, 2]],   # the ignored pixel is "wrong" on purpose
-                     [[0, 2, 0], [1, 1, 0]]])
+TARGET = torch.tensor([[[0, 0, 1], [1, I, 2]], [[0, 2, 2], [I, I, 0]]])
+PRED = torch.tensor(
+    [
+        [[0, 1, 1], [1, 2, 2]],  # the ignored pixel is "wrong" on purpose
+        [[0, 2, 0], [1, 1, 0]],
+    ]
+)
 # Counted by hand over the 9 labelled pixels (ground truth, prediction):
 # image 1: (0,0) (0,1) (1,1) (1,1) (2,2); image 2: (0,0) (2,2) (2,0) (0,0)
 # class 0: TP 3, FN 1 (0->1), FP 1 (2->0) -> IoU 3/5, Dice 6/8

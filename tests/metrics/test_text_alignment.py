@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from tests.text.makers import tiny_clip
 
 from meddiff.errors import UserError
 from meddiff.metrics.text_alignment import (
@@ -12,7 +13,6 @@ from meddiff.metrics.text_alignment import (
     save_aligner,
     train_aligner,
 )
-from tests.text.makers import tiny_clip
 
 QUICK = AlignmentTrainConfig(steps=60, batch_size=16, image_size=16, embed_dim=16)
 

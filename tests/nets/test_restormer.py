@@ -3,8 +3,13 @@
 import pytest
 import torch
 
-from meddiff.nets.restormer import (ChannelAttention, FusionDenoiser, FusionNetConfig, ModalityCrossAttention,
-                                    RestormerBlock)
+from meddiff.nets.restormer import (
+    ChannelAttention,
+    FusionDenoiser,
+    FusionNetConfig,
+    ModalityCrossAttention,
+    RestormerBlock,
+)
 
 TINY = dict(channels=[4, 8, 8], heads=[2, 2], blocks=[1, 1], emb_dim=8)
 

@@ -86,8 +86,7 @@ def test_decoder_features_match_the_full_forward_and_report_their_shapes():
     args, kwargs = model.example_inputs(2, 30, 45)
     blocks = [0, 4, model.num_decoder_blocks - 1]
     hooked = {}
-    handles = [model.decoder[b].register_forward_hook(lambda m, i, o, b=b: hooked.__setitem__(b, o))
-               for b in blocks]
+    handles = [model.decoder[b].register_forward_hook(lambda m, i, o, b=b: hooked.__setitem__(b, o)) for b in blocks]
     with torch.no_grad():
         model(*args, **kwargs)
         features = model.decoder_features(*args, blocks=blocks, **kwargs)
@@ -109,8 +108,9 @@ def test_decoder_block_numbering_follows_guided_diffusion():
 
 
 def test_config_round_trips_through_yaml_and_json():
-    config = UNetConfig(in_channels=5, out_channels=5, spade_classes=4, context_dim=384, channel_mults=[1, 2],
-                        attention_levels=[1])
+    config = UNetConfig(
+        in_channels=5, out_channels=5, spade_classes=4, context_dim=384, channel_mults=[1, 2], attention_levels=[1]
+    )
     assert from_dict(UNetConfig, yaml.safe_load(yaml.safe_dump(to_dict(config)))) == config
     assert from_dict(UNetConfig, json.loads(json.dumps(to_dict(config)))) == config
 

@@ -8,8 +8,7 @@ import torch
 from PIL import Image
 
 from meddiff.data.labels import IGNORE_INDEX, palette
-from meddiff.report.grids import (colorize_mask, encode_png, image_grid, overlay, pairs_grid, save_png,
-                                  to_rgb)
+from meddiff.report.grids import colorize_mask, encode_png, image_grid, overlay, pairs_grid, save_png, to_rgb
 
 
 def gray(n, h, w, value=0.0):

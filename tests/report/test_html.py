@@ -25,10 +25,16 @@ def run(tmp_path):
         save_png(image_grid(torch.rand(4, 1, 8, 8) * 2 - 1, nrow=2), run / "samples" / f"step_{step:06d}.png")
         (run / "checkpoints" / f"step_{step:06d}").mkdir(parents=True)
     save_png(np.zeros((20, 30, 3), np.uint8), run / "figures" / "dice_heatmap.png")
-    (run / "metrics.json").write_text(json.dumps({
-        "fid": 12.3456, "<script>alert(1)</script>": 0.5,
-        "segmentation": {"mean_dice": 0.8123, "per_class": {"grey": {"dice": 0.78}, "white": {"dice": 0.84}}},
-        "sweep": [{"steps": 10, "fid": 31.25}, {"steps": 50, "fid": 14.5}]}))
+    (run / "metrics.json").write_text(
+        json.dumps(
+            {
+                "fid": 12.3456,
+                "<script>alert(1)</script>": 0.5,
+                "segmentation": {"mean_dice": 0.8123, "per_class": {"grey": {"dice": 0.78}, "white": {"dice": 0.84}}},
+                "sweep": [{"steps": 10, "fid": 31.25}, {"steps": 50, "fid": 14.5}],
+            }
+        )
+    )
     return run
 
 
@@ -73,10 +79,13 @@ def test_a_run_with_only_some_pieces_still_gets_a_report(tmp_path):
 
 def test_extra_sections_take_text_trusted_html_and_images(run, tmp_path):
     picture = np.full((16, 16, 3), 255, np.uint8)
-    page = write_report(run, sections=[
-        ("Notes", "Dice **improves** with `t=100`.\n\n- first <b>point</b>\n- second"),
-        Section("Raw", Html("<p class='mine'>kept</p>"), [picture]),
-    ]).read_text()
+    page = write_report(
+        run,
+        sections=[
+            ("Notes", "Dice **improves** with `t=100`.\n\n- first <b>point</b>\n- second"),
+            Section("Raw", Html("<p class='mine'>kept</p>"), [picture]),
+        ],
+    ).read_text()
     assert "<p>Dice <strong>improves</strong> with <code>t=100</code>.</p>" in page
     assert "<li>first &lt;b&gt;point&lt;/b&gt;</li>" in page
     assert "<p class='mine'>kept</p>" in page
@@ -93,10 +102,21 @@ def test_not_a_directory_raises_user_error_naming_it(tmp_path):
             write_report(path)
 
 
-@pytest.mark.parametrize("value, text", [
-    (0.81234, "0.8123"), (12.3456, "12.35"), (17234.5, "17,234"), (0.0000123, "1.23e-05"), (2048, "2048"),
-    (123456, "123,456"), (float("nan"), "NaN"), (True, "true"), (None, "—"), ([1, 2, 4], "1, 2, 4"),
-])
+@pytest.mark.parametrize(
+    "value, text",
+    [
+        (0.81234, "0.8123"),
+        (12.3456, "12.35"),
+        (17234.5, "17,234"),
+        (0.0000123, "1.23e-05"),
+        (2048, "2048"),
+        (123456, "123,456"),
+        (float("nan"), "NaN"),
+        (True, "true"),
+        (None, "—"),
+        ([1, 2, 4], "1, 2, 4"),
+    ],
+)
 def test_format_value(value, text):
     assert format_value(value) == text
 

@@ -19,8 +19,9 @@ def png_size(path):
 
 
 def write_log(path, steps):
-    path.write_text("".join(json.dumps({"step": s, "loss": 1.0 / s, "lr": 1e-4, "elapsed_s": s / 10}) + "\n"
-                            for s in steps))
+    path.write_text(
+        "".join(json.dumps({"step": s, "loss": 1.0 / s, "lr": 1e-4, "elapsed_s": s / 10}) + "\n" for s in steps)
+    )
     return path
 
 
@@ -40,8 +41,14 @@ def test_loss_curve_accepts_records_and_refuses_a_log_without_loss(tmp_path):
 
 
 def test_loss_points_sort_by_step_drop_non_finite_and_let_a_resumed_run_win():
-    records = [{"step": 1, "loss": 0.9}, {"step": 2, "loss": 0.8}, {"step": 3, "loss": float("nan")},
-               {"step": 2, "loss": 0.5}, {"step": 3, "loss": 0.4}, {"step": 4}]  # resumed at step 2
+    records = [
+        {"step": 1, "loss": 0.9},
+        {"step": 2, "loss": 0.8},
+        {"step": 3, "loss": float("nan")},
+        {"step": 2, "loss": 0.5},
+        {"step": 3, "loss": 0.4},
+        {"step": 4},
+    ]  # resumed at step 2
     steps, loss = loss_points(records)
     assert steps.tolist() == [1, 2, 3] and loss.tolist() == [0.9, 0.5, 0.4]
 
@@ -55,8 +62,9 @@ def test_smooth_is_a_debiased_ema():
 
 def test_metric_curves_with_a_wall_time_axis(tmp_path):
     rows = [{"steps": s, "fid": 100 / s, "ssim": 1 - 1 / s, "seconds": 0.01 * s} for s in (50, 10, 20)]
-    out = metric_curves(rows, "steps", ["fid", "ssim"], tmp_path / "m.png", time_key="seconds", log_x=True,
-                        size=(5, 3), dpi=80)
+    out = metric_curves(
+        rows, "steps", ["fid", "ssim"], tmp_path / "m.png", time_key="seconds", log_x=True, size=(5, 3), dpi=80
+    )
     assert png_size(out) == ("PNG", (400, 240))
     columns = {"sampler": ["ddpm", "ddim"], "fid": [12.0, None]}  # text x values, a missing value
     assert metric_curves(columns, "sampler", ["fid"], tmp_path / "c.png").is_file()
@@ -65,8 +73,17 @@ def test_metric_curves_with_a_wall_time_axis(tmp_path):
 def test_heatmap_of_blocks_by_timesteps(tmp_path):
     matrix = np.arange(12, dtype=float).reshape(3, 4)
     matrix[0, 0] = np.nan  # a cell not measured is left blank
-    out = heatmap(matrix, ["down", "mid", "up"], [10, 100, 500, 900], tmp_path / "h.png", title="Dice",
-                  xlabel="timestep", ylabel="block", size=(4, 3), dpi=100)
+    out = heatmap(
+        matrix,
+        ["down", "mid", "up"],
+        [10, 100, 500, 900],
+        tmp_path / "h.png",
+        title="Dice",
+        xlabel="timestep",
+        ylabel="block",
+        size=(4, 3),
+        dpi=100,
+    )
     assert png_size(out) == ("PNG", (400, 300))
     with pytest.raises(ValueError, match="does not match"):
         heatmap(matrix, ["a", "b"], [1, 2, 3, 4], tmp_path / "bad.png")

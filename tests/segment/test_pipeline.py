@@ -27,8 +27,9 @@ def test_memory_bounded_path_predicts_what_the_all_pixels_path_predicts(tiny_une
     every_pixel = int(masks.numel())
     # Batches of 2 images on both paths: the UNet's float32 results differ by ~1e-6 between batch sizes
     # (see test_features), enough to flip an fp16 rounding and so a training trajectory.
-    extractor = FeatureExtractor(tiny_unet, diffusion, FeatureConfig(blocks=[2, 5, 8], timesteps=[50, 200],
-                                                                      batch_size=2))
+    extractor = FeatureExtractor(
+        tiny_unet, diffusion, FeatureConfig(blocks=[2, 5, 8], timesteps=[50, 200], batch_size=2)
+    )
     disk, outcome = _fit(extractor, images, masks, PixelConfig(max_pixels=every_pixel, storage="disk"), tmp_path)
     ram, _ = _fit(extractor, images, masks, PixelConfig(max_pixels=None, storage="memory"), None)
     assert outcome.store_bytes == (outcome.report.train_pixels + outcome.report.val_pixels) * extractor.dims * 2

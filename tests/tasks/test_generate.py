@@ -5,21 +5,23 @@ import json
 
 import pytest
 import torch
+from tests.conftest import tiny_generate_config
 
 from meddiff.config import from_dict
 from meddiff.data.build import DataConfig, build_dataset
 from meddiff.diffusion.schedulers import SamplerConfig
 from meddiff.errors import UserError
 from meddiff.tasks import generate
-from tests.conftest import tiny_generate_config
 
 
 @pytest.fixture(scope="module")
 def conditional_run(tmp_path_factory):
     """A generator conditioned on the axial level of the brain slices (3 levels), trained a few steps."""
     config = dataclasses.replace(
-        tiny_generate_config(steps=4), conditional=True,
-        data=from_dict(DataConfig, {"kind": "brain_mri", "size": 32, "levels": 3}))
+        tiny_generate_config(steps=4),
+        conditional=True,
+        data=from_dict(DataConfig, {"kind": "brain_mri", "size": 32, "levels": 3}),
+    )
     run = tmp_path_factory.mktemp("conditional") / "run"
     generate.fit(config, run, progress=False)
     return run
@@ -64,8 +66,17 @@ def test_a_bits_generator_trains_and_samples_valid_masks(tmp_path):
     model, _, codec, _, _ = generate.load(run)
     assert codec.mask_encoding == "bits" and model.config.in_channels == 1 + 2
     out = generate.run(run, 2, tmp_path / "pairs", SamplerConfig(name="ddim", steps=2), progress=False)
-    loaded = build_dataset(from_dict(DataConfig, {"kind": "image_mask_folder", "root": str(out), "size": 32,
-                                                  "class_names": ["bg", "other", "grey", "white"]}))
+    loaded = build_dataset(
+        from_dict(
+            DataConfig,
+            {
+                "kind": "image_mask_folder",
+                "root": str(out),
+                "size": 32,
+                "class_names": ["bg", "other", "grey", "white"],
+            },
+        )
+    )
     assert set(loaded.masks.unique().tolist()) <= {0, 1, 2, 3}
 
 
@@ -78,10 +89,18 @@ def test_joint_mask_needs_labelled_data(tmp_path):
 
 def test_sampled_pairs_form_a_dataset_folder_the_loader_reads(trained_generator, tmp_path):
     run, _ = trained_generator
-    out = generate.run(run, 5, tmp_path / "synthetic", SamplerConfig(name="ddim", steps=5), seed=3,
-                       progress=False)
-    loaded = build_dataset(from_dict(DataConfig, {"kind": "image_mask_folder", "root": str(out), "size": 32,
-                                                  "class_names": ["bg", "other", "grey", "white"]}))
+    out = generate.run(run, 5, tmp_path / "synthetic", SamplerConfig(name="ddim", steps=5), seed=3, progress=False)
+    loaded = build_dataset(
+        from_dict(
+            DataConfig,
+            {
+                "kind": "image_mask_folder",
+                "root": str(out),
+                "size": 32,
+                "class_names": ["bg", "other", "grey", "white"],
+            },
+        )
+    )
     assert len(loaded) == 5 and loaded.num_classes == 4
     assert set(loaded.masks.unique().tolist()) <= {0, 1, 2, 3}  # argmax decoding: only valid class ids
     manifest = json.loads((out / "manifest.json").read_text())
@@ -100,8 +119,7 @@ def test_each_sample_is_reproducible_from_its_seed(trained_generator, tmp_path):
     assert (first / "images/sample_000012.png").read_bytes() == (again / "images/sample_000012.png").read_bytes()
 
 
-def test_output_folder_is_never_overwritten_and_is_checked_before_sampling(trained_generator, tmp_path,
-                                                                        monkeypatch):
+def test_output_folder_is_never_overwritten_and_is_checked_before_sampling(trained_generator, tmp_path, monkeypatch):
     run, _ = trained_generator
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "keep.txt").write_text("user data")
@@ -120,8 +138,9 @@ def test_conditional_model_samples_every_attribute_or_the_one_asked_for(conditio
     assert _attributes(every) == [f"axial level {i}/3" for i in (1, 1, 2, 2, 3, 3)]
     one = generate.run(conditional_run, 2, tmp_path / "one", guided, attribute="axial level 2/3", progress=False)
     assert _attributes(one) == ["axial level 2/3"] * 2
-    assert _attributes(generate.run(conditional_run, 1, tmp_path / "index", guided, attribute="2",
-                                    progress=False)) == ["axial level 3/3"]
+    assert _attributes(generate.run(conditional_run, 1, tmp_path / "index", guided, attribute="2", progress=False)) == [
+        "axial level 3/3"
+    ]
     with pytest.raises(UserError, match="--attribute 'frontal'"):
         generate.run(conditional_run, 1, tmp_path / "bad", guided, attribute="frontal", progress=False)
 

@@ -18,13 +18,23 @@ BRAIN = ["background", "other brain tissue", "grey matter", "white matter"]
 
 def tiny_pix2pix_config(steps: int = 40, **train) -> pix2pix.Pix2PixConfig:
     """A pix2pix model on the 32 px brain slices that trains in seconds."""
-    return from_dict(pix2pix.Pix2PixConfig, {
-        "data": {"kind": "brain_mri", "size": 32},
-        "model": {"base_channels": 16, "max_channels": 64, "depth": 5, "disc_channels": 16, "norm_groups": 8},
-        "train": {"steps": steps, "batch_size": 4, "lr": 1e-3, "log_every": 1, "sample_every": 10_000,
-                  "checkpoint_every": 10_000, **train},
-        "grid_samples": 2,
-    })
+    return from_dict(
+        pix2pix.Pix2PixConfig,
+        {
+            "data": {"kind": "brain_mri", "size": 32},
+            "model": {"base_channels": 16, "max_channels": 64, "depth": 5, "disc_channels": 16, "norm_groups": 8},
+            "train": {
+                "steps": steps,
+                "batch_size": 4,
+                "lr": 1e-3,
+                "log_every": 1,
+                "sample_every": 10_000,
+                "checkpoint_every": 10_000,
+                **train,
+            },
+            "grid_samples": 2,
+        },
+    )
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +83,9 @@ def test_run_exports_a_dataset_folder_with_a_manifest(pix2pix_run, tmp_path):
     (tmp_path / "masks").mkdir()
     Image.fromarray(brain.masks[70].numpy().astype(np.uint8)).save(tmp_path / "masks" / "m.png")
     out = pix2pix.run(run, tmp_path / "masks", tmp_path / "out", n_per_mask=2, seed=3)
-    loaded = build_dataset(from_dict(DataConfig, {"kind": "image_mask_folder", "root": str(out), "size": 32,
-                                                  "class_names": BRAIN}))
+    loaded = build_dataset(
+        from_dict(DataConfig, {"kind": "image_mask_folder", "root": str(out), "size": 32, "class_names": BRAIN})
+    )
     assert loaded.names == ["m_0", "m_1"]
     files = json.loads((out / "manifest.json").read_text())["files"]
     assert files[1]["sampler"] == "pix2pix" and files[1]["seed"] == 4 and files[1]["model"].endswith("step_0000040")

@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from tests.conftest import tiny_generate_config
 
 from meddiff.cli import main
 from meddiff.config import from_dict, to_dict
@@ -20,7 +21,6 @@ from meddiff.data.samples import brain_mri
 from meddiff.data.writers import write_pair_folder
 from meddiff.errors import UserError
 from meddiff.tasks import generate, segment
-from tests.conftest import tiny_generate_config
 
 CLASSES = ["background", "other", "grey", "white"]
 
@@ -29,11 +29,13 @@ CLASSES = ["background", "other", "grey", "white"]
 def meddiff(monkeypatch, capsys):
     """Run the command line in this process (a subprocess would spend ~10 s importing torch and diffusers):
     returns the exit code and what went to stderr."""
+
     def run(*args) -> tuple[int, str]:
         monkeypatch.setattr(sys, "argv", ["meddiff", *map(str, args)])
         with pytest.raises(SystemExit) as exit_:
             main()
         return exit_.value.code, capsys.readouterr().err
+
     return run
 
 
@@ -42,8 +44,9 @@ def workspace(tmp_path_factory):
     """An image-only brain generator (24 px, a few steps), a labelled folder of 6 slices and 2 unlabelled
     images of another size and shape."""
     root = tmp_path_factory.mktemp("segment")
-    config = dataclasses.replace(tiny_generate_config(steps=15), joint_mask=False,
-                                 data=from_dict(DataConfig, {"kind": "brain_mri", "size": 24}))
+    config = dataclasses.replace(
+        tiny_generate_config(steps=15), joint_mask=False, data=from_dict(DataConfig, {"kind": "brain_mri", "size": 24})
+    )
     generate.fit(config, root / "diffusion", progress=False)
     slices = brain_mri(24)
     pick = [20, 40, 60, 80, 100, 120]
@@ -57,13 +60,21 @@ def workspace(tmp_path_factory):
 
 
 def _config(root, **changes) -> dict:
-    config = {"task": "segment", "diffusion": str(root / "diffusion"),
-              "data": {"kind": "image_mask_folder", "root": str(root / "labelled"), "class_names": CLASSES,
-                       "size": 24, "hflip": True},
-              "features": {"blocks": [4, 8], "timesteps": [50, 200], "batch_size": 2},
-              "pixels": {"max_pixels": 1500, "val_pixels": 300},
-              "ensemble": {"members": 3, "hidden": [16, 8], "eval_every": 10, "patience": 2, "max_epochs": 3},
-              "sweep": {"timesteps": [50, 300], "blocks": [2, 8], "max_pixels": 800, "val_share": 0.34}}
+    config = {
+        "task": "segment",
+        "diffusion": str(root / "diffusion"),
+        "data": {
+            "kind": "image_mask_folder",
+            "root": str(root / "labelled"),
+            "class_names": CLASSES,
+            "size": 24,
+            "hflip": True,
+        },
+        "features": {"blocks": [4, 8], "timesteps": [50, 200], "batch_size": 2},
+        "pixels": {"max_pixels": 1500, "val_pixels": 300},
+        "ensemble": {"members": 3, "hidden": [16, 8], "eval_every": 10, "patience": 2, "max_epochs": 3},
+        "sweep": {"timesteps": [50, 300], "blocks": [2, 8], "max_pixels": 800, "val_share": 0.34},
+    }
     config.update(changes)
     return config
 
@@ -77,8 +88,9 @@ def test_fit_and_predict_from_the_command_line_on_images_of_another_size(workspa
     assert metrics["feature_dims"] == (32 + 16) * 2 and metrics["labelled_images"] == 6
     assert metrics["train_pixels"] == 1500 and metrics["val_pixels"] == 300
 
-    code, err = meddiff("segment", "predict", tmp_path / "run", "--images", workspace / "new", "--out",
-                        tmp_path / "pred")
+    code, err = meddiff(
+        "segment", "predict", tmp_path / "run", "--images", workspace / "new", "--out", tmp_path / "pred"
+    )
     assert code == 0, err
     manifest = json.loads((tmp_path / "pred" / "manifest.json").read_text())
     assert [f["image"] for f in manifest["files"]] == ["n30.png", "n90.png"]
@@ -89,8 +101,9 @@ def test_fit_and_predict_from_the_command_line_on_images_of_another_size(workspa
         assert np.array(Image.open(tmp_path / "pred" / kind / "n30.png")).shape == (40, 32)
     assert 0 <= manifest["files"][0]["mean_uncertainty"] <= 1
 
-    code, err = meddiff("segment", "predict", tmp_path / "run", "--images", workspace / "new", "--out",
-                        tmp_path / "pred")
+    code, err = meddiff(
+        "segment", "predict", tmp_path / "run", "--images", workspace / "new", "--out", tmp_path / "pred"
+    )
     assert code == 2 and "not empty" in err
 
 

@@ -19,17 +19,28 @@ DATA = {"kind": "brain_mri", "size": 24, "hflip": True}
 
 
 def _config(**train) -> segmenter.SegmenterConfig:
-    settings = dict(steps=12, batch_size=4, lr=3e-3, warmup_steps=0, ema_decay=0.5, log_every=4,
-                    checkpoint_every=100, eval_every=3, patience=2)
+    settings = dict(
+        steps=12,
+        batch_size=4,
+        lr=3e-3,
+        warmup_steps=0,
+        ema_decay=0.5,
+        log_every=4,
+        checkpoint_every=100,
+        eval_every=3,
+        patience=2,
+    )
     settings.update(train)
-    return segmenter.SegmenterConfig(data=from_dict(DataConfig, DATA),
-                                     model=SegNetConfig(base_channels=8, depth=3), train=TrainConfig(**settings))
+    return segmenter.SegmenterConfig(
+        data=from_dict(DataConfig, DATA), model=SegNetConfig(base_channels=8, depth=3), train=TrainConfig(**settings)
+    )
 
 
 @pytest.fixture(scope="module")
 def brain():
-    return segmenter.select_images(build_dataset(from_dict(DataConfig, DATA)),
-                                   [f"mni152_axial_z{z:03d}" for z in (40, 70, 100)])
+    return segmenter.select_images(
+        build_dataset(from_dict(DataConfig, DATA)), [f"mni152_axial_z{z:03d}" for z in (40, 70, 100)]
+    )
 
 
 def test_held_out_pixels_are_ignored_in_training_and_are_all_validation_sees(brain):
@@ -54,8 +65,14 @@ def test_fit_keeps_the_best_checkpoint_and_predicts_on_another_size(brain, tmp_p
 def test_config_file_with_task_segmenter_dispatches_here(tmp_path):
     config = _config(steps=2, eval_every=1, patience=1)
     path = tmp_path / "unet.yaml"
-    path.write_text(yaml.safe_dump({"task": "segmenter", **to_dict(dataclasses.replace(
-        config, images=["mni152_axial_z050", "mni152_axial_z060"]))}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "task": "segmenter",
+                **to_dict(dataclasses.replace(config, images=["mni152_axial_z050", "mni152_axial_z060"])),
+            }
+        )
+    )
     module, loaded = load_task_config(path)
     assert module is segmenter and loaded.images == ["mni152_axial_z050", "mni152_axial_z060"]
     module.fit(loaded, tmp_path / "run", progress=False)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tests.conftest import tiny_generate_config
 
 from meddiff.config import from_dict
 from meddiff.data.build import DataConfig, build_dataset
@@ -14,7 +15,6 @@ from meddiff.diffusion.schedulers import SamplerConfig
 from meddiff.errors import UserError
 from meddiff.nets.unet import UNet
 from meddiff.tasks import generate, synthesize
-from tests.conftest import tiny_generate_config
 
 BRAIN = ["background", "other brain tissue", "grey matter", "white matter"]
 DDIM = SamplerConfig(name="ddim", steps=4)
@@ -24,10 +24,24 @@ def tiny_synth_config(steps: int = 30, **changes) -> synthesize.SynthesizeConfig
     """A SPADE mask-to-image model on the 32 px brain slices that trains in seconds."""
     data = {
         "data": {"kind": "brain_mri", "size": 32},
-        "model": {"base_channels": 16, "channel_mults": [1, 2], "blocks_per_level": 1, "attention_levels": [1],
-                  "norm_groups": 8, "spade_hidden": 16},
-        "train": {"steps": steps, "batch_size": 8, "lr": 2e-3, "warmup_steps": 5, "ema_decay": 0.8,
-                  "log_every": 5, "sample_every": 10_000, "checkpoint_every": 10_000},
+        "model": {
+            "base_channels": 16,
+            "channel_mults": [1, 2],
+            "blocks_per_level": 1,
+            "attention_levels": [1],
+            "norm_groups": 8,
+            "spade_hidden": 16,
+        },
+        "train": {
+            "steps": steps,
+            "batch_size": 8,
+            "lr": 2e-3,
+            "warmup_steps": 5,
+            "ema_decay": 0.8,
+            "log_every": 5,
+            "sample_every": 10_000,
+            "checkpoint_every": 10_000,
+        },
         "sampler": {"name": "ddim", "steps": 4, "guidance_scale": 1.5},
         "grid_samples": 2,
     }
@@ -101,17 +115,29 @@ def test_guidance_scale_zero_ignores_the_map_one_uses_it_and_above_one_extrapola
 
 
 def test_run_exports_a_folder_the_loader_reads_with_a_manifest_per_file(synth_run, mask_folder, tmp_path, brain):
-    out = synthesize.run(synth_run, mask_folder, tmp_path / "out", SamplerConfig(name="dpm++", steps=3,
-                         guidance_scale=2.0), n_per_mask=2, seed=7, progress=False)
-    loaded = build_dataset(from_dict(DataConfig, {"kind": "image_mask_folder", "root": str(out), "size": 32,
-                                                  "class_names": BRAIN}))
+    out = synthesize.run(
+        synth_run,
+        mask_folder,
+        tmp_path / "out",
+        SamplerConfig(name="dpm++", steps=3, guidance_scale=2.0),
+        n_per_mask=2,
+        seed=7,
+        progress=False,
+    )
+    loaded = build_dataset(
+        from_dict(DataConfig, {"kind": "image_mask_folder", "root": str(out), "size": 32, "class_names": BRAIN})
+    )
     assert len(loaded) == 4 and loaded.names == ["slice30_0", "slice30_1", "slice70_0", "slice70_1"]
     assert torch.equal(loaded.masks[0].long(), brain.masks[30].long())  # the input mask is the pair's label
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["model"]["class_names"] == BRAIN and manifest["model"]["mask_conditioning"] == "spade"
     first = manifest["files"][0]
     assert {k: first[k] for k in ("sampler", "steps", "guidance", "seed")} == {
-        "sampler": "dpm++", "steps": 3, "guidance": 2.0, "seed": 7}
+        "sampler": "dpm++",
+        "steps": 3,
+        "guidance": 2.0,
+        "seed": 7,
+    }
     assert first["model"].endswith("step_0000030") and first["source_mask"].endswith("slice30.png")
     assert [f["seed"] for f in manifest["files"]] == [7, 8, 9, 10]
     assert (out / "grid.png").is_file()
@@ -159,8 +185,9 @@ def test_concat_and_spade_variant_trains_and_samples(tmp_path, brain):
     synthesize.fit(tiny_synth_config(steps=2, mask_conditioning="spade+concat"), run, progress=False)
     synth = synthesize.load(run)
     assert synth.model.config.cond_channels == 4 and synth.model.config.spade_classes == 4
-    images = synthesize.synthesize(synth, brain.masks[:2].long(), SamplerConfig(steps=2, guidance_scale=2.0),
-                                   seeds=[0, 1])
+    images = synthesize.synthesize(
+        synth, brain.masks[:2].long(), SamplerConfig(steps=2, guidance_scale=2.0), seeds=[0, 1]
+    )
     assert images.shape == (2, 1, 32, 32) and images.abs().max() <= 1
 
 

@@ -5,12 +5,12 @@ import dataclasses
 
 import pytest
 import torch
+from tests.conftest import tiny_textgen_config
 
 from meddiff.diffusion.schedulers import SamplerConfig
 from meddiff.errors import UserError
 from meddiff.tasks import load_task_config, textgen
 from meddiff.text.encoders import load_text_encoder
-from tests.conftest import tiny_textgen_config
 
 FAST = SamplerConfig(name="ddim", steps=4, guidance_scale=2.0)
 
@@ -30,8 +30,9 @@ def test_a_run_holds_the_model_its_captions_and_its_alignment_network(trained_te
 def test_sampling_from_prompts_gives_labelled_pairs(trained_textgen):
     model = textgen.load(trained_textgen)
     prompts = ["T1-weighted brain MRI, axial slice, axial level 2/4", "T1-weighted brain MRI, axial slice"]
-    images, masks = textgen.generate_from_text(model.unet, model.diffusion, model.codec, model.encoder, model.null,
-                                               prompts, FAST, seed=0, size=(32, 32))
+    images, masks = textgen.generate_from_text(
+        model.unet, model.diffusion, model.codec, model.encoder, model.null, prompts, FAST, seed=0, size=(32, 32)
+    )
     assert images.shape == (2, 1, 32, 32) and images.abs().max() <= 1
     assert masks.shape == (2, 32, 32) and set(masks.unique().tolist()) <= {0, 1, 2, 3}
 
@@ -39,8 +40,10 @@ def test_sampling_from_prompts_gives_labelled_pairs(trained_textgen):
 def test_the_prompt_changes_the_prediction(trained_textgen):
     model = textgen.load(trained_textgen)
     x, t = torch.randn(1, 5, 32, 32), torch.tensor([500])
-    outputs = [model.unet(x, t, **model.conditioning(model.encoder.encode([p])).model_kwargs())
-               for p in ("T1-weighted brain MRI, axial slice, axial level 1/4", "")]
+    outputs = [
+        model.unet(x, t, **model.conditioning(model.encoder.encode([p])).model_kwargs())
+        for p in ("T1-weighted brain MRI, axial slice, axial level 1/4", "")
+    ]
     assert (outputs[0] - outputs[1]).abs().mean() > 1e-4
 
 
@@ -58,9 +61,10 @@ def test_cross_attention_needs_an_attention_level(tmp_path):
 
 
 def test_image_only_data_needs_a_captions_file(tmp_path):
+    from tests.data.makers import grey, write_image
+
     from meddiff.config import from_dict
     from meddiff.data.build import DataConfig
-    from tests.data.makers import grey, write_image
 
     for i in range(2):
         write_image(tmp_path / "imgs" / f"case{i}.png", grey(32, 32, i))
@@ -69,9 +73,11 @@ def test_image_only_data_needs_a_captions_file(tmp_path):
     with pytest.raises(UserError, match="captions file"):
         textgen.fit(config, tmp_path / "run", progress=False)
     (tmp_path / "captions.csv").write_text("name,caption\ncase0,a bright frame\ncase1,a dark frame\n")
-    config = dataclasses.replace(config, captions=dataclasses.replace(config.captions, source="file",
-                                                                      file=tmp_path / "captions.csv"),
-                                 alignment=dataclasses.replace(config.alignment, steps=2, batch_size=2))
+    config = dataclasses.replace(
+        config,
+        captions=dataclasses.replace(config.captions, source="file", file=tmp_path / "captions.csv"),
+        alignment=dataclasses.replace(config.alignment, steps=2, batch_size=2),
+    )
     result = textgen.fit(config, tmp_path / "run", progress=False)
     assert result.step == 1 and textgen.load(tmp_path / "run").codec.num_classes == 0
 

@@ -11,7 +11,7 @@ CLASSES = ["background", "instrument", "pupil"]
 
 def _mask(top: int, left: int, side: int, cls: int = 1, size: int = 30) -> torch.Tensor:
     mask = torch.zeros(1, size, size, dtype=torch.long)
-    mask[0, top:top + side, left:left + side] = cls
+    mask[0, top : top + side, left : left + side] = cls
     return mask
 
 
@@ -35,7 +35,13 @@ def test_attribute_and_options():
 
 def test_size_words_follow_the_documented_thresholds():
     assert [size_word(f) for f in (0.005, 0.01, 0.049, 0.1, 0.2, 0.5)] == [
-        "tiny", "small", "small", "medium", "large", "very large"]
+        "tiny",
+        "small",
+        "small",
+        "medium",
+        "large",
+        "very large",
+    ]
 
 
 def test_ignored_pixels_do_not_count_towards_sizes():
@@ -52,10 +58,13 @@ def test_captions_file_gives_every_sample_its_caption(tmp_path):
     assert captioner({"name": ["case1", "case0"]}) == ["dark frame", "bright frame"]
 
 
-@pytest.mark.parametrize("content, message", [
-    ("name,caption\ncase0,bright\n", "no caption for sample 'case1'"),
-    ("name,text\ncase0,bright\n", "no column 'caption'"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("name,caption\ncase0,bright\n", "no caption for sample 'case1'"),
+        ("name,text\ncase0,bright\n", "no column 'caption'"),
+    ],
+)
 def test_captions_file_problems_name_the_file(tmp_path, content, message):
     path = tmp_path / "captions.csv"
     path.write_text(content)

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
+from tests.text.makers import HIDDEN, tiny_clip, tiny_stable_diffusion
 
 from meddiff.errors import UserError
 from meddiff.text.encoders import TextEncoder, load_text_encoder
-from tests.text.makers import HIDDEN, tiny_clip, tiny_stable_diffusion
 
 
 @pytest.fixture(scope="module")

@@ -43,7 +43,7 @@ def test_variants_name_the_change_in_the_caption_and_change_nothing_else():
     for i, caption in enumerate(out_captions):
         word = caption.removeprefix(f"ramp {i}, ")
         assert word in TONE_WORDS
-        assert torch.equal(out[i:i + 1], apply_tone(images[i:i + 1], word, CONFIG))
+        assert torch.equal(out[i : i + 1], apply_tone(images[i : i + 1], word, CONFIG))
     assert len({c.split(", ")[1] for c in out_captions}) > 1
     same, same_captions = tone_variants(images, captions, ToneConfig(prob=0.0), torch.Generator().manual_seed(0))
     assert torch.equal(same, images) and same_captions == captions
@@ -53,5 +53,15 @@ def test_all_variants_follow_the_originals():
     images, captions = _ramp(), ["a", "b"]
     out, out_captions = all_variants(images, captions, CONFIG)
     assert out.shape == (10, 1, 8, 16) and torch.equal(out[:2], images)
-    assert out_captions == ["a", "b", "a, dark", "b, dark", "a, bright", "b, bright", "a, low contrast",
-                            "b, low contrast", "a, high contrast", "b, high contrast"]
+    assert out_captions == [
+        "a",
+        "b",
+        "a, dark",
+        "b, dark",
+        "a, bright",
+        "b, bright",
+        "a, low contrast",
+        "b, low contrast",
+        "a, high contrast",
+        "b, high contrast",
+    ]

@@ -16,8 +16,10 @@ def _save(path, value=1.0):
 
 
 def test_nested_state_round_trips_through_json_and_safetensors():
-    state = {"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.ones(2)}},
-             "param_groups": [{"lr": 1e-3, "params": [0], "betas": (0.9, 0.999), "foreach": None}]}
+    state = {
+        "state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.ones(2)}},
+        "param_groups": [{"lr": 1e-3, "params": [0], "betas": (0.9, 0.999), "foreach": None}],
+    }
     tensors = {}
     data = json.loads(json.dumps(ckpt.flatten_state(state, tensors)))
     restored = ckpt.unflatten_state(data, tensors)

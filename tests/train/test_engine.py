@@ -10,19 +10,21 @@ import pytest
 import torch
 import yaml
 from diffusers.training_utils import EMAModel
+from tests.conftest import tiny_generate_config
 
 from meddiff.config import from_dict, to_dict
 from meddiff.data.build import DataConfig
 from meddiff.tasks import generate
 from meddiff.train.checkpoint import list_checkpoints, load_checkpoint
-from tests.conftest import tiny_generate_config
 
 
 def _resume_config():
     config = tiny_generate_config(steps=6, batch_size=4, grad_accum=2, checkpoint_every=3)
     return dataclasses.replace(  # dropout and flips make every RNG matter
-        config, data=from_dict(DataConfig, {"kind": "brain_mri", "size": 32, "hflip": True}),
-        model=dataclasses.replace(config.model, dropout=0.1))
+        config,
+        data=from_dict(DataConfig, {"kind": "brain_mri", "size": 32, "hflip": True}),
+        model=dataclasses.replace(config.model, dropout=0.1),
+    )
 
 
 def test_short_training_lowers_the_loss(trained_generator):
@@ -72,8 +74,9 @@ def test_time_budget_stops_cleanly_with_a_checkpoint(tmp_path):
     result = generate.fit(config, tmp_path / "run", progress=False)
     assert result.stopped_by_budget and result.step < 50
     assert load_checkpoint(result.checkpoint)[1]["step"] == result.step
-    config = dataclasses.replace(config, train=dataclasses.replace(config.train, steps=result.step + 2,
-                                                                   max_minutes=None))
+    config = dataclasses.replace(
+        config, train=dataclasses.replace(config.train, steps=result.step + 2, max_minutes=None)
+    )
     assert generate.fit(config, tmp_path / "run", resume=True, progress=False).step == result.step + 2
 
 
@@ -90,9 +93,26 @@ def test_two_cpu_processes_through_accelerate_launch(tmp_path):
     config = tiny_generate_config(steps=3, batch_size=4, checkpoint_every=3)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({"task": "generate", **to_dict(config)}))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "-m", "meddiff.cli", "train", str(tmp_path / "config.yaml"), "--out", str(tmp_path / "run")]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "meddiff.cli",
+        "train",
+        str(tmp_path / "config.yaml"),
+        "--out",
+        str(tmp_path / "run"),
+    ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     groups, state = load_checkpoint(list_checkpoints(tmp_path / "run")[-1])
@@ -114,8 +134,7 @@ def test_validation_keeps_the_best_checkpoint_and_stops_early(tmp_path):
         return (net(batch["image"]) - batch["image"]).pow(2).mean()
 
     config = TrainConfig(steps=50, batch_size=2, warmup_steps=0, eval_every=2, patience=2, checkpoint_every=100)
-    result = Trainer(tmp_path, model, data, config, loss_fn, {}, progress=False,
-                     eval_fn=lambda net: next(scores)).fit()
+    result = Trainer(tmp_path, model, data, config, loss_fn, {}, progress=False, eval_fn=lambda net: next(scores)).fit()
     assert result.stopped_early and result.step == 8
     assert (result.best_step, result.best_score) == (4, 2.0)
     assert load_checkpoint(tmp_path / "checkpoints" / "best")[1]["step"] == 4

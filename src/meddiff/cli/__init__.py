@@ -15,8 +15,12 @@ from rich.console import Console
 
 from meddiff.errors import UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="markdown",
-                  help="Diffusion models for medical imaging with few labels.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+    help="Diffusion models for medical imaging with few labels.",
+)
 console = Console(stderr=True)
 _state = {"debug": False}
 
@@ -56,8 +60,9 @@ def sample(
     out: Path = typer.Option(..., "--out", help="New folder for images/, masks/, manifest.json, grid.png."),
     size: Optional[int] = typer.Option(None, "--size", help="Image side in pixels (default: the training size)."),
     bf16: bool = typer.Option(False, "--bf16", help="Run the UNet in bf16 autocast (faster on AMX CPUs)."),
-    attribute: Optional[str] = typer.Option(None, "--attribute",
-                                            help="Conditional models: attribute name or index (default: all)."),
+    attribute: Optional[str] = typer.Option(
+        None, "--attribute", help="Conditional models: attribute name or index (default: all)."
+    ),
 ) -> None:
     """Sample images (and label maps) from a trained generator into a dataset folder.
 
@@ -104,11 +109,21 @@ def _add_groups() -> None:
     from meddiff.cli import data
 
     app.add_typer(data.app, name="data")
-    from meddiff.cli import synth; app.add_typer(synth.app, name="synth")  # noqa: E702
-    from meddiff.cli import generate; app.add_typer(generate.app, name="generate")  # noqa: E702
-    from meddiff.cli import segment; app.add_typer(segment.app, name="segment")  # noqa: E702
-    from meddiff.cli import edit; app.add_typer(edit.app, name="edit")  # noqa: E702
-    from meddiff.cli import fuse; app.add_typer(fuse.app, name="fuse")  # noqa: E702
+    from meddiff.cli import synth
+
+    app.add_typer(synth.app, name="synth")  # noqa: E702
+    from meddiff.cli import generate
+
+    app.add_typer(generate.app, name="generate")  # noqa: E702
+    from meddiff.cli import segment
+
+    app.add_typer(segment.app, name="segment")  # noqa: E702
+    from meddiff.cli import edit
+
+    app.add_typer(edit.app, name="edit")  # noqa: E702
+    from meddiff.cli import fuse
+
+    app.add_typer(fuse.app, name="fuse")  # noqa: E702
 
 
 _add_groups()
@@ -126,4 +141,3 @@ def main() -> None:
             raise
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
-

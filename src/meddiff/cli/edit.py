@@ -49,31 +49,40 @@ def _floats(text: str, option: str) -> list[float]:
 
 @app.command("run")
 def edit_run(
-    model: Path = typer.Option(..., "--model", help="A `meddiff edit fit` run folder, or a local Stable "
-                                                   "Diffusion checkpoint folder (diffusers layout)."),
+    model: Path = typer.Option(
+        ...,
+        "--model",
+        help="A `meddiff edit fit` run folder, or a local Stable Diffusion checkpoint folder (diffusers layout).",
+    ),
     image: Path = typer.Option(..., "--image", help="The image to edit (PNG, JPEG, TIFF, BMP)."),
     prompt: str = typer.Option(..., "--prompt", help="What the edited image should show."),
     out: Path = typer.Option(..., "--out", help="New folder for every output, grid.png and metrics.json."),
     mask: Optional[Path] = typer.Option(None, "--mask", help="Its label map (class ids), edited with it."),
-    alphas: str = typer.Option("0.8,1.0,1.2,1.4,1.6", "--alphas", help="Interpolation weights of the target "
-                                                                       "prompt (1 = the prompt itself)."),
+    alphas: str = typer.Option(
+        "0.8,1.0,1.2,1.4,1.6", "--alphas", help="Interpolation weights of the target prompt (1 = the prompt itself)."
+    ),
     interp: str = typer.Option("linear", "--interp", help="linear | slerp"),
     seeds: int = typer.Option(3, "--seeds", min=1, help="Samples per alpha (seeds seed..seed+N-1)."),
     seed: int = typer.Option(0, "--seed", help="First seed (also drives stages A and B)."),
-    embed_steps: Optional[int] = typer.Option(None, "--embed-steps", min=0,
-                                              help="Stage A steps (default 100; Stable Diffusion 500)."),
+    embed_steps: Optional[int] = typer.Option(
+        None, "--embed-steps", min=0, help="Stage A steps (default 100; Stable Diffusion 500)."
+    ),
     embed_lr: Optional[float] = typer.Option(None, "--embed-lr", help="Stage A learning rate (1e-2; SD 1e-3)."),
-    finetune_steps: Optional[int] = typer.Option(None, "--finetune-steps", min=0,
-                                                 help="Stage B steps (default 400; Stable Diffusion 1000)."),
+    finetune_steps: Optional[int] = typer.Option(
+        None, "--finetune-steps", min=0, help="Stage B steps (default 400; Stable Diffusion 1000)."
+    ),
     finetune_lr: Optional[float] = typer.Option(None, "--finetune-lr", help="Stage B learning rate (1e-3; SD 2e-6)."),
-    sampler: Optional[str] = typer.Option(None, "--sampler", help="ddpm | ddim | dpm++ | dpm++sde | unipc "
-                                                                  "(default dpm++; SD ddim)."),
+    sampler: Optional[str] = typer.Option(
+        None, "--sampler", help="ddpm | ddim | dpm++ | dpm++sde | unipc (default dpm++; SD ddim)."
+    ),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Sampling steps (default 20; SD 50)."),
     guidance: Optional[float] = typer.Option(None, "--guidance", help="Guidance scale (default 1; SD 7.5)."),
-    clip: Optional[Path] = typer.Option(None, "--clip", help="Local CLIP model folder: report CLIP score as the "
-                                                             "text alignment."),
-    classes: Optional[int] = typer.Option(None, "--classes", min=2, help="Stable Diffusion with --mask: number "
-                                                                          "of classes (default: largest id + 1)."),
+    clip: Optional[Path] = typer.Option(
+        None, "--clip", help="Local CLIP model folder: report CLIP score as the text alignment."
+    ),
+    classes: Optional[int] = typer.Option(
+        None, "--classes", min=2, help="Stable Diffusion with --mask: number of classes (default: largest id + 1)."
+    ),
     bf16: bool = typer.Option(False, "--bf16", help="Run the model in bf16 autocast (faster on AMX CPUs)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda (Stable Diffusion checkpoints)."),
 ) -> None:
@@ -98,14 +107,24 @@ def edit_run(
     if not model.exists():
         raise UserError(f"--model {model}: not found")
     config = default_config(model)
-    given = {"embed_steps": embed_steps, "embed_lr": embed_lr, "finetune_steps": finetune_steps,
-             "finetune_lr": finetune_lr}
+    given = {
+        "embed_steps": embed_steps,
+        "embed_lr": embed_lr,
+        "finetune_steps": finetune_steps,
+        "finetune_lr": finetune_lr,
+    }
     sampling = {"name": sampler, "steps": steps, "guidance_scale": guidance}
     try:
         config = dataclasses.replace(
-            config, alphas=_floats(alphas, "--alphas"), interp=interp, seeds=seeds, seed=seed, bf16=bf16,
+            config,
+            alphas=_floats(alphas, "--alphas"),
+            interp=interp,
+            seeds=seeds,
+            seed=seed,
+            bf16=bf16,
             sampler=dataclasses.replace(config.sampler, **{k: v for k, v in sampling.items() if v is not None}),
-            **{k: v for k, v in given.items() if v is not None})
+            **{k: v for k, v in given.items() if v is not None},
+        )
     except ValueError as exc:
         raise UserError(f"invalid edit setting: {exc}") from None
     folder = edit(model, image, prompt, out, config, mask_path=mask, clip=clip, num_classes=classes, device=device)

@@ -34,19 +34,24 @@ def fuse_fit(
 
 @app.command("run")
 def fuse_run(
-    run_or_rule: str = typer.Argument(..., help="A trained run (or checkpoint) folder, or a rule: "
-                                                "average, max, dwt, laplacian."),
+    run_or_rule: str = typer.Argument(
+        ..., help="A trained run (or checkpoint) folder, or a rule: average, max, dwt, laplacian."
+    ),
     a: Path = typer.Option(..., "--a", help="Folder of source A images (e.g. MRI)."),
     b: Path = typer.Option(..., "--b", help="Folder of source B images, same file names (e.g. PET)."),
     out: Path = typer.Option(..., "--out", help="New folder for <name>.png fused images and manifest.json."),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Sampling steps (default: the run's)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the start noise (every pair uses it)."),
     output_range: Optional[str] = typer.Option(
-        None, "--range", help="How the fused Y becomes 8 bits: minmax | clip (default: minmax for runs, "
-                              "clip for rules)."),
+        None,
+        "--range",
+        help="How the fused Y becomes 8 bits: minmax | clip (default: minmax for runs, clip for rules).",
+    ),
     keep_background: Optional[bool] = typer.Option(
-        None, "--keep-background/--no-keep-background",
-        help="Runs only: keep pixels black where both sources are black (default: the run's setting)."),
+        None,
+        "--keep-background/--no-keep-background",
+        help="Runs only: keep pixels black where both sources are black (default: the run's setting).",
+    ),
 ) -> None:
     """Fuse every pair of two folders (matched by file name); colour sources give colour output, any size.
 
@@ -57,8 +62,9 @@ def fuse_run(
 
     if output_range not in (None, "minmax", "clip"):
         raise UserError(f"--range '{output_range}' is not one of minmax, clip")
-    folder = fuse.run(run_or_rule, a, b, out, steps=steps, seed=seed, output_range=output_range,
-                      keep_background=keep_background)
+    folder = fuse.run(
+        run_or_rule, a, b, out, steps=steps, seed=seed, output_range=output_range, keep_background=keep_background
+    )
     console.print(f"wrote fused images to {folder}")
 
 
@@ -67,8 +73,9 @@ def fuse_eval(
     a: Path = typer.Option(..., "--a", help="Folder of source A images."),
     b: Path = typer.Option(..., "--b", help="Folder of source B images (same file names)."),
     fused: Path = typer.Option(..., "--fused", help="Folder of fused images (same file names)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Where to save <out>.csv and <out>.json "
-                                                         "(default: FUSED/metrics)."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="Where to save <out>.csv and <out>.json (default: FUSED/metrics)."
+    ),
 ) -> None:
     """Score fused images with the published protocol (EN SD SF AG MI SCD CC VIF Qabf SSIM PSNR, plus
     Wang-style SSIM_wang), print the per-image and mean table and save it as CSV and JSON.
@@ -82,13 +89,15 @@ def fuse_eval(
 
     rows = fuse.evaluate(a, b, fused)
     mean = fuse.mean_scores(rows)
-    table = Table(title=f"fusion metrics of {fused} (published protocol; SSIM_wang is not comparable to SSIM)",
-                  box=box.SIMPLE_HEAD, pad_edge=False)
+    table = Table(
+        title=f"fusion metrics of {fused} (published protocol; SSIM_wang is not comparable to SSIM)",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
     for column in rows[0]:
         table.add_column(column, justify="left" if column == "name" else "right", no_wrap=True)
     for row in [*rows, {"name": "mean", **mean}]:
-        table.add_row(*(row["name"] if k == "name" else f"{row[k]:.4g}" for k in rows[0]),
-                      end_section=row is rows[-1])
+        table.add_row(*(row["name"] if k == "name" else f"{row[k]:.4g}" for k in rows[0]), end_section=row is rows[-1])
     # Wide enough for every column: a narrow terminal wraps lines rather than truncating numbers to "1.…".
     names = max(len(row["name"]) for row in rows)
     Console(width=max(Console().width, names + 9 * (len(rows[0]) - 1) + 4)).print(table)

@@ -43,8 +43,9 @@ def run(
     eta: float = typer.Option(0.0, "--eta", help="DDIM stochasticity (0 deterministic)."),
     seed: int = typer.Option(0, "--seed", help="Sample i uses seed + i."),
     size: Optional[int] = typer.Option(None, "--size", help="Image side in pixels (default: the training size)."),
-    attribute: Optional[str] = typer.Option(None, "--attribute",
-                                            help="Conditional models: attribute name or index (default: all)."),
+    attribute: Optional[str] = typer.Option(
+        None, "--attribute", help="Conditional models: attribute name or index (default: all)."
+    ),
     bf16: bool = typer.Option(False, "--bf16", help="Run the UNet in bf16 autocast (faster on AMX CPUs)."),
 ) -> None:
     """Sample labelled pairs from a trained joint generator into a dataset folder the image+mask loader reads.

@@ -42,8 +42,9 @@ def predict(
     run: Path = typer.Argument(..., help="Run folder written by `meddiff segment fit`."),
     images: Path = typer.Option(..., "--images", help="Folder of images to segment (any size)."),
     out: Path = typer.Option(..., "--out", help="New folder for masks/, overlays/, uncertainty/, disagreement/."),
-    tile_mb: Optional[int] = typer.Option(None, "--tile-mb", min=1,
-                                          help="Features held at once while predicting (default: the run's)."),
+    tile_mb: Optional[int] = typer.Option(
+        None, "--tile-mb", min=1, help="Features held at once while predicting (default: the run's)."
+    ),
 ) -> None:
     """Segment a folder of images: class-id masks, colour overlays and per-pixel uncertainty maps.
 

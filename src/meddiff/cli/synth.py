@@ -13,8 +13,10 @@ from meddiff.errors import UserError
 app = typer.Typer(no_args_is_help=True, help="Synthesise images from label maps (diffusion or pix2pix).")
 console = Console(stderr=True)
 
-MASKS_HELP = ("A folder of masks (or a dataset folder with masks/) stored like the training data or written by "
-              "meddiff, raw CaDIS label maps (with --cadis-task), or a joint generator's run folder.")
+MASKS_HELP = (
+    "A folder of masks (or a dataset folder with masks/) stored like the training data or written by "
+    "meddiff, raw CaDIS label maps (with --cadis-task), or a joint generator's run folder."
+)
 
 
 def load_config(path: Path, task: str) -> Any:
@@ -42,8 +44,9 @@ def _augment(hflip: bool, vflip: bool, rotate: float, elastic: float, paste_clas
     from meddiff.data.mask_sources import MaskAugment
 
     try:
-        return MaskAugment(hflip=hflip, vflip=vflip, rotate=rotate, elastic=elastic,
-                           paste_classes=list(paste_class or []))
+        return MaskAugment(
+            hflip=hflip, vflip=vflip, rotate=rotate, elastic=elastic, paste_classes=list(paste_class or [])
+        )
     except ValueError as exc:
         raise UserError(f"mask augmentation: {exc}") from None
 
@@ -84,15 +87,19 @@ def run(
     guidance: float = typer.Option(1.5, "--guidance", help="Classifier-free guidance on the mask (1 = none)."),
     eta: float = typer.Option(0.0, "--eta", help="DDIM stochasticity (0 deterministic)."),
     seed: int = typer.Option(0, "--seed", help="Output j uses seed + j."),
-    cadis_task: Optional[str] = typer.Option(None, "--cadis-task", help="Read --masks as raw CaDIS label maps "
-                                             "remapped to this task (task1 | task2 | task3 | merged5 | raw)."),
+    cadis_task: Optional[str] = typer.Option(
+        None,
+        "--cadis-task",
+        help="Read --masks as raw CaDIS label maps remapped to this task (task1 | task2 | task3 | merged5 | raw).",
+    ),
     n_masks: int = typer.Option(16, "--n-masks", min=1, help="Masks to sample when --masks is a joint generator."),
     hflip: bool = typer.Option(False, "--hflip", help="Augment: random left-right flips of the masks."),
     vflip: bool = typer.Option(False, "--vflip", help="Augment: random top-bottom flips."),
     rotate: float = typer.Option(0.0, "--rotate", min=0.0, help="Augment: random rotation up to this many degrees."),
     elastic: float = typer.Option(0.0, "--elastic", min=0.0, help="Augment: elastic warp up to this many pixels."),
-    paste_class: Optional[List[int]] = typer.Option(None, "--paste-class", help="Augment: paste this class "
-                                                    "(e.g. an instrument) from another mask; repeatable."),
+    paste_class: Optional[List[int]] = typer.Option(
+        None, "--paste-class", help="Augment: paste this class (e.g. an instrument) from another mask; repeatable."
+    ),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images sampled at once."),
     bf16: bool = typer.Option(False, "--bf16", help="Run the UNet in bf16 autocast (faster on AMX CPUs)."),
 ) -> None:
@@ -106,10 +113,19 @@ def run(
     if sampler not in SAMPLERS:
         raise UserError(f"--sampler '{sampler}' is not one of {', '.join(SAMPLERS)}")
     settings = SamplerConfig(name=sampler, steps=steps, guidance_scale=guidance, eta=eta)
-    folder = synthesize.run(run_dir, masks, out, settings, n_per_mask=n_per_mask, seed=seed,
-                            augment=_augment(hflip, vflip, rotate, elastic, paste_class),
-                            cadis_task=_cadis(cadis_task), n_masks=n_masks, batch_size=batch_size,
-                            autocast_bf16=bf16)
+    folder = synthesize.run(
+        run_dir,
+        masks,
+        out,
+        settings,
+        n_per_mask=n_per_mask,
+        seed=seed,
+        augment=_augment(hflip, vflip, rotate, elastic, paste_class),
+        cadis_task=_cadis(cadis_task),
+        n_masks=n_masks,
+        batch_size=batch_size,
+        autocast_bf16=bf16,
+    )
     console.print(f"wrote {folder}")
 
 
@@ -137,15 +153,17 @@ def pix2pix_run(
     out: Path = typer.Option(..., "--out", help="New folder for images/, masks/, manifest.json, grid.png."),
     n_per_mask: int = typer.Option(1, "--n-per-mask", min=1, help="Images per mask (dropout seeds)."),
     seed: int = typer.Option(0, "--seed", help="Output j uses seed + j."),
-    cadis_task: Optional[str] = typer.Option(None, "--cadis-task", help="Read --masks as raw CaDIS label maps "
-                                             "remapped to this task."),
+    cadis_task: Optional[str] = typer.Option(
+        None, "--cadis-task", help="Read --masks as raw CaDIS label maps remapped to this task."
+    ),
     n_masks: int = typer.Option(16, "--n-masks", min=1, help="Masks to sample when --masks is a joint generator."),
     hflip: bool = typer.Option(False, "--hflip", help="Augment: random left-right flips of the masks."),
     vflip: bool = typer.Option(False, "--vflip", help="Augment: random top-bottom flips."),
     rotate: float = typer.Option(0.0, "--rotate", min=0.0, help="Augment: random rotation up to this many degrees."),
     elastic: float = typer.Option(0.0, "--elastic", min=0.0, help="Augment: elastic warp up to this many pixels."),
-    paste_class: Optional[List[int]] = typer.Option(None, "--paste-class", help="Augment: paste this class from "
-                                                    "another mask; repeatable."),
+    paste_class: Optional[List[int]] = typer.Option(
+        None, "--paste-class", help="Augment: paste this class from another mask; repeatable."
+    ),
 ) -> None:
     """Translate label maps into images with a trained pix2pix generator, into a dataset folder.
 
@@ -153,7 +171,14 @@ def pix2pix_run(
     """
     from meddiff.tasks import pix2pix
 
-    folder = pix2pix.run(run_dir, masks, out, n_per_mask=n_per_mask, seed=seed,
-                         augment=_augment(hflip, vflip, rotate, elastic, paste_class),
-                         cadis_task=_cadis(cadis_task), n_masks=n_masks)
+    folder = pix2pix.run(
+        run_dir,
+        masks,
+        out,
+        n_per_mask=n_per_mask,
+        seed=seed,
+        augment=_augment(hflip, vflip, rotate, elastic, paste_class),
+        cadis_task=_cadis(cadis_task),
+        n_masks=n_masks,
+    )
     console.print(f"wrote {folder}")

@@ -9,5 +9,13 @@ from meddiff.data.build import DataConfig, build_dataset
 from meddiff.data.inspect import InspectReport, format_report, inspect_path
 from meddiff.data.volumes import identifying_tags
 
-__all__ = ["ArrayDataset", "DataConfig", "InspectReport", "Sample", "build_dataset", "format_report",
-           "identifying_tags", "inspect_path"]
+__all__ = [
+    "ArrayDataset",
+    "DataConfig",
+    "InspectReport",
+    "Sample",
+    "build_dataset",
+    "format_report",
+    "identifying_tags",
+    "inspect_path",
+]

@@ -37,8 +37,9 @@ def pad_to_square(x: torch.Tensor, value: float) -> torch.Tensor:
 def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Antialiased bilinear resize of ``[C, H, W]`` or ``[N, C, H, W]`` float images."""
     batched = image.dim() == 4
-    out = F.interpolate(image if batched else image[None], size=size, mode="bilinear", antialias=True,
-                        align_corners=False)
+    out = F.interpolate(
+        image if batched else image[None], size=size, mode="bilinear", antialias=True, align_corners=False
+    )
     return out if batched else out[0]
 
 
@@ -62,10 +63,20 @@ class ArrayDataset(Dataset):
     draws from torch's global RNG, so a seeded trainer replays the same augmentations on resume.
     """
 
-    def __init__(self, images: torch.Tensor | None, masks: torch.Tensor | None, names: Sequence[str],
-                 class_names: Sequence[str] | None = None, hflip: bool = False, *, vflip: bool = False,
-                 images_b: torch.Tensor | None = None, crop: int | None = None,
-                 attributes: torch.Tensor | None = None, attribute_names: Sequence[str] | None = None):
+    def __init__(
+        self,
+        images: torch.Tensor | None,
+        masks: torch.Tensor | None,
+        names: Sequence[str],
+        class_names: Sequence[str] | None = None,
+        hflip: bool = False,
+        *,
+        vflip: bool = False,
+        images_b: torch.Tensor | None = None,
+        crop: int | None = None,
+        attributes: torch.Tensor | None = None,
+        attribute_names: Sequence[str] | None = None,
+    ):
         if images is None and masks is None:
             raise ValueError("a dataset needs images or masks")
         count = (images if images is not None else masks).shape[0]
@@ -111,7 +122,7 @@ class ArrayDataset(Dataset):
             h, w = next(iter(parts.values())).shape[-2:]
             top = int(torch.randint(0, h - self.crop + 1, ()))
             left = int(torch.randint(0, w - self.crop + 1, ()))
-            parts = {k: v[..., top:top + self.crop, left:left + self.crop] for k, v in parts.items()}
+            parts = {k: v[..., top : top + self.crop, left : left + self.crop] for k, v in parts.items()}
         if self.hflip and torch.rand(()) < 0.5:
             parts = {k: v.flip(-1) for k, v in parts.items()}
         if self.vflip and torch.rand(()) < 0.5:

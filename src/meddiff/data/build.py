@@ -32,14 +32,26 @@ _LABELLED = {"image_mask_folder", "nifti"}
 # The kinds each option applies to (options not listed apply to every kind); setting an option for
 # another kind is an error rather than silently ignored.
 _ONLY_FOR: dict[str, set[str]] = {
-    "root": _FOLDERS | _VOLUMES, "fit": _FOLDERS | _VOLUMES, "short_side": _FOLDERS | _VOLUMES,
-    "channels": _FOLDERS, "intensity": _FOLDERS - {"cadis"},
-    "images_dir": {"image_mask_folder"}, "masks_dir": {"image_mask_folder"},
+    "root": _FOLDERS | _VOLUMES,
+    "fit": _FOLDERS | _VOLUMES,
+    "short_side": _FOLDERS | _VOLUMES,
+    "channels": _FOLDERS,
+    "intensity": _FOLDERS - {"cadis"},
+    "images_dir": {"image_mask_folder"},
+    "masks_dir": {"image_mask_folder"},
     "unpaired": {"image_mask_folder", "paired_folder", "cadis"},
-    "class_map": _LABELLED, "class_names": _LABELLED, "remap": _LABELLED,
-    "split_file": {"image_mask_folder"}, "split_column": {"image_mask_folder"},
-    "split": {"image_mask_folder", "cadis"}, "modalities": {"paired_folder"}, "cadis_task": {"cadis"},
-    "labels": {"nifti"}, "axis": _VOLUMES, "window": _VOLUMES, "percentiles": _VOLUMES,
+    "class_map": _LABELLED,
+    "class_names": _LABELLED,
+    "remap": _LABELLED,
+    "split_file": {"image_mask_folder"},
+    "split_column": {"image_mask_folder"},
+    "split": {"image_mask_folder", "cadis"},
+    "modalities": {"paired_folder"},
+    "cadis_task": {"cadis"},
+    "labels": {"nifti"},
+    "axis": _VOLUMES,
+    "window": _VOLUMES,
+    "percentiles": _VOLUMES,
     "levels": {"brain_mri"},
 }
 
@@ -102,8 +114,9 @@ class DataConfig:
         for field in dataclasses.fields(self):
             kinds = _ONLY_FOR.get(field.name)
             if kinds and self.kind not in kinds and getattr(self, field.name) != field.default:
-                raise ValueError(f"'{field.name}' does not apply to kind '{self.kind}' "
-                                 f"(only to {', '.join(sorted(kinds))})")
+                raise ValueError(
+                    f"'{field.name}' does not apply to kind '{self.kind}' (only to {', '.join(sorted(kinds))})"
+                )
         if self.kind != "brain_mri" and self.root is None:
             raise ValueError(f"'root' is required for kind '{self.kind}'")
         if self.channels not in (None, 1, 3):
@@ -113,8 +126,9 @@ class DataConfig:
         if self.window is not None and (len(self.window) != 2 or self.window[1] <= 0):
             raise ValueError(f"'window' must be [center, width] with width > 0, got {list(self.window)}")
         if len(self.percentiles) != 2 or not 0 <= self.percentiles[0] < self.percentiles[1] <= 100:
-            raise ValueError("'percentiles' must be [low, high] with 0 <= low < high <= 100, "
-                             f"got {list(self.percentiles)}")
+            raise ValueError(
+                f"'percentiles' must be [low, high] with 0 <= low < high <= 100, got {list(self.percentiles)}"
+            )
         if self.split_file is not None and self.split is None:
             raise ValueError("'split' must name the split to select from 'split_file'")
         if self.kind == "image_mask_folder" and self.split is not None and self.split_file is None:
@@ -157,19 +171,43 @@ def _build(config: DataConfig) -> ArrayDataset:
         return dataset
     assert c.root is not None  # checked by DataConfig
     if c.kind == "image_mask_folder":
-        return image_mask_folder(c.root, label_spec(c.class_map, c.remap, c.class_names), fit,
-                                 images_dir=c.images_dir, masks_dir=c.masks_dir, unpaired=c.unpaired,
-                                 split_file=c.split_file, split=c.split, split_column=c.split_column,
-                                 channels=c.channels, intensity=c.intensity, **flips)
+        return image_mask_folder(
+            c.root,
+            label_spec(c.class_map, c.remap, c.class_names),
+            fit,
+            images_dir=c.images_dir,
+            masks_dir=c.masks_dir,
+            unpaired=c.unpaired,
+            split_file=c.split_file,
+            split=c.split,
+            split_column=c.split_column,
+            channels=c.channels,
+            intensity=c.intensity,
+            **flips,
+        )
     if c.kind == "image_folder":
         return image_folder(c.root, fit, channels=c.channels, intensity=c.intensity, **flips)
     if c.kind == "paired_folder":
-        return paired_folder(c.root, fit, modalities=c.modalities, unpaired=c.unpaired, channels=c.channels,
-                             intensity=c.intensity, **flips)
+        return paired_folder(
+            c.root,
+            fit,
+            modalities=c.modalities,
+            unpaired=c.unpaired,
+            channels=c.channels,
+            intensity=c.intensity,
+            **flips,
+        )
     if c.kind == "cadis":
-        return cadis_dataset(c.root, c.cadis_task, c.split, fit, unpaired=c.unpaired,
-                             channels=c.channels, **flips)
+        return cadis_dataset(c.root, c.cadis_task, c.split, fit, unpaired=c.unpaired, channels=c.channels, **flips)
     if c.kind == "nifti":
-        return nifti_dataset(c.root, c.labels, fit, axis=c.axis, window_cw=c.window, percentiles=c.percentiles,
-                             spec=label_spec(c.class_map, c.remap, c.class_names), **flips)
+        return nifti_dataset(
+            c.root,
+            c.labels,
+            fit,
+            axis=c.axis,
+            window_cw=c.window,
+            percentiles=c.percentiles,
+            spec=label_spec(c.class_map, c.remap, c.class_names),
+            **flips,
+        )
     return dicom_dataset(c.root, fit, axis=c.axis, window_cw=c.window, percentiles=c.percentiles, **flips)

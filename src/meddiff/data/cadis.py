@@ -25,14 +25,42 @@ from meddiff.data.validate import list_images, pair_files, raise_first, require_
 from meddiff.errors import UserError
 
 CADIS_CLASSES = (
-    "Pupil", "Surgical Tape", "Hand", "Eye Retractors", "Iris", "Skin", "Cornea", "Hydrodissection Cannula",
-    "Viscoelastic Cannula", "Capsulorhexis Cystotome", "Rycroft Cannula", "Bonn Forceps", "Primary Knife",
-    "Phacoemulsifier Handpiece", "Lens Injector", "I/A Handpiece", "Secondary Knife", "Micromanipulator",
-    "I/A Handpiece Handle", "Capsulorhexis Forceps", "Rycroft Cannula Handle",
-    "Phacoemulsifier Handpiece Handle", "Capsulorhexis Cystotome Handle", "Secondary Knife Handle",
-    "Lens Injector Handle", "Suture Needle", "Needle Holder", "Charleux Cannula", "Primary Knife Handle",
-    "Vitrectomy Handpiece", "Mendez Ring", "Marker", "Hydrodissection Cannula Handle", "Troutman Forceps",
-    "Cotton", "Iris Hooks",
+    "Pupil",
+    "Surgical Tape",
+    "Hand",
+    "Eye Retractors",
+    "Iris",
+    "Skin",
+    "Cornea",
+    "Hydrodissection Cannula",
+    "Viscoelastic Cannula",
+    "Capsulorhexis Cystotome",
+    "Rycroft Cannula",
+    "Bonn Forceps",
+    "Primary Knife",
+    "Phacoemulsifier Handpiece",
+    "Lens Injector",
+    "I/A Handpiece",
+    "Secondary Knife",
+    "Micromanipulator",
+    "I/A Handpiece Handle",
+    "Capsulorhexis Forceps",
+    "Rycroft Cannula Handle",
+    "Phacoemulsifier Handpiece Handle",
+    "Capsulorhexis Cystotome Handle",
+    "Secondary Knife Handle",
+    "Lens Injector Handle",
+    "Suture Needle",
+    "Needle Holder",
+    "Charleux Cannula",
+    "Primary Knife Handle",
+    "Vitrectomy Handpiece",
+    "Mendez Ring",
+    "Marker",
+    "Hydrodissection Cannula Handle",
+    "Troutman Forceps",
+    "Cotton",
+    "Iris Hooks",
 )
 INSTRUMENT_IDS = tuple(range(7, 36))
 
@@ -43,14 +71,40 @@ _ANATOMY = {k: [k] for k in range(7)}  # pupil, tape, hand, eye retractors, iris
 _TASKS: dict[str, tuple[dict[int, list[int]], tuple[str, ...]]] = {
     "raw": ({k: [k] for k in range(36)}, CADIS_CLASSES),
     "task1": ({**_ANATOMY, 7: list(INSTRUMENT_IDS)}, CADIS_CLASSES[:7] + ("Instrument",)),
-    "task2": ({**_ANATOMY, 7: [7, 8, 10, 27, 20, 32], 8: [9, 22], 9: [11, 33], 10: [12, 28], 11: [13, 21],
-               12: [14, 24], 13: [15, 18], 14: [16, 23], 15: [17], 16: [19], 255: [25, 26, 29, 30, 31, 34, 35]},
-              CADIS_CLASSES[:7] + ("Cannula", "Cap. Cystotome", "Tissue Forceps", "Primary Knife", "Ph. Handpiece",
-                                   "Lens Injector", "I/A Handpiece", "Secondary Knife", "Micromanipulator",
-                                   "Cap. Forceps")),
+    "task2": (
+        {
+            **_ANATOMY,
+            7: [7, 8, 10, 27, 20, 32],
+            8: [9, 22],
+            9: [11, 33],
+            10: [12, 28],
+            11: [13, 21],
+            12: [14, 24],
+            13: [15, 18],
+            14: [16, 23],
+            15: [17],
+            16: [19],
+            255: [25, 26, 29, 30, 31, 34, 35],
+        },
+        CADIS_CLASSES[:7]
+        + (
+            "Cannula",
+            "Cap. Cystotome",
+            "Tissue Forceps",
+            "Primary Knife",
+            "Ph. Handpiece",
+            "Lens Injector",
+            "I/A Handpiece",
+            "Secondary Knife",
+            "Micromanipulator",
+            "Cap. Forceps",
+        ),
+    ),
     "task3": ({**{k: [k] for k in range(25)}, 255: list(range(25, 36))}, CADIS_CLASSES[:25]),
-    "merged5": ({0: [0], 1: [4], 2: [6], 3: [5], 4: list(INSTRUMENT_IDS)},
-                ("Pupil", "Iris", "Cornea", "Skin", "Instrument")),
+    "merged5": (
+        {0: [0], 1: [4], 2: [6], 3: [5], 4: list(INSTRUMENT_IDS)},
+        ("Pupil", "Iris", "Cornea", "Skin", "Instrument"),
+    ),
 }
 
 SPLITS: dict[str, tuple[int, ...]] = {
@@ -91,9 +145,17 @@ def _in_split(name: str, split: CadisSplit | None, root: Path) -> bool:
     return video in SPLITS[split]
 
 
-def cadis_dataset(root: Path, task: CadisTask = "task1", split: CadisSplit | None = None, fit: Fit = Fit(64), *,
-                  unpaired: Unpaired = "error", channels: int | None = None, hflip: bool = False,
-                  vflip: bool = False) -> ArrayDataset:
+def cadis_dataset(
+    root: Path,
+    task: CadisTask = "task1",
+    split: CadisSplit | None = None,
+    fit: Fit = Fit(64),
+    *,
+    unpaired: Unpaired = "error",
+    channels: int | None = None,
+    hflip: bool = False,
+    vflip: bool = False,
+) -> ArrayDataset:
     """CaDIS frames with their label maps remapped to ``task``, optionally one video-wise ``split``.
 
     Layouts, tried in this order: the official ``root/VideoNN/Images/*.png`` + ``root/VideoNN/Labels/*.png``;
@@ -112,8 +174,14 @@ def cadis_dataset(root: Path, task: CadisTask = "task1", split: CadisSplit | Non
         folders = [(root / "images", root / "masks")]
     pairs, problems = [], []
     for images, labels in folders:
-        found, wrong = pair_files(list_images(require_dir(images, "images folder")), images,
-                                  list_images(require_dir(labels, "labels folder")), labels, "frame", "label map")
+        found, wrong = pair_files(
+            list_images(require_dir(images, "images folder")),
+            images,
+            list_images(require_dir(labels, "labels folder")),
+            labels,
+            "frame",
+            "label map",
+        )
         pairs += [pair for pair in found if _in_split(pair[0], split, images)]
         problems += wrong
     if unpaired == "error":
@@ -123,8 +191,15 @@ def cadis_dataset(root: Path, task: CadisTask = "task1", split: CadisSplit | Non
     return load_labelled(pairs, cadis_spec(task), fit, channels=channels, hflip=hflip, vflip=vflip)
 
 
-def cadis_label_maps(folder: Path, task: CadisTask = "task1", split: CadisSplit | None = None,
-                     fit: Fit = Fit(64), *, hflip: bool = False, vflip: bool = False) -> ArrayDataset:
+def cadis_label_maps(
+    folder: Path,
+    task: CadisTask = "task1",
+    split: CadisSplit | None = None,
+    fit: Fit = Fit(64),
+    *,
+    hflip: bool = False,
+    vflip: bool = False,
+) -> ArrayDataset:
     """A bare folder of CaDIS label maps (no images, e.g. corrected relabelled masks) remapped to ``task``.
 
     Gives a masks-only dataset (``in_channels`` 0, samples without ``image``), e.g. to synthesise frames
@@ -135,5 +210,6 @@ def cadis_label_maps(folder: Path, task: CadisTask = "task1", split: CadisSplit 
     if not files:
         raise UserError(f"{folder}: no label map of split '{split}' found")
     masks = [fit.mask(torch.from_numpy(spec.apply(read_mask(path), path))) for path in files]
-    return ArrayDataset(None, stack_common(masks), [p.stem for p in files], spec.class_names, hflip,
-                        vflip=vflip, crop=fit.crop)
+    return ArrayDataset(
+        None, stack_common(masks), [p.stem for p in files], spec.class_names, hflip, vflip=vflip, crop=fit.crop
+    )

@@ -95,15 +95,17 @@ class LabelSpec:
                 stored = np.where(stored < len(self.lut), stored, IGNORE_INDEX)
             return self.lut[stored]
         if present[-1] > IGNORE_INDEX:
-            raise UserError(f"{path}: mask contains class id {int(present[-1])} > 255; "
-                            "map it to a smaller id with data.remap")
+            raise UserError(
+                f"{path}: mask contains class id {int(present[-1])} > 255; map it to a smaller id with data.remap"
+            )
         if self.class_names is not None:
             bad = [int(i) for i in present if len(self.class_names) <= i < IGNORE_INDEX]
             if bad:
-                raise UserError(f"{path}: mask contains class id(s) {_short(bad)} but only "
-                                f"{len(self.class_names)} classes are named in {self.source}")
+                raise UserError(
+                    f"{path}: mask contains class id(s) {_short(bad)} but only "
+                    f"{len(self.class_names)} classes are named in {self.source}"
+                )
         return stored.astype(np.uint8)
-
 
     def names_for(self, masks: torch.Tensor) -> tuple[str, ...]:
         """The class names, or ``class 0`` .. ``class K-1`` up to the largest id in ``masks`` if none were given."""
@@ -136,8 +138,9 @@ def remap_lut(remap: Mapping[int, Sequence[int]], where: str = "data.remap") -> 
     targets = sorted(set(remap) - {IGNORE_INDEX})
     if targets != list(range(len(targets))):
         missing = sorted(set(range(max(targets, default=-1) + 1)) - set(targets))
-        raise UserError(f"'{where}': new class ids must be 0..{len(targets) - 1} without gaps, "
-                        f"but {missing[0]} is missing")
+        raise UserError(
+            f"'{where}': new class ids must be 0..{len(targets) - 1} without gaps, but {missing[0]} is missing"
+        )
     return lut
 
 
@@ -148,8 +151,11 @@ def class_map_spec(path: Path, entries: Sequence[ClassEntry] | None = None) -> L
     return LabelSpec(None, None, frozenset(e.id for e in entries), f"the class map {path}", colours)
 
 
-def label_spec(class_map: Path | None = None, remap: Mapping[int, Sequence[int]] | None = None,
-               class_names: Sequence[str] | None = None) -> LabelSpec:
+def label_spec(
+    class_map: Path | None = None,
+    remap: Mapping[int, Sequence[int]] | None = None,
+    class_names: Sequence[str] | None = None,
+) -> LabelSpec:
     """The ``LabelSpec`` for a folder of masks from the optional class map, remap and class names."""
     entries = load_class_map(class_map) if class_map is not None else []
     base = class_map_spec(class_map, entries) if class_map is not None else LabelSpec()
@@ -159,16 +165,20 @@ def label_spec(class_map: Path | None = None, remap: Mapping[int, Sequence[int]]
         if class_names is not None and len(class_names) != count:
             raise UserError(f"'data.class_names' has {len(class_names)} names but 'data.remap' makes {count} classes")
         names = class_names or [
-            "+".join(by_id.get(old, str(old)) for old in remap[k]) if by_id else f"class {k}" for k in range(count)]
+            "+".join(by_id.get(old, str(old)) for old in remap[k]) if by_id else f"class {k}" for k in range(count)
+        ]
         return replace(base, class_names=tuple(names), lut=remap_lut(remap))
     if entries:
         classes = sorted(set(by_id) - {IGNORE_INDEX})
         if classes != list(range(len(classes))):
-            raise UserError(f"{class_map}: class ids must be 0..K-1 without gaps (use data.remap to merge or "
-                            f"renumber), got {classes}")
+            raise UserError(
+                f"{class_map}: class ids must be 0..K-1 without gaps (use data.remap to merge or "
+                f"renumber), got {classes}"
+            )
         if class_names is not None and len(class_names) != len(classes):
-            raise UserError(f"'data.class_names' has {len(class_names)} names but {class_map} has "
-                            f"{len(classes)} classes")
+            raise UserError(
+                f"'data.class_names' has {len(class_names)} names but {class_map} has {len(classes)} classes"
+            )
         return replace(base, class_names=tuple(class_names or [by_id[k] for k in classes]))
     if class_names is not None:
         return LabelSpec(tuple(class_names), source="data.class_names")

@@ -75,7 +75,7 @@ def center_crop(x: torch.Tensor, height: int, width: int | None = None) -> torch
     width = height if width is None else width
     h, w = x.shape[-2:]
     top, left = (h - height) // 2, (w - width) // 2
-    return x[..., top:top + height, left:left + width]
+    return x[..., top : top + height, left : left + width]
 
 
 def stack_common(tensors: Sequence[torch.Tensor]) -> torch.Tensor:

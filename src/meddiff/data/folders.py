@@ -40,9 +40,16 @@ def stack_images(images: Sequence[torch.Tensor], channels: int | None = None) ->
     return stack_common([to_channels(image, channels) for image in images]) * 2 - 1
 
 
-def load_labelled(items: Iterable[tuple[str, Path, Path]], spec: LabelSpec, fit: Fit, *,
-                  channels: int | None = None, intensity: Intensity = "range",
-                  hflip: bool = False, vflip: bool = False) -> ArrayDataset:
+def load_labelled(
+    items: Iterable[tuple[str, Path, Path]],
+    spec: LabelSpec,
+    fit: Fit,
+    *,
+    channels: int | None = None,
+    intensity: Intensity = "range",
+    hflip: bool = False,
+    vflip: bool = False,
+) -> ArrayDataset:
     """Read ``(name, image file, mask file)`` triples, checking sizes and class ids, into an ArrayDataset."""
     names, images, masks = [], [], []
     for name, image_path, mask_path in items:
@@ -53,8 +60,9 @@ def load_labelled(items: Iterable[tuple[str, Path, Path]], spec: LabelSpec, fit:
         images.append(fit.image(torch.from_numpy(image)))
         masks.append(fit.mask(torch.from_numpy(spec.apply(stored, mask_path))))
     masks_t = stack_common(masks)
-    return ArrayDataset(stack_images(images, channels), masks_t, names, spec.names_for(masks_t), hflip,
-                        vflip=vflip, crop=fit.crop)
+    return ArrayDataset(
+        stack_images(images, channels), masks_t, names, spec.names_for(masks_t), hflip, vflip=vflip, crop=fit.crop
+    )
 
 
 def read_split_file(path: Path, split: str, column: str = "split", name_column: str = "name") -> set[str]:
@@ -74,10 +82,22 @@ def read_split_file(path: Path, split: str, column: str = "split", name_column: 
     return names
 
 
-def image_mask_folder(root: Path, spec: LabelSpec = LabelSpec(), fit: Fit = Fit(64), *, images_dir: str = "images",
-                      masks_dir: str = "masks", unpaired: Unpaired = "error", split_file: Path | None = None,
-                      split: str | None = None, split_column: str = "split", channels: int | None = None,
-                      intensity: Intensity = "range", hflip: bool = False, vflip: bool = False) -> ArrayDataset:
+def image_mask_folder(
+    root: Path,
+    spec: LabelSpec = LabelSpec(),
+    fit: Fit = Fit(64),
+    *,
+    images_dir: str = "images",
+    masks_dir: str = "masks",
+    unpaired: Unpaired = "error",
+    split_file: Path | None = None,
+    split: str | None = None,
+    split_column: str = "split",
+    channels: int | None = None,
+    intensity: Intensity = "range",
+    hflip: bool = False,
+    vflip: bool = False,
+) -> ArrayDataset:
     """Images in ``root/images_dir`` with masks of the same name (any extension) in ``root/masks_dir``.
 
     ``unpaired="skip"`` drops images without mask and masks without image instead of failing.
@@ -96,16 +116,26 @@ def image_mask_folder(root: Path, spec: LabelSpec = LabelSpec(), fit: Fit = Fit(
         wanted = read_split_file(split_file, split, split_column)
         missing = sorted(wanted - {key for key, _, _ in pairs})
         if missing:
-            raise UserError(f"{split_file}: '{missing[0]}' ({len(missing)} name(s) of split '{split}') has no "
-                            f"image+mask pair in {root}")
+            raise UserError(
+                f"{split_file}: '{missing[0]}' ({len(missing)} name(s) of split '{split}') has no "
+                f"image+mask pair in {root}"
+            )
         pairs = [pair for pair in pairs if pair[0] in wanted]
     if not pairs:
         raise UserError(f"{root}: no image in {images_dir}/ has a mask of the same name in {masks_dir}/")
     return load_labelled(pairs, spec, fit, channels=channels, intensity=intensity, hflip=hflip, vflip=vflip)
 
 
-def image_folder(root: Path, fit: Fit = Fit(64), *, recursive: bool = True, channels: int | None = None,
-                 intensity: Intensity = "range", hflip: bool = False, vflip: bool = False) -> ArrayDataset:
+def image_folder(
+    root: Path,
+    fit: Fit = Fit(64),
+    *,
+    recursive: bool = True,
+    channels: int | None = None,
+    intensity: Intensity = "range",
+    hflip: bool = False,
+    vflip: bool = False,
+) -> ArrayDataset:
     """Unlabelled images (png, jpg, jpeg, tif, tiff, bmp) in ``root``, searched recursively by default."""
     files = list_images(require_dir(root, "image folder"), recursive)
     images = [fit.image(torch.from_numpy(read_image(path, intensity, draft=fit.decode_side))) for path in files]
@@ -123,22 +153,33 @@ def modality_dirs(root: Path, modalities: Sequence[str] | None = None) -> tuple[
         return first, second
     found = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(found) != 2:
-        raise UserError(f"{root}: expected exactly two modality sub-folders, found {len(found)} "
-                        f"({', '.join(p.name for p in found) or 'none'}); name them in data.modalities")
+        raise UserError(
+            f"{root}: expected exactly two modality sub-folders, found {len(found)} "
+            f"({', '.join(p.name for p in found) or 'none'}); name them in data.modalities"
+        )
     return found[0], found[1]
 
 
-def paired_folder(root: Path, fit: Fit = Fit(64), *, modalities: Sequence[str] | None = None,
-                  unpaired: Unpaired = "error", channels: int | None = None, intensity: Intensity = "range",
-                  hflip: bool = False, vflip: bool = False) -> ArrayDataset:
+def paired_folder(
+    root: Path,
+    fit: Fit = Fit(64),
+    *,
+    modalities: Sequence[str] | None = None,
+    unpaired: Unpaired = "error",
+    channels: int | None = None,
+    intensity: Intensity = "range",
+    hflip: bool = False,
+    vflip: bool = False,
+) -> ArrayDataset:
     """Registered image pairs for fusion: ``root/A/x.png`` (``image``) with ``root/B/x.png`` (``image_b``).
 
     Each modality keeps its own channel count: grey ones (including RGB files with equal channels) get 1,
     colour ones (e.g. pseudo-colour PET/SPECT) keep RGB. Both images of a pair must have the same size.
     """
     dir_a, dir_b = modality_dirs(root, modalities)
-    pairs, problems = pair_files(list_images(dir_a), dir_a, list_images(dir_b), dir_b,
-                                 f"{dir_a.name} image", f"{dir_b.name} image")
+    pairs, problems = pair_files(
+        list_images(dir_a), dir_a, list_images(dir_b), dir_b, f"{dir_a.name} image", f"{dir_b.name} image"
+    )
     if unpaired == "error":
         raise_first(problems, root)
     if not pairs:
@@ -150,6 +191,13 @@ def paired_folder(root: Path, fit: Fit = Fit(64), *, modalities: Sequence[str] |
         names.append(name)
         images_a.append(fit.image(torch.from_numpy(a)))
         images_b.append(fit.image(torch.from_numpy(b)))
-    return ArrayDataset(stack_images(images_a, channels), None, names, None, hflip, vflip=vflip,
-                        images_b=stack_images(images_b, channels), crop=fit.crop)
-
+    return ArrayDataset(
+        stack_images(images_a, channels),
+        None,
+        names,
+        None,
+        hflip,
+        vflip=vflip,
+        images_b=stack_images(images_b, channels),
+        crop=fit.crop,
+    )

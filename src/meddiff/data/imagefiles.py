@@ -65,8 +65,9 @@ def open_image(path: Path, draft: int | None = None) -> Image.Image:
         raise UserError(f"{path}: unreadable image, {reason}") from None
     frames = getattr(im, "n_frames", 1)
     if frames > 1:
-        raise UserError(f"{path}: has {frames} frames/pages, but a 2D image is expected "
-                        "(use kind 'nifti' or 'dicom' for volumes)")
+        raise UserError(
+            f"{path}: has {frames} frames/pages, but a 2D image is expected (use kind 'nifti' or 'dicom' for volumes)"
+        )
     return im
 
 
@@ -76,8 +77,10 @@ def _drop_opaque_alpha(im: Image.Image, path: Path) -> Image.Image:
         return im
     transparent = int(np.count_nonzero(np.asarray(im.getchannel("A")) < 255))
     if transparent:
-        raise UserError(f"{path}: {im.mode} image with {transparent} transparent pixels (alpha < 255); "
-                        "flatten it onto a background or remove the alpha channel first")
+        raise UserError(
+            f"{path}: {im.mode} image with {transparent} transparent pixels (alpha < 255); "
+            "flatten it onto a background or remove the alpha channel first"
+        )
     return im.convert(im.mode[:-1])
 
 
@@ -133,8 +136,9 @@ def mask_array(im: Image.Image, path: Path, colours: Mapping[Colour, int] | None
         return decode_colours(rgb, colours, path)
     if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2]):
         return rgb[..., 0]
-    raise UserError(f"{path}: colour-coded RGB mask, but no class map with a colour per class was given "
-                    "(set data.class_map)")
+    raise UserError(
+        f"{path}: colour-coded RGB mask, but no class map with a colour per class was given (set data.class_map)"
+    )
 
 
 def read_mask(path: Path, colours: Mapping[Colour, int] | None = None) -> np.ndarray:
@@ -150,7 +154,9 @@ def decode_colours(rgb: np.ndarray, colours: Mapping[Colour, int], path: Path) -
     unknown = [int(k) for k in found if int(k) not in table]
     if unknown:
         k = unknown[0]
-        raise UserError(f"{path}: colour {(k >> 16, (k >> 8) & 255, k & 255)} is not in the class map "
-                        f"({len(unknown)} unknown colour(s) in this mask)")
+        raise UserError(
+            f"{path}: colour {(k >> 16, (k >> 8) & 255, k & 255)} is not in the class map "
+            f"({len(unknown)} unknown colour(s) in this mask)"
+        )
     ids = np.array([table[int(k)] for k in found], dtype=np.uint8)  # loop over distinct colours only
     return ids[inverse].reshape(keys.shape)

@@ -21,17 +21,38 @@ from meddiff.data.classmap import LabelSpec, class_map_spec, load_class_map
 from meddiff.data.imagefiles import describe, image_array, is_image_file, mask_array, open_image, read_mask
 from meddiff.data.labels import IGNORE_INDEX
 from meddiff.data.validate import check_same_size, list_images, pair_files
-from meddiff.data.volumes import (dicom_files, dicom_pixels, identifying_tags, is_nifti,
-                                  load_nifti, read_dicom, read_dicom_series, read_nifti_labels)
+from meddiff.data.volumes import (
+    dicom_files,
+    dicom_pixels,
+    identifying_tags,
+    is_nifti,
+    load_nifti,
+    read_dicom,
+    read_dicom_series,
+    read_nifti_labels,
+)
 from meddiff.errors import UserError
 
 MASK_DIRS = ("masks", "labels", "Labels", "Masks")
 _CADIS_NAME = re.compile(r"Video\d+_frame\d+")
 _DATE = re.compile(r"(19|20)\d\d[-_.](0[1-9]|1[0-2])[-_.](0[1-9]|[12]\d|3[01])")
 # EXIF tags that can date, locate or identify a person or device (software and geometry tags are harmless).
-_EXIF_PRIVATE = {"DateTime", "DateTimeOriginal", "DateTimeDigitized", "Artist", "ImageDescription", "UserComment",
-                 "GPSInfo", "BodySerialNumber", "CameraOwnerName", "HostComputer", "XPAuthor", "XPComment",
-                 "Copyright", "ImageUniqueID"}
+_EXIF_PRIVATE = {
+    "DateTime",
+    "DateTimeOriginal",
+    "DateTimeDigitized",
+    "Artist",
+    "ImageDescription",
+    "UserComment",
+    "GPSInfo",
+    "BodySerialNumber",
+    "CameraOwnerName",
+    "HostComputer",
+    "XPAuthor",
+    "XPComment",
+    "Copyright",
+    "ImageUniqueID",
+}
 
 
 @dataclass
@@ -118,11 +139,15 @@ class _Scan:
         report = self.report
         report.class_histogram = dict(sorted(report.class_histogram.items()))
         if self.metadata_files:
-            report.privacy.append(f"{self.metadata_files} file(s) carry embedded metadata "
-                                  f"({', '.join(sorted(self.metadata))}); strip it before sharing the files")
+            report.privacy.append(
+                f"{self.metadata_files} file(s) carry embedded metadata "
+                f"({', '.join(sorted(self.metadata))}); strip it before sharing the files"
+            )
         if self.dated:
-            report.privacy.append(f"{len(self.dated)} file name(s) contain a date, e.g. {self.dated[0].name}; "
-                                  "dates can identify a patient or procedure, and sample names keep them")
+            report.privacy.append(
+                f"{len(self.dated)} file name(s) contain a date, e.g. {self.dated[0].name}; "
+                "dates can identify a patient or procedure, and sample names keep them"
+            )
         return report
 
 
@@ -179,8 +204,14 @@ def detect_kind(path: Path, images_dir: str = "images", masks_dir: str | None = 
     return "image_folder"
 
 
-def inspect_path(path: str | Path, class_map: str | Path | None = None, *, kind: str | None = None,
-                 images_dir: str = "images", masks_dir: str | None = None) -> InspectReport:
+def inspect_path(
+    path: str | Path,
+    class_map: str | Path | None = None,
+    *,
+    kind: str | None = None,
+    images_dir: str = "images",
+    masks_dir: str | None = None,
+) -> InspectReport:
     """Inspect a dataset folder or a volume file and collect every problem instead of stopping at the first.
 
     ``kind`` overrides the detected layout; ``class_map`` (YAML) decodes colour masks and names the ids that
@@ -218,16 +249,19 @@ def inspect_path(path: str | Path, class_map: str | Path | None = None, *, kind:
         elif report.kind == "dicom":
             _inspect_dicom(scan, path)
         else:
-            raise UserError(f"unknown kind '{report.kind}' (known: image_mask_folder, image_folder, "
-                            "paired_folder, cadis, nifti, dicom)")
+            raise UserError(
+                f"unknown kind '{report.kind}' (known: image_mask_folder, image_folder, "
+                "paired_folder, cadis, nifti, dicom)"
+            )
     except UserError as exc:  # a problem that stops the scan, e.g. an empty or missing folder
         scan.problem(exc)
     _note_ignore_masks(report)
     return scan.finish()
 
 
-def _inspect_pairs(scan: _Scan, image_dir: Path, mask_dir: Path, spec: LabelSpec,
-                   what: tuple[str, str] = ("image", "mask")) -> None:
+def _inspect_pairs(
+    scan: _Scan, image_dir: Path, mask_dir: Path, spec: LabelSpec, what: tuple[str, str] = ("image", "mask")
+) -> None:
     images, masks = list_images(image_dir), list_images(mask_dir)
     pairs, problems = pair_files(images, image_dir, masks, mask_dir, *what)
     scan.report.problems += problems
@@ -279,8 +313,12 @@ def _inspect_cadis(scan: _Scan, root: Path, masks_dir: str | None) -> None:
         scan.report.counts["videos"] = len(videos)
         numbers = sorted(video_of(v.name) for v in videos)
         per_split = {s: [n for n in numbers if n in ids] for s, ids in SPLITS.items()}
-        scan.report.notes.append("videos " + ", ".join(map(str, numbers)) + "; official split: " +
-                                 "; ".join(f"{s} {len(v)} video(s)" for s, v in per_split.items()))
+        scan.report.notes.append(
+            "videos "
+            + ", ".join(map(str, numbers))
+            + "; official split: "
+            + "; ".join(f"{s} {len(v)} video(s)" for s, v in per_split.items())
+        )
         return
     labels = _cadis_labels_dir(root, masks_dir) or root
     files = list_images(labels)
@@ -345,15 +383,23 @@ def _inspect_dicom(scan: _Scan, path: Path) -> None:
         scan.report.privacy.append(
             f"{tagged} DICOM file(s) carry identifying header fields ({', '.join(sorted(tags))}); meddiff never "
             "copies them into datasets or outputs (samples are named series<i>_slice<k>), but the files "
-            "themselves are not de-identified")
+            "themselves are not de-identified"
+        )
 
 
 def _note_ignore_masks(report: InspectReport) -> None:
     ids = set(report.class_histogram)
-    if report.kind == "image_mask_folder" and IGNORE_INDEX in ids and ids - {IGNORE_INDEX} and len(ids) <= 3 \
-            and not report.class_names:
-        report.notes.append(f"masks hold ids {sorted(ids)}; 255 means 'ignore' unless remapped. If it marks a "
-                            "class (binary {0, 255} masks), set data.remap, e.g. {0: [0], 1: [255]}")
+    if (
+        report.kind == "image_mask_folder"
+        and IGNORE_INDEX in ids
+        and ids - {IGNORE_INDEX}
+        and len(ids) <= 3
+        and not report.class_names
+    ):
+        report.notes.append(
+            f"masks hold ids {sorted(ids)}; 255 means 'ignore' unless remapped. If it marks a "
+            "class (binary {0, 255} masks), set data.remap, e.g. {0: [0], 1: [255]}"
+        )
 
 
 def format_report(report: InspectReport, max_problems: int = 20) -> str:

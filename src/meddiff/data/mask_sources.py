@@ -78,8 +78,10 @@ def read_mask_folder(folder: Path, spec: LabelSpec, class_names: Sequence[str], 
     generated = generated_class_names(folder)
     if generated is not None:
         if tuple(generated) != tuple(class_names):
-            raise UserError(f"{folder / MANIFEST}: masks of classes {list(generated)}, but the model was trained "
-                            f"on {list(class_names)}")
+            raise UserError(
+                f"{folder / MANIFEST}: masks of classes {list(generated)}, but the model was trained "
+                f"on {list(class_names)}"
+            )
         spec = LabelSpec(tuple(class_names), source=f"the {len(class_names)} classes of the model")
     root = masks_dir(folder)
     files = list_images(root, recursive=True)
@@ -95,18 +97,22 @@ def read_cadis_maps(folder: Path, task: CadisTask, class_names: Sequence[str], f
     root = masks_dir(folder)
     dataset = cadis_label_maps(root, task, fit=fit)
     if tuple(dataset.class_names) != tuple(class_names):
-        raise UserError(f"{root}: CaDIS {task} has classes {dataset.class_names}, but the model was trained on "
-                        f"{list(class_names)}")
-    return MaskSet(dataset.masks, dataset.names, [f"{root / name} (CaDIS {task})" for name in dataset.names],
-                   tuple(class_names))
+        raise UserError(
+            f"{root}: CaDIS {task} has classes {dataset.class_names}, but the model was trained on {list(class_names)}"
+        )
+    return MaskSet(
+        dataset.masks, dataset.names, [f"{root / name} (CaDIS {task})" for name in dataset.names], tuple(class_names)
+    )
 
 
 def check_class_ids(mask: torch.Tensor, num_classes: int, where: Path | str) -> None:
     """``UserError`` naming ``where`` when ``mask`` holds an id that is neither a class nor 255."""
     bad = mask[(mask.long() >= num_classes) & (mask.long() != IGNORE_INDEX)]
     if bad.numel():
-        raise UserError(f"{where}: mask contains class id {int(bad.min())}, but the model has {num_classes} "
-                        f"classes (0..{num_classes - 1}; 255 = ignore)")
+        raise UserError(
+            f"{where}: mask contains class id {int(bad.min())}, but the model has {num_classes} "
+            f"classes (0..{num_classes - 1}; 255 = ignore)"
+        )
 
 
 @dataclass
@@ -137,8 +143,9 @@ class MaskAugment:
         return bool(self.hflip or self.vflip or self.rotate or self.elastic or self.paste_classes)
 
 
-def augment_masks(masks: MaskSet, indices: Sequence[int], config: MaskAugment,
-                  seed: int) -> tuple[torch.Tensor, list[dict]]:
+def augment_masks(
+    masks: MaskSet, indices: Sequence[int], config: MaskAugment, seed: int
+) -> tuple[torch.Tensor, list[dict]]:
     """Augmented copies of ``masks.masks[indices]``: copy ``j`` is drawn with ``(seed, j)``. Returns the masks
     ``[len(indices), H, W]`` and one record per copy of what was done (for the export manifest)."""
     stack = masks.masks.numpy()
@@ -198,8 +205,7 @@ def rotate(mask: np.ndarray, degrees: float) -> np.ndarray:
 def elastic(mask: np.ndarray, max_shift: float, sigma: float, rng: np.random.Generator) -> np.ndarray:
     """Warp a class-id map by a smooth random displacement field whose largest shift is ``max_shift`` px."""
     h, w = mask.shape
-    field = np.stack([ndimage.gaussian_filter(rng.uniform(-1, 1, (h, w)), sigma, mode="reflect")
-                      for _ in range(2)])
+    field = np.stack([ndimage.gaussian_filter(rng.uniform(-1, 1, (h, w)), sigma, mode="reflect") for _ in range(2)])
     field *= max_shift / max(np.abs(field).max(), 1e-12)
     rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
     coords = np.stack([rows + field[0], cols + field[1]])

@@ -32,8 +32,7 @@ def _mni152_volumes() -> tuple[np.ndarray, np.ndarray]:
     return t1, labels
 
 
-def brain_mri(size: int = 64, min_brain_fraction: float = 0.08, hflip: bool = False,
-              levels: int = 0) -> ArrayDataset:
+def brain_mri(size: int = 64, min_brain_fraction: float = 0.08, hflip: bool = False, levels: int = 0) -> ArrayDataset:
     """Axial T1 slices of the MNI152 template as ``size`` x ``size`` images with tissue labels.
 
     Keeps slices where brain covers at least ``min_brain_fraction`` of the (square-padded) slice; at the
@@ -62,5 +61,6 @@ def brain_mri(size: int = 64, min_brain_fraction: float = 0.08, hflip: bool = Fa
         return ArrayDataset(images, masks, names, BRAIN_CLASSES, hflip=hflip)
     attributes = torch.arange(len(names)) * levels // len(names)
     level_names = [f"axial level {i + 1}/{levels}" for i in range(levels)]
-    return ArrayDataset(images, masks, names, BRAIN_CLASSES, hflip=hflip, attributes=attributes,
-                        attribute_names=level_names)
+    return ArrayDataset(
+        images, masks, names, BRAIN_CLASSES, hflip=hflip, attributes=attributes, attribute_names=level_names
+    )

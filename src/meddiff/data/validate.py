@@ -36,8 +36,14 @@ def file_key(path: Path, root: Path) -> str:
     return path.relative_to(root).with_suffix("").as_posix()
 
 
-def pair_files(first: Sequence[Path], first_root: Path, second: Sequence[Path], second_root: Path,
-               first_what: str = "image", second_what: str = "mask") -> tuple[list[tuple[str, Path, Path]], list[str]]:
+def pair_files(
+    first: Sequence[Path],
+    first_root: Path,
+    second: Sequence[Path],
+    second_root: Path,
+    first_what: str = "image",
+    second_what: str = "mask",
+) -> tuple[list[tuple[str, Path, Path]], list[str]]:
     """Match two file lists by ``file_key``; returns ``(key, first, second)`` pairs and problem sentences
     (a file without partner, two files with one name)."""
     problems: list[str] = []
@@ -52,18 +58,21 @@ def pair_files(first: Sequence[Path], first_root: Path, second: Sequence[Path], 
                 table[key] = path
         tables.append(table)
     a, b = tables
-    problems += [f"{a[k]}: {first_what} has no {second_what} named '{k}.*' in {second_root}"
-                 for k in sorted(a.keys() - b.keys())]
-    problems += [f"{b[k]}: {second_what} has no {first_what} named '{k}.*' in {first_root}"
-                 for k in sorted(b.keys() - a.keys())]
+    problems += [
+        f"{a[k]}: {first_what} has no {second_what} named '{k}.*' in {second_root}" for k in sorted(a.keys() - b.keys())
+    ]
+    problems += [
+        f"{b[k]}: {second_what} has no {first_what} named '{k}.*' in {first_root}" for k in sorted(b.keys() - a.keys())
+    ]
     return [(k, a[k], b[k]) for k in sorted(a.keys() & b.keys())], problems
 
 
 def check_same_size(first: Path, first_hw: tuple[int, int], second: Path, second_hw: tuple[int, int]) -> None:
     """UserError naming ``second`` when its height x width differs from ``first``'s."""
     if tuple(first_hw) != tuple(second_hw):
-        raise UserError(f"{second}: size {second_hw[1]}x{second_hw[0]} (WxH) differs from "
-                        f"{first} ({first_hw[1]}x{first_hw[0]})")
+        raise UserError(
+            f"{second}: size {second_hw[1]}x{second_hw[0]} (WxH) differs from {first} ({first_hw[1]}x{first_hw[0]})"
+        )
 
 
 def raise_first(problems: Sequence[str], root: Path) -> None:

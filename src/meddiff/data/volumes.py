@@ -37,15 +37,42 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _NIFTI_TEXT_FIELDS = ("descrip", "aux_file", "db_name", "intent_name")
 # Header attributes that identify a patient, institution or device beyond the VRs caught wholesale
 # (person names, dates, times and instance UIDs): after DICOM PS3.15's basic de-identification profile.
-_IDENTIFYING_KEYWORDS = frozenset({
-    "PatientID", "OtherPatientIDs", "OtherPatientIDsSequence", "IssuerOfPatientID", "PatientAddress",
-    "PatientTelephoneNumbers", "PatientAge", "PatientSex", "PatientSize", "PatientWeight", "PatientComments",
-    "PatientBirthName", "PatientMotherBirthName", "MedicalRecordLocator", "EthnicGroup", "Occupation",
-    "AdditionalPatientHistory", "MilitaryRank", "BranchOfService", "CountryOfResidence", "RegionOfResidence",
-    "AccessionNumber", "StudyID", "InstitutionName", "InstitutionAddress", "InstitutionalDepartmentName",
-    "StationName", "DeviceSerialNumber", "ResponsiblePerson", "ResponsibleOrganization",
-    "RequestAttributesSequence", "ReferencedPatientSequence",
-})
+_IDENTIFYING_KEYWORDS = frozenset(
+    {
+        "PatientID",
+        "OtherPatientIDs",
+        "OtherPatientIDsSequence",
+        "IssuerOfPatientID",
+        "PatientAddress",
+        "PatientTelephoneNumbers",
+        "PatientAge",
+        "PatientSex",
+        "PatientSize",
+        "PatientWeight",
+        "PatientComments",
+        "PatientBirthName",
+        "PatientMotherBirthName",
+        "MedicalRecordLocator",
+        "EthnicGroup",
+        "Occupation",
+        "AdditionalPatientHistory",
+        "MilitaryRank",
+        "BranchOfService",
+        "CountryOfResidence",
+        "RegionOfResidence",
+        "AccessionNumber",
+        "StudyID",
+        "InstitutionName",
+        "InstitutionAddress",
+        "InstitutionalDepartmentName",
+        "StationName",
+        "DeviceSerialNumber",
+        "ResponsiblePerson",
+        "ResponsibleOrganization",
+        "RequestAttributesSequence",
+        "ReferencedPatientSequence",
+    }
+)
 
 
 def is_nifti(path: Path) -> bool:
@@ -85,8 +112,10 @@ def read_nifti_labels(path: Path, image_path: Path, image_shape: Sequence[int]) 
     integer ids >= 0 (float storage is accepted when every value is a whole number)."""
     img = load_nifti(path)
     if tuple(img.shape[:3]) != tuple(image_shape[:3]) or len(img.shape) > 3 and img.shape[3] != 1:
-        raise UserError(f"{path}: label volume shape {tuple(img.shape)} differs from the shape "
-                        f"{tuple(image_shape)} of its image {image_path}")
+        raise UserError(
+            f"{path}: label volume shape {tuple(img.shape)} differs from the shape "
+            f"{tuple(image_shape)} of its image {image_path}"
+        )
     labels = _nifti_data(img, path)
     if labels.dtype.kind == "f":
         if not np.array_equal(labels, np.round(labels)):
@@ -105,16 +134,25 @@ def to_slices(volume: np.ndarray, axis: int) -> np.ndarray:
     return np.ascontiguousarray(moved.transpose(0, 2, 1)[:, ::-1])
 
 
-def normalise(volume: np.ndarray, window_cw: Sequence[float] | None = None,
-              percentiles: Sequence[float] = (0.5, 99.5)) -> np.ndarray:
+def normalise(
+    volume: np.ndarray, window_cw: Sequence[float] | None = None, percentiles: Sequence[float] = (0.5, 99.5)
+) -> np.ndarray:
     """Volume -> float32 in [0, 1] by a ``(center, width)`` window, else by percentiles of the whole volume."""
     if window_cw is not None:
         return window(volume, window_cw[0], window_cw[1])
     return percentile_normalise(volume, percentiles[0], percentiles[1])
 
 
-def _slice_dataset(volumes: list[np.ndarray], label_volumes: list[np.ndarray] | None, prefix: str, fit: Fit,
-                   axis: int, spec: LabelSpec, hflip: bool, vflip: bool) -> ArrayDataset:
+def _slice_dataset(
+    volumes: list[np.ndarray],
+    label_volumes: list[np.ndarray] | None,
+    prefix: str,
+    fit: Fit,
+    axis: int,
+    spec: LabelSpec,
+    hflip: bool,
+    vflip: bool,
+) -> ArrayDataset:
     """Slice normalised volumes (and label volumes) into a fitted ArrayDataset named ``{prefix}{i}_slice{k}``."""
     names, images, masks = [], [], []
     for i, volume in enumerate(volumes):
@@ -124,8 +162,15 @@ def _slice_dataset(volumes: list[np.ndarray], label_volumes: list[np.ndarray] | 
         if label_volumes is not None:
             masks += list(fit.mask(torch.from_numpy(to_slices(label_volumes[i], axis))))
     masks_t = stack_common(masks) if label_volumes is not None else None
-    return ArrayDataset(stack_images(images), masks_t, names, spec.names_for(masks_t) if masks_t is not None else None,
-                        hflip, vflip=vflip, crop=fit.crop)
+    return ArrayDataset(
+        stack_images(images),
+        masks_t,
+        names,
+        spec.names_for(masks_t) if masks_t is not None else None,
+        hflip,
+        vflip=vflip,
+        crop=fit.crop,
+    )
 
 
 def list_nifti(path: Path) -> list[Path]:
@@ -138,9 +183,18 @@ def list_nifti(path: Path) -> list[Path]:
     return files
 
 
-def nifti_dataset(images: Path, labels: Path | None = None, fit: Fit = Fit(64), *, axis: int = 2,
-                  window_cw: Sequence[float] | None = None, percentiles: Sequence[float] = (0.5, 99.5),
-                  spec: LabelSpec = LabelSpec(), hflip: bool = False, vflip: bool = False) -> ArrayDataset:
+def nifti_dataset(
+    images: Path,
+    labels: Path | None = None,
+    fit: Fit = Fit(64),
+    *,
+    axis: int = 2,
+    window_cw: Sequence[float] | None = None,
+    percentiles: Sequence[float] = (0.5, 99.5),
+    spec: LabelSpec = LabelSpec(),
+    hflip: bool = False,
+    vflip: bool = False,
+) -> ArrayDataset:
     """Slices of one NIfTI volume, or of every volume in a folder, with optional label volumes.
 
     ``labels`` is a NIfTI file (for one image) or a folder of label volumes named like their images.
@@ -194,8 +248,11 @@ def dicom_files(path: Path) -> list[Path]:
     """``[path]`` for a file, or every visible file below a folder (DICOM files often have no extension)."""
     if path.is_file():
         return [path]
-    files = sorted(p for p in require_dir(path, "DICOM folder").rglob("*")
-                   if p.is_file() and not p.name.startswith(".") and p.name != "DICOMDIR")
+    files = sorted(
+        p
+        for p in require_dir(path, "DICOM folder").rglob("*")
+        if p.is_file() and not p.name.startswith(".") and p.name != "DICOMDIR"
+    )
     if not files:
         raise UserError(f"{path}: no files found")
     return files
@@ -241,8 +298,10 @@ def read_dicom_series(path: Path) -> list[tuple[np.ndarray, bool]]:
                 if pixels.ndim != 2:
                     raise UserError(f"{files[k]}: multi-frame file mixed with other files of its series")
                 if slices and pixels.shape != slices[0].shape:
-                    raise UserError(f"{files[k]}: slice size {pixels.shape[1]}x{pixels.shape[0]} differs from "
-                                    f"{files[order[0]]} ({slices[0].shape[1]}x{slices[0].shape[0]})")
+                    raise UserError(
+                        f"{files[k]}: slice size {pixels.shape[1]}x{pixels.shape[0]} differs from "
+                        f"{files[order[0]]} ({slices[0].shape[1]}x{slices[0].shape[0]})"
+                    )
                 slices.append(pixels)
             stack = np.stack(slices)
         inverted = datasets[0].get("PhotometricInterpretation") == "MONOCHROME1"
@@ -250,9 +309,16 @@ def read_dicom_series(path: Path) -> list[tuple[np.ndarray, bool]]:
     return volumes
 
 
-def dicom_dataset(path: Path, fit: Fit = Fit(64), *, axis: int = 2, window_cw: Sequence[float] | None = None,
-                  percentiles: Sequence[float] = (0.5, 99.5), hflip: bool = False,
-                  vflip: bool = False) -> ArrayDataset:
+def dicom_dataset(
+    path: Path,
+    fit: Fit = Fit(64),
+    *,
+    axis: int = 2,
+    window_cw: Sequence[float] | None = None,
+    percentiles: Sequence[float] = (0.5, 99.5),
+    hflip: bool = False,
+    vflip: bool = False,
+) -> ArrayDataset:
     """Unlabelled slices of the DICOM series in a folder (or a single DICOM file), named ``series{i}_slice{k}``."""
     series = read_dicom_series(path)
     volumes = [normalise(v, window_cw, percentiles) for v, _ in series]
@@ -286,6 +352,9 @@ def identifying_tags(path: Path) -> list[str]:
     ds = read_dicom(path, pixels=False)
     meta = getattr(ds, "file_meta", None)
     elements = [*(meta.iterall() if meta is not None else ()), *ds.iterall()]
-    names = {("private tags" if e.tag.is_private else e.keyword) for e in elements
-             if not e.is_empty and _identifying_element(e)}
+    names = {
+        ("private tags" if e.tag.is_private else e.keyword)
+        for e in elements
+        if not e.is_empty and _identifying_element(e)
+    }
     return sorted(names)

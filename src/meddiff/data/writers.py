@@ -12,8 +12,9 @@ from PIL import Image
 from meddiff.report.files import atomic_folder
 
 
-def write_pair_folder(out_dir: Path, images: np.ndarray, masks: np.ndarray | None, names: list[str],
-                      manifest: dict[str, Any]) -> Path:
+def write_pair_folder(
+    out_dir: Path, images: np.ndarray, masks: np.ndarray | None, names: list[str], manifest: dict[str, Any]
+) -> Path:
     """Write ``images/`` (uint8 ``[N, H, W]`` gray or ``[N, H, W, 3]`` RGB PNGs), ``masks/`` (uint8 class-id
     PNGs) and ``manifest.json``. All files go to a temporary sibling folder renamed into place at the end,
     so a failure never leaves a half-written dataset."""

@@ -36,10 +36,12 @@ class Conditioning:
     def is_guidable(self) -> bool:
         """True when dropping conditioning changes anything, i.e. guidance has an effect."""
         return any(v is not None for v in (self.label_map, self.context, self.class_labels)) or (
-            self.guide_cond_image and self.cond_image is not None)
+            self.guide_cond_image and self.cond_image is not None
+        )
 
     def drop(self, keep: torch.Tensor) -> "Conditioning":
         """Per-sample dropout: where ``keep`` ``[B]`` is False the sample gets the null conditioning."""
+
         def where(value: torch.Tensor | None, null: torch.Tensor | float) -> torch.Tensor | None:
             if value is None:
                 return None

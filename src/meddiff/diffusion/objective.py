@@ -24,8 +24,14 @@ class Diffusion:
             return t
         return 1000.0 * self.alphas_cumprod.to(t.device)[t.long()].sqrt()
 
-    def loss(self, model: nn.Module, x0: torch.Tensor, cond: Conditioning | None, generator: torch.Generator,
-             cond_drop_prob: float = 0.0) -> torch.Tensor:
+    def loss(
+        self,
+        model: nn.Module,
+        x0: torch.Tensor,
+        cond: Conditioning | None,
+        generator: torch.Generator,
+        cond_drop_prob: float = 0.0,
+    ) -> torch.Tensor:
         """Denoising loss for a batch ``x0`` in [-1, 1]. ``cond_drop_prob`` of the samples get the null
         conditioning (classifier-free guidance training). All randomness comes from ``generator``."""
         b = x0.shape[0]

@@ -15,8 +15,14 @@ from meddiff.diffusion.schedulers import SamplerConfig, inverse_scheduler, make_
 from meddiff.train.progress import progress_bar
 
 
-def guided_prediction(model: nn.Module, diffusion: Diffusion, x: torch.Tensor, t: torch.Tensor,
-                      cond: Conditioning | None, guidance_scale: float = 1.0) -> torch.Tensor:
+def guided_prediction(
+    model: nn.Module,
+    diffusion: Diffusion,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    cond: Conditioning | None,
+    guidance_scale: float = 1.0,
+) -> torch.Tensor:
     """Model output at ``x``, ``t``; with guidance, ``u + s * (c - u)`` from one batched call holding the
     conditional and unconditional inputs. Scale 1 (or nothing to guide) needs only the conditional pass."""
     time = diffusion.model_time(t.expand(x.shape[0]) if t.dim() == 0 else t)
@@ -31,9 +37,17 @@ def guided_prediction(model: nn.Module, diffusion: Diffusion, x: torch.Tensor, t
 
 
 @torch.no_grad()
-def sample(model: nn.Module, diffusion: Diffusion, sampler: SamplerConfig, shape: tuple[int, ...],
-           cond: Conditioning | None = None, generator: torch.Generator | list[torch.Generator] | None = None,
-           x_T: torch.Tensor | None = None, autocast_bf16: bool = False, progress: bool = False) -> torch.Tensor:
+def sample(
+    model: nn.Module,
+    diffusion: Diffusion,
+    sampler: SamplerConfig,
+    shape: tuple[int, ...],
+    cond: Conditioning | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
+    x_T: torch.Tensor | None = None,
+    autocast_bf16: bool = False,
+    progress: bool = False,
+) -> torch.Tensor:
     """Draw ``shape[0]`` samples in [-1, 1] with the named diffusers sampler; ``x_T`` overrides the start noise.
 
     A list of generators (one per sample) makes each sample reproducible on its own, whatever the batch.
@@ -52,18 +66,26 @@ def sample(model: nn.Module, diffusion: Diffusion, sampler: SamplerConfig, shape
         # DPM-Solver++) gave 1.6 as well.
         step_kwargs.update(eta=sampler.eta, use_clipped_model_output=True)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if autocast_bf16 else nullcontext()
-    for t in progress_bar(scheduler.timesteps, description=f"sampling ({sampler.name}, {sampler.steps} steps)",
-                          enabled=progress):
+    for t in progress_bar(
+        scheduler.timesteps, description=f"sampling ({sampler.name}, {sampler.steps} steps)", enabled=progress
+    ):
         with autocast:
-            out = guided_prediction(model, diffusion, scheduler.scale_model_input(x, t), t.to(device), cond,
-                                    sampler.guidance_scale)
+            out = guided_prediction(
+                model, diffusion, scheduler.scale_model_input(x, t), t.to(device), cond, sampler.guidance_scale
+            )
         x = scheduler.step(out.float(), t, x, **step_kwargs).prev_sample
     return x.clamp(-1, 1) if sampler.clip_sample else x
 
 
 @torch.no_grad()
-def ddim_invert(model: nn.Module, diffusion: Diffusion, x0: torch.Tensor, steps: int,
-                cond: Conditioning | None = None, guidance_scale: float = 1.0) -> torch.Tensor:
+def ddim_invert(
+    model: nn.Module,
+    diffusion: Diffusion,
+    x0: torch.Tensor,
+    steps: int,
+    cond: Conditioning | None = None,
+    guidance_scale: float = 1.0,
+) -> torch.Tensor:
     """Deterministic DDIM inversion: the noise x_T that DDIM sampling (eta 0, same ``steps``) maps to ``x0``.
 
     Each step evaluates the model at the noise level the current sample actually has (the previous

@@ -55,10 +55,13 @@ class SamplerConfig:
 
 
 def _common(noise: NoiseConfig) -> dict:
-    return dict(num_train_timesteps=noise.num_train_timesteps,
-                beta_schedule=_BETA_SCHEDULES[noise.beta_schedule],
-                beta_start=noise.beta_start, beta_end=noise.beta_end,
-                prediction_type=noise.prediction_type)
+    return dict(
+        num_train_timesteps=noise.num_train_timesteps,
+        beta_schedule=_BETA_SCHEDULES[noise.beta_schedule],
+        beta_start=noise.beta_start,
+        beta_end=noise.beta_end,
+        prediction_type=noise.prediction_type,
+    )
 
 
 def training_scheduler(noise: NoiseConfig) -> DDPMScheduler:
@@ -81,9 +84,13 @@ def make_scheduler(noise: NoiseConfig, sampler: SamplerConfig) -> SchedulerMixin
         scheduler = DDIMScheduler(**common, clip_sample=sampler.clip_sample)
     elif sampler.name in ("dpm++", "dpm++sde"):
         scheduler = DPMSolverMultistepScheduler(
-            **common, **dpm_clip, solver_order=2,
+            **common,
+            **dpm_clip,
+            solver_order=2,
             algorithm_type="dpmsolver++" if sampler.name == "dpm++" else "sde-dpmsolver++",
-            thresholding=sampler.clip_sample, sample_max_value=1.0)
+            thresholding=sampler.clip_sample,
+            sample_max_value=1.0,
+        )
     elif sampler.name == "unipc":
         scheduler = UniPCMultistepScheduler(**common, thresholding=sampler.clip_sample, sample_max_value=1.0)
     else:

@@ -101,21 +101,29 @@ def _autocast(model: EditableModel, enabled: bool):
 
 
 def _conditioning(model: EditableModel, tokens: torch.Tensor, mask: torch.Tensor, batch: int) -> Conditioning:
-    return Conditioning(context=tokens.expand(batch, -1, -1), context_mask=mask.expand(batch, -1),
-                        null_context=model.null.tokens)
+    return Conditioning(
+        context=tokens.expand(batch, -1, -1), context_mask=mask.expand(batch, -1), null_context=model.null.tokens
+    )
 
 
 @torch.no_grad()
-def reconstruction_loss(model: EditableModel, x0: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor,
-                        draws: int = 16, seed: int = 12345) -> float:
+def reconstruction_loss(
+    model: EditableModel, x0: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor, draws: int = 16, seed: int = 12345
+) -> float:
     """The denoising loss of ``x0`` under embedding ``tokens`` on ``draws`` fixed (timestep, noise) draws."""
     generator = torch.Generator(x0.device).manual_seed(seed)
     cond = _conditioning(model, tokens, mask, draws)
     return model.diffusion.loss(model.unet, x0.expand(draws, -1, -1, -1), cond, generator).item()
 
 
-def optimise_embedding(model: EditableModel, x0: torch.Tensor, target: TextEncoding, config: ImagicConfig,
-                       generator: torch.Generator, progress: bool = False) -> tuple[torch.Tensor, list[float]]:
+def optimise_embedding(
+    model: EditableModel,
+    x0: torch.Tensor,
+    target: TextEncoding,
+    config: ImagicConfig,
+    generator: torch.Generator,
+    progress: bool = False,
+) -> tuple[torch.Tensor, list[float]]:
     """Stage A: ``e_opt`` ``[1, L, D]`` from ``e_tgt`` by Adam on the denoising loss; the model is frozen."""
     model.unet.requires_grad_(False).eval()
     tokens = target.tokens.detach().clone().requires_grad_(True)
@@ -124,8 +132,9 @@ def optimise_embedding(model: EditableModel, x0: torch.Tensor, target: TextEncod
     losses = []
     for _ in progress_bar(range(config.embed_steps), description="A: optimising the embedding", enabled=progress):
         with _autocast(model, config.bf16):
-            loss = model.diffusion.loss(model.unet, batch, _conditioning(model, tokens, target.mask,
-                                                                         config.batch_size), generator)
+            loss = model.diffusion.loss(
+                model.unet, batch, _conditioning(model, tokens, target.mask, config.batch_size), generator
+            )
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
@@ -133,8 +142,15 @@ def optimise_embedding(model: EditableModel, x0: torch.Tensor, target: TextEncod
     return tokens.detach(), losses
 
 
-def finetune(model: EditableModel, x0: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor, config: ImagicConfig,
-             generator: torch.Generator, progress: bool = False) -> list[float]:
+def finetune(
+    model: EditableModel,
+    x0: torch.Tensor,
+    tokens: torch.Tensor,
+    mask: torch.Tensor,
+    config: ImagicConfig,
+    generator: torch.Generator,
+    progress: bool = False,
+) -> list[float]:
     """Stage B: fine-tune every UNet weight on the input conditioned on the optimised embedding."""
     unet = model.unet
     unet.requires_grad_(True).train()
@@ -154,27 +170,47 @@ def finetune(model: EditableModel, x0: torch.Tensor, tokens: torch.Tensor, mask:
 
 
 @torch.no_grad()
-def sample_edits(model: EditableModel, e_opt: torch.Tensor, target: TextEncoding, shape: tuple[int, ...],
-                 config: ImagicConfig, progress: bool = False) -> dict[float, torch.Tensor]:
+def sample_edits(
+    model: EditableModel,
+    e_opt: torch.Tensor,
+    target: TextEncoding,
+    shape: tuple[int, ...],
+    config: ImagicConfig,
+    progress: bool = False,
+) -> dict[float, torch.Tensor]:
     """Stage C: ``config.seeds`` samples (seeds ``seed .. seed + seeds - 1``) for each alpha, drawn in batches
     of up to ``config.sample_batch`` samples (several alphas per batch; each sample has its own generator,
     so the batching does not change the result)."""
     per_call = max(1, config.sample_batch // config.seeds)
-    chunks = [config.alphas[i:i + per_call] for i in range(0, len(config.alphas), per_call)]
+    chunks = [config.alphas[i : i + per_call] for i in range(0, len(config.alphas), per_call)]
     out = {}
     for alphas in progress_bar(chunks, description="C: sampling the edits", enabled=progress):
-        tokens = torch.cat([interpolate(e_opt, target.tokens, a, config.interp).expand(config.seeds, -1, -1)
-                            for a in alphas])
+        tokens = torch.cat(
+            [interpolate(e_opt, target.tokens, a, config.interp).expand(config.seeds, -1, -1) for a in alphas]
+        )
         generators = [torch.Generator().manual_seed(config.seed + s) for _ in alphas for s in range(config.seeds)]
         cond = _conditioning(model, tokens, target.mask, len(generators))
-        x = sample(model.unet, model.diffusion, config.sampler, (len(generators), *shape), cond,
-                   generator=generators, autocast_bf16=config.bf16)
-        out.update({a: x[i * config.seeds:(i + 1) * config.seeds] for i, a in enumerate(alphas)})
+        x = sample(
+            model.unet,
+            model.diffusion,
+            config.sampler,
+            (len(generators), *shape),
+            cond,
+            generator=generators,
+            autocast_bf16=config.bf16,
+        )
+        out.update({a: x[i * config.seeds : (i + 1) * config.seeds] for i, a in enumerate(alphas)})
     return out
 
 
-def imagic(model: EditableModel, image: torch.Tensor, mask: torch.Tensor | None, prompt: str, config: ImagicConfig,
-           progress: bool = False) -> ImagicResult:
+def imagic(
+    model: EditableModel,
+    image: torch.Tensor,
+    mask: torch.Tensor | None,
+    prompt: str,
+    config: ImagicConfig,
+    progress: bool = False,
+) -> ImagicResult:
     """Run stages A, B and C on one image ``[1, C, H, W]`` in [-1, 1] (and its ``[1, H, W]`` mask).
 
     ``model.unet`` is fine-tuned in place: load a fresh model for the next edit.

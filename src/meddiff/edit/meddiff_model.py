@@ -7,11 +7,11 @@ from pathlib import Path
 
 import torch
 
+from meddiff.config import from_dict
 from meddiff.data.build import DataConfig
 from meddiff.data.cadis import cadis_spec
 from meddiff.data.classmap import LabelSpec, label_spec
 from meddiff.data.fit import Fit
-from meddiff.config import from_dict
 from meddiff.tasks import textgen
 from meddiff.text.encoders import TextEncoding
 
@@ -50,8 +50,11 @@ class MeddiffEditModel:
             return cadis_spec(self.data.cadis_task)
         if self.data.kind in ("image_mask_folder", "nifti"):
             spec = label_spec(self.data.class_map, self.data.remap, self.data.class_names)
-            return spec if spec.class_names is not None else LabelSpec(names, spec.lut, spec.allowed, spec.source,
-                                                                       spec.colours)
+            return (
+                spec
+                if spec.class_names is not None
+                else LabelSpec(names, spec.lut, spec.allowed, spec.source, spec.colours)
+            )
         return LabelSpec(names, source="the model's classes")
 
     def encode_prompt(self, prompt: str) -> TextEncoding:

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 
 from meddiff.config import to_dict
-from meddiff.data.fit import Fit
 from meddiff.data.classmap import LabelSpec
+from meddiff.data.fit import Fit
 from meddiff.data.folders import to_channels
 from meddiff.data.imagefiles import read_image, read_mask
 from meddiff.data.labels import IGNORE_INDEX
@@ -63,8 +63,9 @@ def collapsed(images: torch.Tensor) -> torch.Tensor:
     return (unit.std(dim=1) < COLLAPSE_STD) | (ends > COLLAPSE_SATURATED)
 
 
-def read_input(image_path: Path, mask_path: Path | None, fit: Fit, channels: int | None,
-               spec: LabelSpec | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def read_input(
+    image_path: Path, mask_path: Path | None, fit: Fit, channels: int | None, spec: LabelSpec | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The image as ``[1, C, S, S]`` in [-1, 1] (``channels`` forced when given) and the mask as
     ``[1, S, S]`` class ids (through ``spec``), fitted like the training data."""
     image = read_image(image_path)
@@ -87,13 +88,15 @@ def _load_meddiff(model_path: Path, image_path: Path, mask_path: Path | None):
         raise UserError(f"{model_path}: this model edits image + label-map pairs; pass the image's mask with --mask")
     if not model.class_names and mask_path is not None:
         raise UserError(f"{model_path}: this model was trained on images only; it cannot edit --mask {mask_path}")
-    image, mask = read_input(image_path, mask_path, model.fit, model.image_channels,
-                             model.label_spec() if mask_path is not None else None)
+    image, mask = read_input(
+        image_path, mask_path, model.fit, model.image_channels, model.label_spec() if mask_path is not None else None
+    )
     return model, image, mask, model.class_names
 
 
-def _load_stable_diffusion(model_path: Path, image_path: Path, mask_path: Path | None, num_classes: int | None,
-                           device: str):
+def _load_stable_diffusion(
+    model_path: Path, image_path: Path, mask_path: Path | None, num_classes: int | None, device: str
+):
     from meddiff.edit.stable_diffusion import StableDiffusionEditModel, native_size
 
     names = tuple(f"class {k}" for k in range(num_classes)) if num_classes else None
@@ -121,9 +124,18 @@ def _scorer(model, clip: Path | None):
     return None
 
 
-def edit(model_path: Path, image_path: Path, prompt: str, out: Path, config: ImagicConfig,
-         mask_path: Path | None = None, clip: Path | None = None, num_classes: int | None = None,
-         device: str = "cpu", progress: bool = True) -> Path:
+def edit(
+    model_path: Path,
+    image_path: Path,
+    prompt: str,
+    out: Path,
+    config: ImagicConfig,
+    mask_path: Path | None = None,
+    clip: Path | None = None,
+    num_classes: int | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+) -> Path:
     """Edit ``image_path`` (and ``mask_path``) towards ``prompt`` with Imagic; write everything to ``out``.
 
     ``model_path``: a meddiff ``textgen`` run (or checkpoint) or a Stable Diffusion checkpoint folder.
@@ -137,8 +149,9 @@ def edit(model_path: Path, image_path: Path, prompt: str, out: Path, config: Ima
     if clip is not None and not Path(clip).is_dir():
         raise UserError(f"--clip {clip}: not a folder (a local CLIP model saved with save_pretrained)")
     if is_stable_diffusion(Path(model_path)):
-        model, image, mask, class_names = _load_stable_diffusion(Path(model_path), image_path, mask_path,
-                                                                 num_classes, device)
+        model, image, mask, class_names = _load_stable_diffusion(
+            Path(model_path), image_path, mask_path, num_classes, device
+        )
         backend = "stable-diffusion"
     else:
         if num_classes is not None:
@@ -149,9 +162,16 @@ def edit(model_path: Path, image_path: Path, prompt: str, out: Path, config: Ima
     result = imagic(model, image, mask, prompt, config, progress=progress)
     result.images = {a: _as_channels(x, image.shape[1]) for a, x in result.images.items()}
     metrics = _metrics(result, image, prompt, config, scorer)
-    metrics.update(prompt=prompt, model=str(model_path), backend=backend, image=str(image_path),
-                   mask=str(mask_path) if mask_path else None, class_names=class_names,
-                   settings=to_dict(config), total_seconds=round(time.perf_counter() - started, 1))
+    metrics.update(
+        prompt=prompt,
+        model=str(model_path),
+        backend=backend,
+        image=str(image_path),
+        mask=str(mask_path) if mask_path else None,
+        class_names=class_names,
+        settings=to_dict(config),
+        total_seconds=round(time.perf_counter() - started, 1),
+    )
     _write(out, image, mask, result, metrics, class_names)
     return out
 
@@ -171,13 +191,24 @@ def _metrics(result: ImagicResult, image: torch.Tensor, prompt: str, config: Ima
         aligned = scorer(edited, prompt) if scorer is not None else None
         broken = collapsed(edited)
         for seed in range(config.seeds):
-            outputs.append({"alpha": alpha, "seed": config.seed + seed, "name": output_name(alpha, config.seed + seed),
-                            "psnr": round(float(p[seed]), 3), "ssim": round(float(s[seed]), 4),
-                            "text_alignment": round(float(aligned[seed]), 3) if aligned is not None else None,
-                            "collapsed": bool(broken[seed])})
-        row = {"alpha": alpha, "psnr": round(float(p.mean()), 3), "ssim": round(float(s.mean()), 4),
-               "text_alignment": round(float(aligned.mean()), 3) if aligned is not None else None,
-               "collapse_rate": round(float(broken.float().mean()), 3)}
+            outputs.append(
+                {
+                    "alpha": alpha,
+                    "seed": config.seed + seed,
+                    "name": output_name(alpha, config.seed + seed),
+                    "psnr": round(float(p[seed]), 3),
+                    "ssim": round(float(s[seed]), 4),
+                    "text_alignment": round(float(aligned[seed]), 3) if aligned is not None else None,
+                    "collapsed": bool(broken[seed]),
+                }
+            )
+        row = {
+            "alpha": alpha,
+            "psnr": round(float(p.mean()), 3),
+            "ssim": round(float(s.mean()), 4),
+            "text_alignment": round(float(aligned.mean()), 3) if aligned is not None else None,
+            "collapse_rate": round(float(broken.float().mean()), 3),
+        }
         masks = result.masks[alpha]
         if masks is not None:
             counts = torch.stack([torch.bincount(m.flatten(), minlength=int(masks.max()) + 1) for m in masks]).sum(0)
@@ -188,9 +219,12 @@ def _metrics(result: ImagicResult, image: torch.Tensor, prompt: str, config: Ima
         "text_alignment_measure": scorer.measure if scorer is not None else None,
         "input_text_alignment": round(float(scorer(image, prompt)[0]), 3) if scorer is not None else None,
         "stage_seconds": {k: round(v, 2) for k, v in result.seconds.items()},
-        "stage_A": {"reconstruction_loss_at_target": round(result.reconstruction_before, 5),
-                    "reconstruction_loss_at_optimised": round(result.reconstruction_after, 5),
-                    "first_loss": _first(result.embed_losses), "last_loss": _last(result.embed_losses)},
+        "stage_A": {
+            "reconstruction_loss_at_target": round(result.reconstruction_before, 5),
+            "reconstruction_loss_at_optimised": round(result.reconstruction_after, 5),
+            "first_loss": _first(result.embed_losses),
+            "last_loss": _last(result.embed_losses),
+        },
         "stage_B": {"first_loss": _first(result.finetune_losses), "last_loss": _last(result.finetune_losses)},
         "per_alpha": per_alpha,
         "outputs": outputs,
@@ -214,17 +248,33 @@ def _uint8(images: torch.Tensor) -> np.ndarray:
     return arrays[..., 0] if arrays.shape[-1] == 1 else arrays
 
 
-def _write(out: Path, image: torch.Tensor, mask: torch.Tensor | None, result: ImagicResult, metrics: dict,
-           class_names: list[str] | None) -> None:
+def _write(
+    out: Path,
+    image: torch.Tensor,
+    mask: torch.Tensor | None,
+    result: ImagicResult,
+    metrics: dict,
+    class_names: list[str] | None,
+) -> None:
     alphas = list(result.images)
     images = torch.cat([result.images[a] for a in alphas])
     masks = torch.cat([result.masks[a] for a in alphas]) if mask is not None else None
     names = [o["name"] for o in metrics["outputs"]]
-    manifest = {"prompt": metrics["prompt"], "model": metrics["model"], "class_names": class_names,
-                "files": [{"image": f"images/{o['name']}.png",
-                           **({"mask": f"masks/{o['name']}.png"} if masks is not None else {}),
-                           "alpha": o["alpha"], "seed": o["seed"], "interp": metrics["interp"]}
-                          for o in metrics["outputs"]]}
+    manifest = {
+        "prompt": metrics["prompt"],
+        "model": metrics["model"],
+        "class_names": class_names,
+        "files": [
+            {
+                "image": f"images/{o['name']}.png",
+                **({"mask": f"masks/{o['name']}.png"} if masks is not None else {}),
+                "alpha": o["alpha"],
+                "seed": o["seed"],
+                "interp": metrics["interp"],
+            }
+            for o in metrics["outputs"]
+        ],
+    }
     write_pair_folder(out, _uint8(images), masks.numpy() if masks is not None else None, names, manifest)
     save_png(_uint8(image)[0], out / "input.png")
     seeds = images.shape[0] // len(alphas)
@@ -235,11 +285,19 @@ def _write(out: Path, image: torch.Tensor, mask: torch.Tensor | None, result: Im
         rows_m = torch.cat([torch.cat([mask, result.masks[a]]) for a in alphas])
         grid = pairs_grid(rows_i, rows_m, len(class_names), ncol=seeds + 1, scale=scale)
     else:
-        grid = image_grid(torch.cat([torch.cat([image, result.images[a]]) for a in alphas]), nrow=seeds + 1,
-                          scale=scale)
+        grid = image_grid(
+            torch.cat([torch.cat([image, result.images[a]]) for a in alphas]), nrow=seeds + 1, scale=scale
+        )
     save_png(grid, out / "grid.png")
     # text alignment (when measured) is drawn dashed on the right-hand axis
     aligned = "text_alignment" if metrics["text_alignment_measure"] is not None else None
-    metric_curves(metrics["per_alpha"], "alpha", ["ssim"], out / "tradeoff.png", time_key=aligned,
-                  title=f"'{metrics['prompt'][:60]}' ({metrics['interp']})", ylabel="SSIM to the input")
+    metric_curves(
+        metrics["per_alpha"],
+        "alpha",
+        ["ssim"],
+        out / "tradeoff.png",
+        time_key=aligned,
+        title=f"'{metrics['prompt'][:60]}' ({metrics['interp']})",
+        ylabel="SSIM to the input",
+    )
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))

@@ -30,8 +30,14 @@ PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 _SCHEDULES = {"linear": "linear", "scaled_linear": "scaled_linear", "squaredcos_cap_v2": "cosine"}
 # Imagic's published Stable Diffusion settings (see ../shared/reference/anchors.md): 500 embedding steps at
 # 1e-3, 1000 fine-tuning steps at 2e-6, DDIM 50 steps, guidance 7.5.
-SD_DEFAULTS = dict(embed_steps=500, embed_lr=1e-3, finetune_steps=1000, finetune_lr=2e-6, batch_size=1,
-                   sampler=SamplerConfig(name="ddim", steps=50, guidance_scale=7.5, clip_sample=False))
+SD_DEFAULTS = dict(
+    embed_steps=500,
+    embed_lr=1e-3,
+    finetune_steps=1000,
+    finetune_lr=2e-6,
+    batch_size=1,
+    sampler=SamplerConfig(name="ddim", steps=50, guidance_scale=7.5, clip_sample=False),
+)
 
 
 def is_stable_diffusion(path: Path) -> bool:
@@ -64,8 +70,9 @@ class _UNetAdapter(nn.Module):
         super().__init__()
         self.unet = unet
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, *, context: torch.Tensor,
-                context_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, *, context: torch.Tensor, context_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         return self.unet(x, t, encoder_hidden_states=context.to(x.dtype)).sample
 
 
@@ -77,14 +84,19 @@ def noise_config(scheduler_json: Path) -> NoiseConfig:
         raise UserError(f"{scheduler_json}: cannot read the scheduler config ({exc})") from None
     schedule = cfg.get("beta_schedule", "linear")
     if schedule not in _SCHEDULES or cfg.get("trained_betas"):
-        raise UserError(f"{scheduler_json}: beta schedule '{schedule}' is not supported "
-                        f"(supported: {', '.join(_SCHEDULES)})")
+        raise UserError(
+            f"{scheduler_json}: beta schedule '{schedule}' is not supported (supported: {', '.join(_SCHEDULES)})"
+        )
     prediction = cfg.get("prediction_type", "epsilon")
     if prediction not in ("epsilon", "v_prediction"):
         raise UserError(f"{scheduler_json}: prediction type '{prediction}' is not supported (epsilon, v_prediction)")
-    return NoiseConfig(num_train_timesteps=cfg.get("num_train_timesteps", 1000), beta_schedule=_SCHEDULES[schedule],
-                       beta_start=cfg.get("beta_start", 0.0001), beta_end=cfg.get("beta_end", 0.02),
-                       prediction_type=prediction)
+    return NoiseConfig(
+        num_train_timesteps=cfg.get("num_train_timesteps", 1000),
+        beta_schedule=_SCHEDULES[schedule],
+        beta_start=cfg.get("beta_start", 0.0001),
+        beta_end=cfg.get("beta_end", 0.02),
+        prediction_type=prediction,
+    )
 
 
 class StableDiffusionEditModel:
@@ -96,8 +108,10 @@ class StableDiffusionEditModel:
         path = Path(path)
         missing = [p for p in PARTS if not (path / p).is_dir()]
         if missing:
-            raise UserError(f"{path}: not a Stable Diffusion checkpoint folder (no {missing[0]}/; expected "
-                            f"{', '.join(p + '/' for p in PARTS)})")
+            raise UserError(
+                f"{path}: not a Stable Diffusion checkpoint folder (no {missing[0]}/; expected "
+                f"{', '.join(p + '/' for p in PARTS)})"
+            )
         self.path, self.num_classes = path, num_classes
         try:
             with quiet_transformers():
@@ -109,12 +123,14 @@ class StableDiffusionEditModel:
         self.vae = self.vae.to(device).eval().requires_grad_(False)
         self.encoder = load_text_encoder(str(path)).to(device)
         if self.encoder.dim != unet.config.cross_attention_dim:
-            raise UserError(f"{path}: the text encoder gives {self.encoder.dim}-d tokens but the UNet attends to "
-                            f"{unet.config.cross_attention_dim}-d")
+            raise UserError(
+                f"{path}: the text encoder gives {self.encoder.dim}-d tokens but the UNet attends to "
+                f"{unet.config.cross_attention_dim}-d"
+            )
         self.diffusion = Diffusion(noise_config(path / "scheduler" / "scheduler_config.json"))
         self.null = self.encoder.encode([""])
         self.scale = float(self.vae.config.scaling_factor)
-        self.colours = torch.from_numpy(palette(max(num_classes, 1))[:max(num_classes, 1)]).float() / 127.5 - 1
+        self.colours = torch.from_numpy(palette(max(num_classes, 1))[: max(num_classes, 1)]).float() / 127.5 - 1
 
     @property
     def device(self) -> torch.device:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 
-_RGB_TO_YCBCR = torch.tensor([[0.299, 0.587, 0.114],
-                              [-0.168736, -0.331264, 0.5],
-                              [0.5, -0.418688, -0.081312]], dtype=torch.float64)
+_RGB_TO_YCBCR = torch.tensor(
+    [[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]], dtype=torch.float64
+)
 _YCBCR_TO_RGB = torch.linalg.inv(_RGB_TO_YCBCR)
 
 

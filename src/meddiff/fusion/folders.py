@@ -61,8 +61,9 @@ def match_fused(pairs: list[Pair], fused_dir: Path) -> list[Path]:
         table.update({path.stem: path for path in list_images(fused_dir / LUMA_DIR)})
     missing = [name for name, _, _ in pairs if name not in table]
     if missing:
-        raise UserError(f"{fused_dir}: no fused image named '{missing[0]}.*' ({len(missing)} of {len(pairs)} "
-                        "pairs have none)")
+        raise UserError(
+            f"{fused_dir}: no fused image named '{missing[0]}.*' ({len(missing)} of {len(pairs)} pairs have none)"
+        )
     for name, path_a, _ in pairs:
         check_same_size(path_a, _size(path_a), table[name], _size(table[name]))
     return [table[name] for name, _, _ in pairs]
@@ -101,6 +102,7 @@ class FusedFolder:
     def manifest(self, data: dict[str, Any]) -> None:
         (self.tmp / "manifest.json").write_text(json.dumps(data, indent=1))
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 trace: TracebackType | None) -> bool | None:
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> bool | None:
         return self._writing.__exit__(kind, error, trace)

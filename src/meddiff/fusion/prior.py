@@ -36,8 +36,9 @@ def levels(y: torch.Tensor) -> np.ndarray:
     return gray_levels(((y.reshape(y.shape[-2:]).double() + 1) * 127.5).numpy())
 
 
-def fusion_prior(y_a: torch.Tensor, y_b: torch.Tensor, rules: Sequence[str] = tuple(RULES),
-                 batch_size: int = 16) -> Prior:
+def fusion_prior(
+    y_a: torch.Tensor, y_b: torch.Tensor, rules: Sequence[str] = tuple(RULES), batch_size: int = 16
+) -> Prior:
     """Best-scoring rule output per pair for sources ``[N, 1, H, W]`` in [-1, 1] (rules run ``batch_size``
     pairs at a time; scoring is per pair)."""
     unknown = [r for r in rules if r not in RULES]
@@ -45,12 +46,14 @@ def fusion_prior(y_a: torch.Tensor, y_b: torch.Tensor, rules: Sequence[str] = tu
         raise ValueError(f"unknown fusion rule {unknown[0] if unknown else None!r} (known: {', '.join(RULES)})")
     targets, chosen, scores = [], [], []
     for start in range(0, y_a.shape[0], batch_size):
-        a, b = y_a[start:start + batch_size], y_b[start:start + batch_size]
+        a, b = y_a[start : start + batch_size], y_b[start : start + batch_size]
         outputs = {name: RULES[name](a, b).clamp(-1, 1) for name in rules}
         for i in range(a.shape[0]):
             la, lb = levels(a[i]), levels(b[i])
-            pair = {name: prior_score(to_uint8(levels(out[i]), "clip").astype(np.float64), la, lb)
-                    for name, out in outputs.items()}
+            pair = {
+                name: prior_score(to_uint8(levels(out[i]), "clip").astype(np.float64), la, lb)
+                for name, out in outputs.items()
+            }
             best = max(pair, key=pair.get)
             targets.append(outputs[best][i])
             chosen.append(best)

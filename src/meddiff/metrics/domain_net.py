@@ -72,8 +72,12 @@ class DomainTrainConfig:
 
 def _stage(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.GroupNorm(min(8, cout), cout), nn.SiLU(),
-        nn.Conv2d(cout, cout, 3, padding=1), nn.GroupNorm(min(8, cout), cout), nn.SiLU(),
+        nn.Conv2d(cin, cout, 3, stride=2, padding=1),
+        nn.GroupNorm(min(8, cout), cout),
+        nn.SiLU(),
+        nn.Conv2d(cout, cout, 3, padding=1),
+        nn.GroupNorm(min(8, cout), cout),
+        nn.SiLU(),
     )
 
 
@@ -88,8 +92,11 @@ class DomainCNN(FeatureNet):
         self.training_record: dict | None = None  # settings and final loss, set by train_domain_net
         chans = (config.in_channels, *config.widths)
         self.encoder = nn.Sequential(*(_stage(a, b) for a, b in zip(chans[:-1], chans[1:])))
-        self.projection = nn.Sequential(nn.Linear(self.num_features, self.num_features), nn.ReLU(),
-                                        nn.Linear(self.num_features, config.projection_dim))
+        self.projection = nn.Sequential(
+            nn.Linear(self.num_features, self.num_features),
+            nn.ReLU(),
+            nn.Linear(self.num_features, config.projection_dim),
+        )
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] with the network's channel count and size."""
@@ -103,8 +110,13 @@ class DomainCNN(FeatureNet):
         return self.encode(self.prepare(images))
 
 
-def augment(images: torch.Tensor, generator: torch.Generator, min_crop_area: float = 0.5,
-            hflip: bool = True, intensity_jitter: float = 0.0) -> torch.Tensor:
+def augment(
+    images: torch.Tensor,
+    generator: torch.Generator,
+    min_crop_area: float = 0.5,
+    hflip: bool = True,
+    intensity_jitter: float = 0.0,
+) -> torch.Tensor:
     """One random view per image of ``[N, C, S, S]`` images in [-1, 1] (same size out).
 
     Hand-written because torchvision's transforms are not available: one batched affine resampling
@@ -146,16 +158,18 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Ten
     return F.cross_entropy(logits, positives)
 
 
-def _resolve(images: torch.Tensor, net_config: DomainNetConfig | None,
-             train_config: DomainTrainConfig | None) -> tuple[DomainNetConfig, DomainTrainConfig]:
+def _resolve(
+    images: torch.Tensor, net_config: DomainNetConfig | None, train_config: DomainTrainConfig | None
+) -> tuple[DomainNetConfig, DomainTrainConfig]:
     if images.dim() != 4 or images.shape[0] < 2:
         raise UserError(f"'images' must be a [N, C, H, W] batch with N >= 2, got shape {tuple(images.shape)}")
     net_config = dataclasses.replace(net_config or DomainNetConfig(), in_channels=images.shape[1])
     return net_config, train_config or DomainTrainConfig()
 
 
-def domain_net_name(images: torch.Tensor, net_config: DomainNetConfig | None = None,
-                    train_config: DomainTrainConfig | None = None) -> str:
+def domain_net_name(
+    images: torch.Tensor, net_config: DomainNetConfig | None = None, train_config: DomainTrainConfig | None = None
+) -> str:
     """``domain-cnn-<12 hex>``: a hash of the training images, the architecture and the training settings
     (seed included), i.e. the name ``train_domain_net`` gives the network it trains from them."""
     net_config, train_config = _resolve(images, net_config, train_config)
@@ -166,8 +180,9 @@ def domain_net_name(images: torch.Tensor, net_config: DomainNetConfig | None = N
     return "domain-cnn-" + h.hexdigest()[:12]
 
 
-def train_domain_net(images: torch.Tensor, net_config: DomainNetConfig | None = None,
-                     train_config: DomainTrainConfig | None = None) -> tuple[DomainCNN, list[float]]:
+def train_domain_net(
+    images: torch.Tensor, net_config: DomainNetConfig | None = None, train_config: DomainTrainConfig | None = None
+) -> tuple[DomainCNN, list[float]]:
     """Train a ``DomainCNN`` on real ``images`` ``[N, C, H, W]`` in [-1, 1] (N >= 2); returns the network
     (in eval mode, named ``domain-cnn-<12 hex>``) and the loss of every step.
 
@@ -188,18 +203,23 @@ def train_domain_net(images: torch.Tensor, net_config: DomainNetConfig | None = 
     for _ in range(train_config.steps):
         if cursor + batch > len(order):
             order, cursor = torch.randperm(data.shape[0], generator=generator), 0
-        x = data[order[cursor:cursor + batch]]
+        x = data[order[cursor : cursor + batch]]
         cursor += batch
-        views = [augment(x, generator, train_config.min_crop_area, train_config.hflip, train_config.intensity_jitter)
-                 for _ in range(2)]
+        views = [
+            augment(x, generator, train_config.min_crop_area, train_config.hflip, train_config.intensity_jitter)
+            for _ in range(2)
+        ]
         z1, z2 = (net.projection(net.encode(v)) for v in views)
         loss = nt_xent(z1, z2, train_config.temperature)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
         losses.append(loss.item())
-    net.training_record = {**to_dict(train_config), "num_images": images.shape[0],
-                           "final_loss": losses[-1] if losses else None}
+    net.training_record = {
+        **to_dict(train_config),
+        "num_images": images.shape[0],
+        "final_loss": losses[-1] if losses else None,
+    }
     return net.eval(), losses
 
 
@@ -236,14 +256,20 @@ def load_domain_net(directory: str | Path) -> DomainCNN:
     try:
         net.load_state_dict(load_file(str(weights_path)))
     except Exception as exc:  # safetensors and load_state_dict raise several types for a foreign file
-        raise UserError(f"{weights_path}: does not hold the weights of the network in {config_path.name} "
-                        f"({str(exc).splitlines()[0]})") from None
+        raise UserError(
+            f"{weights_path}: does not hold the weights of the network in {config_path.name} "
+            f"({str(exc).splitlines()[0]})"
+        ) from None
     net.training_record = record.get("training")
     return net.eval()
 
 
-def train_or_load_domain_net(images: torch.Tensor, cache_dir: str | Path, net_config: DomainNetConfig | None = None,
-                             train_config: DomainTrainConfig | None = None) -> DomainCNN:
+def train_or_load_domain_net(
+    images: torch.Tensor,
+    cache_dir: str | Path,
+    net_config: DomainNetConfig | None = None,
+    train_config: DomainTrainConfig | None = None,
+) -> DomainCNN:
     """The domain network for ``images`` and these settings: loaded from ``cache_dir/<name>`` when it was
     trained before, else trained and saved there."""
     directory = Path(cache_dir) / domain_net_name(images, net_config, train_config)

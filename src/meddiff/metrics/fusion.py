@@ -155,7 +155,7 @@ def _filter_valid(x: np.ndarray, g: np.ndarray) -> np.ndarray:
     the pixels whose window lies inside the image (so the boundary mode never matters)."""
     r = (len(g) - 1) // 2
     y = correlate1d(correlate1d(x, g, axis=0), g, axis=1)
-    return y[r:x.shape[0] - r, r:x.shape[1] - r]
+    return y[r : x.shape[0] - r, r : x.shape[1] - r]
 
 
 def vifp(ref: np.ndarray, dist: np.ndarray, sigma_n_sq: float = 2.0, eps: float = 1e-10) -> float:
@@ -245,8 +245,16 @@ def fusion_scores(f: np.ndarray, a: np.ndarray, b: np.ndarray, metrics: tuple[st
     all ``[H, W]`` grey levels 0..255 (see ``read_gray`` / ``to_uint8``)."""
     f, a, b = _check(f, a, b)
     single = {"EN": entropy, "SD": standard_deviation, "SF": spatial_frequency, "AG": average_gradient}
-    paired = {"MI": mutual_information, "SCD": scd, "CC": correlation, "VIF": vif, "Qabf": qabf, "SSIM": ssim,
-              "PSNR": psnr, "SSIM_wang": ssim_wang}
+    paired = {
+        "MI": mutual_information,
+        "SCD": scd,
+        "CC": correlation,
+        "VIF": vif,
+        "Qabf": qabf,
+        "SSIM": ssim,
+        "PSNR": psnr,
+        "SSIM_wang": ssim_wang,
+    }
     unknown = [m for m in metrics if m not in single and m not in paired]
     if unknown:
         raise ValueError(f"unknown fusion metric {unknown[0]!r} (known: {', '.join([*single, *paired])})")

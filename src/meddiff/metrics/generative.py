@@ -43,9 +43,13 @@ class _Precomputed(nn.Module):
         return features
 
 
-def select_feature_net(real: torch.Tensor, inception_weights: str | Path | None = None,
-                       cache_dir: str | Path | None = None, net_config: DomainNetConfig | None = None,
-                       train_config: DomainTrainConfig | None = None) -> FeatureNet:
+def select_feature_net(
+    real: torch.Tensor,
+    inception_weights: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    net_config: DomainNetConfig | None = None,
+    train_config: DomainTrainConfig | None = None,
+) -> FeatureNet:
     """The feature network for FID/KID against the real images ``real``.
 
     Inception-v3 from the local file ``inception_weights`` when given (a missing file is a ``UserError``
@@ -59,8 +63,14 @@ def select_feature_net(real: torch.Tensor, inception_weights: str | Path | None 
     return train_domain_net(real, net_config, train_config)[0]
 
 
-def scores_from_features(real: torch.Tensor, fake: torch.Tensor, feature_net_name: str,
-                         kid_subset_size: int = 1000, kid_subsets: int = 100, seed: int = 0) -> dict:
+def scores_from_features(
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    feature_net_name: str,
+    kid_subset_size: int = 1000,
+    kid_subsets: int = 100,
+    seed: int = 0,
+) -> dict:
     """FID and KID from features ``real`` ``[N, D]`` and ``fake`` ``[M, D]`` (see ``generative_scores``)."""
     for arg, feats in (("real", real), ("fake", fake)):
         if feats.dim() != 2:
@@ -68,15 +78,19 @@ def scores_from_features(real: torch.Tensor, fake: torch.Tensor, feature_net_nam
         if feats.shape[0] < 2:
             raise UserError(f"'{arg}' has {feats.shape[0]} image(s); FID and KID need at least 2")
     if kid_subset_size < 2 or kid_subsets < 1:
-        raise UserError(f"'kid_subset_size' must be >= 2 and 'kid_subsets' >= 1, got {kid_subset_size} "
-                        f"and {kid_subsets}")
+        raise UserError(
+            f"'kid_subset_size' must be >= 2 and 'kid_subsets' >= 1, got {kid_subset_size} and {kid_subsets}"
+        )
     if real.shape[1] != fake.shape[1]:
         raise UserError(f"'real' and 'fake' features differ in size ({real.shape[1]} vs {fake.shape[1]})")
     n_real, n_fake = real.shape[0], fake.shape[0]
     if min(n_real, n_fake) < FID_RELIABLE_SAMPLES:
-        warnings.warn(f"FID on {min(n_real, n_fake)} images is biased upward (reference protocols use >= "
-                      f"{FID_RELIABLE_SAMPLES}); compare FIDs only at equal set sizes, prefer KID", UserWarning,
-                      stacklevel=2)
+        warnings.warn(
+            f"FID on {min(n_real, n_fake)} images is biased upward (reference protocols use >= "
+            f"{FID_RELIABLE_SAMPLES}); compare FIDs only at equal set sizes, prefer KID",
+            UserWarning,
+            stacklevel=2,
+        )
     subset = min(kid_subset_size, n_real, n_fake)
 
     identity = _Precomputed(real.shape[1])
@@ -103,8 +117,15 @@ def scores_from_features(real: torch.Tensor, fake: torch.Tensor, feature_net_nam
     }
 
 
-def generative_scores(real: Images, fake: Images, feature_net: FeatureNet, kid_subset_size: int = 1000,
-                      kid_subsets: int = 100, batch_size: int = 64, seed: int = 0) -> dict:
+def generative_scores(
+    real: Images,
+    fake: Images,
+    feature_net: FeatureNet,
+    kid_subset_size: int = 1000,
+    kid_subsets: int = 100,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> dict:
     """FID, KID mean/std and the feature network's name for ``real`` vs ``fake`` images.
 
     ``real``/``fake``: ``[N, C, H, W]`` tensors in [-1, 1] or iterables of such batches (streamed through

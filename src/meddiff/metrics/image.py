@@ -35,8 +35,7 @@ def _check_pair(pred: torch.Tensor, target: torch.Tensor) -> None:
     if pred.dim() != 4:
         raise UserError(f"'pred' must be a [N, C, H, W] image batch, got shape {tuple(pred.shape)}")
     if pred.shape != target.shape:
-        raise UserError(f"'pred' has shape {tuple(pred.shape)} but 'target' has {tuple(target.shape)}; "
-                        "they must match")
+        raise UserError(f"'pred' has shape {tuple(pred.shape)} but 'target' has {tuple(target.shape)}; they must match")
 
 
 def _reduce(per_image: torch.Tensor, reduction: Reduction) -> torch.Tensor:
@@ -54,8 +53,9 @@ def psnr(pred: torch.Tensor, target: torch.Tensor, reduction: Reduction = "mean"
     Identical images give ``inf``.
     """
     _check_pair(pred, target)
-    per_image = peak_signal_noise_ratio(to_unit_range(pred), to_unit_range(target), data_range=1.0,
-                                        reduction="none", dim=(1, 2, 3))
+    per_image = peak_signal_noise_ratio(
+        to_unit_range(pred), to_unit_range(target), data_range=1.0, reduction="none", dim=(1, 2, 3)
+    )
     return _reduce(per_image, reduction)
 
 
@@ -66,11 +66,22 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, reduction: Reduction = "mean"
     """
     _check_pair(pred, target)
     if min(pred.shape[-2:]) < _SSIM_WINDOW:
-        raise UserError(f"SSIM needs images of at least {_SSIM_WINDOW}x{_SSIM_WINDOW} pixels, "
-                        f"got 'pred' of {pred.shape[-2]}x{pred.shape[-1]}")
+        raise UserError(
+            f"SSIM needs images of at least {_SSIM_WINDOW}x{_SSIM_WINDOW} pixels, "
+            f"got 'pred' of {pred.shape[-2]}x{pred.shape[-1]}"
+        )
     _, ssim_map = structural_similarity_index_measure(
-        to_unit_range(pred), to_unit_range(target), gaussian_kernel=True, sigma=1.5, kernel_size=_SSIM_WINDOW,
-        data_range=1.0, k1=0.01, k2=0.03, reduction="none", return_full_image=True)
+        to_unit_range(pred),
+        to_unit_range(target),
+        gaussian_kernel=True,
+        sigma=1.5,
+        kernel_size=_SSIM_WINDOW,
+        data_range=1.0,
+        k1=0.01,
+        k2=0.03,
+        reduction="none",
+        return_full_image=True,
+    )
     # torchmetrics averages the SSIM map over the whole image, border included (computed on reflect-padded
     # input); Wang et al.'s reference code and scikit-image average only where the window fits inside the
     # image, so the border of half a window is cropped here to follow the reference definition.

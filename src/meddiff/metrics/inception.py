@@ -37,8 +37,9 @@ INPUT_SIZE = 299
 class _Conv(nn.Module):
     """Conv (no bias) + BatchNorm(eps 1e-3) + ReLU; named ``conv``/``bn`` like torchvision's BasicConv2d."""
 
-    def __init__(self, cin: int, cout: int, kernel: int | tuple[int, int], stride: int = 1,
-                 padding: int | tuple[int, int] = 0):
+    def __init__(
+        self, cin: int, cout: int, kernel: int | tuple[int, int], stride: int = 1, padding: int | tuple[int, int] = 0
+    ):
         super().__init__()
         self.conv = nn.Conv2d(cin, cout, kernel, stride=stride, padding=padding, bias=False)
         self.bn = nn.BatchNorm2d(cout, eps=0.001)
@@ -65,12 +66,15 @@ class _InceptionA(nn.Module):
         self.branch_pool = _Conv(cin, pool_features, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([
-            self.branch1x1(x),
-            self.branch5x5_2(self.branch5x5_1(x)),
-            self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
-            self.branch_pool(_avg_pool(x, self.tf_pooling)),
-        ], 1)
+        return torch.cat(
+            [
+                self.branch1x1(x),
+                self.branch5x5_2(self.branch5x5_1(x)),
+                self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
+                self.branch_pool(_avg_pool(x, self.tf_pooling)),
+            ],
+            1,
+        )
 
 
 class _InceptionB(nn.Module):
@@ -82,11 +86,14 @@ class _InceptionB(nn.Module):
         self.branch3x3dbl_3 = _Conv(96, 96, 3, stride=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([
-            self.branch3x3(x),
-            self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
-            F.max_pool2d(x, 3, stride=2),
-        ], 1)
+        return torch.cat(
+            [
+                self.branch3x3(x),
+                self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
+                F.max_pool2d(x, 3, stride=2),
+            ],
+            1,
+        )
 
 
 class _InceptionC(nn.Module):
@@ -106,12 +113,15 @@ class _InceptionC(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dbl = self.branch7x7dbl_3(self.branch7x7dbl_2(self.branch7x7dbl_1(x)))
-        return torch.cat([
-            self.branch1x1(x),
-            self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x))),
-            self.branch7x7dbl_5(self.branch7x7dbl_4(dbl)),
-            self.branch_pool(_avg_pool(x, self.tf_pooling)),
-        ], 1)
+        return torch.cat(
+            [
+                self.branch1x1(x),
+                self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x))),
+                self.branch7x7dbl_5(self.branch7x7dbl_4(dbl)),
+                self.branch_pool(_avg_pool(x, self.tf_pooling)),
+            ],
+            1,
+        )
 
 
 class _InceptionD(nn.Module):
@@ -150,12 +160,17 @@ class _InceptionE(nn.Module):
             pooled = F.max_pool2d(x, 3, stride=1, padding=1)
         else:
             pooled = _avg_pool(x, self.pool == "avg_tf")
-        return torch.cat([
-            self.branch1x1(x),
-            self.branch3x3_2a(b3), self.branch3x3_2b(b3),
-            self.branch3x3dbl_3a(dbl), self.branch3x3dbl_3b(dbl),
-            self.branch_pool(pooled),
-        ], 1)
+        return torch.cat(
+            [
+                self.branch1x1(x),
+                self.branch3x3_2a(b3),
+                self.branch3x3_2b(b3),
+                self.branch3x3dbl_3a(dbl),
+                self.branch3x3dbl_3b(dbl),
+                self.branch_pool(pooled),
+            ],
+            1,
+        )
 
 
 def resize_like_tf1(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -215,8 +230,19 @@ class InceptionV3Features(FeatureNet):
         x = F.max_pool2d(x, 3, stride=2)
         x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))
         x = F.max_pool2d(x, 3, stride=2)
-        for block in (self.Mixed_5b, self.Mixed_5c, self.Mixed_5d, self.Mixed_6a, self.Mixed_6b, self.Mixed_6c,
-                      self.Mixed_6d, self.Mixed_6e, self.Mixed_7a, self.Mixed_7b, self.Mixed_7c):
+        for block in (
+            self.Mixed_5b,
+            self.Mixed_5c,
+            self.Mixed_5d,
+            self.Mixed_6a,
+            self.Mixed_6b,
+            self.Mixed_6c,
+            self.Mixed_6d,
+            self.Mixed_6e,
+            self.Mixed_7a,
+            self.Mixed_7b,
+            self.Mixed_7c,
+        ):
             x = block(x)
         return x.mean(dim=(2, 3))
 
@@ -224,6 +250,7 @@ class InceptionV3Features(FeatureNet):
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
+
         return load_file(str(path))
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
@@ -243,8 +270,10 @@ def load_inception(path: str | Path, variant: Variant | None = None) -> Inceptio
     """
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: Inception-v3 weights file not found (meddiff never downloads weights; "
-                        "pass the path of a local pt_inception-2015-12-05 or torchvision inception_v3 file)")
+        raise UserError(
+            f"{path}: Inception-v3 weights file not found (meddiff never downloads weights; "
+            "pass the path of a local pt_inception-2015-12-05 or torchvision inception_v3 file)"
+        )
     try:
         state = _read_state_dict(path)
     except Exception as exc:  # torch.load / safetensors raise many types for a corrupt or foreign file
@@ -252,8 +281,10 @@ def load_inception(path: str | Path, variant: Variant | None = None) -> Inceptio
     fc = state.get("fc.weight")
     if variant is None:
         if fc is None or fc.shape[0] not in (1000, 1008):
-            raise UserError(f"{path}: cannot tell which Inception-v3 this is from its 'fc' layer; "
-                            "pass variant='fid' or variant='torchvision'")
+            raise UserError(
+                f"{path}: cannot tell which Inception-v3 this is from its 'fc' layer; "
+                "pass variant='fid' or variant='torchvision'"
+            )
         variant = "fid" if fc.shape[0] == 1008 else "torchvision"
     with path.open("rb") as f:
         digest = hashlib.file_digest(f, "sha256").hexdigest()[:8]
@@ -267,8 +298,10 @@ def load_inception(path: str | Path, variant: Variant | None = None) -> Inceptio
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     if missing or unexpected:
         first = (missing or unexpected)[0]
-        raise UserError(f"{path}: not an Inception-v3 state dict ({len(missing)} missing and "
-                        f"{len(unexpected)} unexpected keys, e.g. '{first}')")
+        raise UserError(
+            f"{path}: not an Inception-v3 state dict ({len(missing)} missing and "
+            f"{len(unexpected)} unexpected keys, e.g. '{first}')"
+        )
     for p in net.parameters():
         p.requires_grad_(False)
     return net.eval()

@@ -62,13 +62,20 @@ class MemorizationReport:
 
     def summary(self) -> dict:
         """Plain-data summary (no per-image lists)."""
-        return {"fraction_copies": self.fraction_copies, "num_copies": int(self.likely_copy.sum()),
-                "num_generated": len(self.distances), "threshold": self.threshold, "percentile": self.percentile,
-                "reference": self.reference, "space": self.space}
+        return {
+            "fraction_copies": self.fraction_copies,
+            "num_copies": int(self.likely_copy.sum()),
+            "num_generated": len(self.distances),
+            "threshold": self.threshold,
+            "percentile": self.percentile,
+            "reference": self.reference,
+            "space": self.space,
+        }
 
 
-def nearest_neighbours(query: torch.Tensor, reference: torch.Tensor, exclude_self: bool = False,
-                       max_elements: int = MAX_DISTANCE_ELEMENTS) -> tuple[torch.Tensor, torch.Tensor]:
+def nearest_neighbours(
+    query: torch.Tensor, reference: torch.Tensor, exclude_self: bool = False, max_elements: int = MAX_DISTANCE_ELEMENTS
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Euclidean distance from each row of ``query`` ``[Q, D]`` to its nearest row of ``reference``
     ``[R, D]`` and that row's index, computed in blocks of at most ``max_elements`` distances.
 
@@ -80,7 +87,7 @@ def nearest_neighbours(query: torch.Tensor, reference: torch.Tensor, exclude_sel
     reference = reference.double()
     dists, indices = [], []
     for start in range(0, query.shape[0], rows):
-        block = torch.cdist(query[start:start + rows].double(), reference)
+        block = torch.cdist(query[start : start + rows].double(), reference)
         if exclude_self:
             own = torch.arange(start, start + block.shape[0])
             block[torch.arange(block.shape[0]), own] = float("inf")
@@ -96,16 +103,21 @@ def pixel_embedding(images: torch.Tensor, size: int = 32) -> torch.Tensor:
     return small.flatten(1) / small[0].numel() ** 0.5
 
 
-def _embed(images: torch.Tensor, feature_net: FeatureNet | None, pixel_size: int,
-           batch_size: int) -> torch.Tensor:
+def _embed(images: torch.Tensor, feature_net: FeatureNet | None, pixel_size: int, batch_size: int) -> torch.Tensor:
     if feature_net is None:
         return torch.cat([pixel_embedding(b, pixel_size) for b in images.split(batch_size)])
     return extract_features(images, feature_net, batch_size)
 
 
-def memorization_check(generated: torch.Tensor, train: torch.Tensor, heldout: torch.Tensor | None = None,
-                       feature_net: FeatureNet | None = None, pixel_size: int = 32, percentile: float = 1.0,
-                       batch_size: int = 64) -> MemorizationReport:
+def memorization_check(
+    generated: torch.Tensor,
+    train: torch.Tensor,
+    heldout: torch.Tensor | None = None,
+    feature_net: FeatureNet | None = None,
+    pixel_size: int = 32,
+    percentile: float = 1.0,
+    batch_size: int = 64,
+) -> MemorizationReport:
     """Flag generated images that are likely copies of training images (see the module docstring).
 
     ``generated``, ``train``, ``heldout``: ``[N, C, H, W]`` images in [-1, 1] (sizes may differ between
@@ -130,6 +142,12 @@ def memorization_check(generated: torch.Tensor, train: torch.Tensor, heldout: to
         reference = "train-leave-one-out"
     threshold = float(torch.quantile(reference_distances.double(), percentile / 100))
     return MemorizationReport(
-        distances=distances, nearest=nearest, likely_copy=distances < threshold, threshold=threshold,
-        percentile=percentile, reference=reference, reference_distances=reference_distances,
-        space=f"pixels-{pixel_size}" if feature_net is None else feature_net.name)
+        distances=distances,
+        nearest=nearest,
+        likely_copy=distances < threshold,
+        threshold=threshold,
+        percentile=percentile,
+        reference=reference,
+        reference_distances=reference_distances,
+        space=f"pixels-{pixel_size}" if feature_net is None else feature_net.name,
+    )

@@ -60,9 +60,14 @@ def scores_from_confusion(confusion: torch.Tensor, include_background: bool = Tr
     iou = torch.where(absent, nan, tp / union.clamp(min=1))
     dice = torch.where(absent, nan, 2 * tp / (union + tp).clamp(min=1))
     first = 0 if include_background else 1
-    return SegmentationScores(iou=iou, dice=dice, miou=float(iou[first:].nanmean()),
-                              mean_dice=float(dice[first:].nanmean()), confusion=confusion,
-                              include_background=include_background)
+    return SegmentationScores(
+        iou=iou,
+        dice=dice,
+        miou=float(iou[first:].nanmean()),
+        mean_dice=float(dice[first:].nanmean()),
+        confusion=confusion,
+        include_background=include_background,
+    )
 
 
 class SegmentationMeter:
@@ -82,17 +87,22 @@ class SegmentationMeter:
         """Add a batch: ``pred`` and ``target`` int ``[N, H, W]`` (or ``[H, W]``) class ids; ``target`` may
         hold ``IGNORE_INDEX``."""
         if pred.shape != target.shape:
-            raise UserError(f"'pred' has shape {tuple(pred.shape)} but 'target' has {tuple(target.shape)}; "
-                            "they must match")
+            raise UserError(
+                f"'pred' has shape {tuple(pred.shape)} but 'target' has {tuple(target.shape)}; they must match"
+            )
         if pred.is_floating_point() or target.is_floating_point():
-            raise UserError("'pred' and 'target' must be integer class-id masks, not float tensors "
-                            "(take the argmax of the logits first)")
+            raise UserError(
+                "'pred' and 'target' must be integer class-id masks, not float tensors "
+                "(take the argmax of the logits first)"
+            )
         if pred.numel() and (pred.min() < 0 or pred.max() >= self.num_classes):
             raise UserError(f"'pred' holds class ids outside 0..{self.num_classes - 1}")
         labelled = target[target != IGNORE_INDEX]
         if labelled.numel() and (labelled.min() < 0 or labelled.max() >= self.num_classes):
-            raise UserError(f"'target' holds class ids outside 0..{self.num_classes - 1} "
-                            f"(other than the ignore index {IGNORE_INDEX})")
+            raise UserError(
+                f"'target' holds class ids outside 0..{self.num_classes - 1} "
+                f"(other than the ignore index {IGNORE_INDEX})"
+            )
         self._confusion.update(pred.long().reshape(-1), target.long().reshape(-1))
 
     def compute(self) -> SegmentationScores:
@@ -104,8 +114,9 @@ class SegmentationMeter:
         self._confusion.reset()
 
 
-def segmentation_scores(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
-                        include_background: bool = True) -> SegmentationScores:
+def segmentation_scores(
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int, include_background: bool = True
+) -> SegmentationScores:
     """One-shot version of ``SegmentationMeter`` for masks that fit in memory."""
     meter = SegmentationMeter(num_classes, include_background)
     meter.update(pred, target)

@@ -62,8 +62,10 @@ class DomainTextAligner(nn.Module):
     def __init__(self, in_channels: int, pooled_dim: int, config: AlignmentTrainConfig, name: str):
         super().__init__()
         self.config, self.name, self.pooled_dim = config, name, pooled_dim
-        self.image_net = DomainCNN(DomainNetConfig(in_channels=in_channels, image_size=config.image_size,
-                                                   projection_dim=config.embed_dim), name=name)
+        self.image_net = DomainCNN(
+            DomainNetConfig(in_channels=in_channels, image_size=config.image_size, projection_dim=config.embed_dim),
+            name=name,
+        )
         self.text_proj = nn.Linear(pooled_dim, config.embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
         self.record: dict = {}
@@ -95,17 +97,22 @@ def aligner_name(images: torch.Tensor, captions: Sequence[str], config: Alignmen
     return "domain-text-" + h.hexdigest()[:12]
 
 
-def _contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, same: torch.Tensor,
-                      logit_scale: torch.Tensor) -> torch.Tensor:
+def _contrastive_loss(
+    image_emb: torch.Tensor, text_emb: torch.Tensor, same: torch.Tensor, logit_scale: torch.Tensor
+) -> torch.Tensor:
     """Symmetric InfoNCE where every pair with the same caption is a positive (``same`` ``[B, B]`` bool)."""
     logits = logit_scale.exp().clamp(max=100) * image_emb @ text_emb.T
     targets = same.float() / same.float().sum(dim=1, keepdim=True)
     return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
 
 
-def train_aligner(images: torch.Tensor, pooled: torch.Tensor, captions: Sequence[str],
-                  config: AlignmentTrainConfig = AlignmentTrainConfig(),
-                  progress: bool = False) -> tuple[DomainTextAligner, list[float]]:
+def train_aligner(
+    images: torch.Tensor,
+    pooled: torch.Tensor,
+    captions: Sequence[str],
+    config: AlignmentTrainConfig = AlignmentTrainConfig(),
+    progress: bool = False,
+) -> tuple[DomainTextAligner, list[float]]:
     """Train the domain text-alignment network on ``images`` ``[N, C, H, W]`` in [-1, 1] with their
     captions' pooled embeddings ``[N, P]``. Leaves torch's global RNG untouched; returns the network (eval
     mode; ``record`` holds the settings and its top-1 caption retrieval accuracy on the training images)
@@ -129,16 +136,21 @@ def train_aligner(images: torch.Tensor, pooled: torch.Tensor, captions: Sequence
         index = torch.randperm(data.shape[0], generator=generator)[:batch]
         views = augment(data[index], generator, config.min_crop_area, hflip=False)
         image_emb = F.normalize(net.image_net.projection(net.image_net.encode(views)), dim=-1)
-        loss = _contrastive_loss(image_emb, net.text_embeddings(pooled[index]), ids[index, None] == ids[None, index],
-                                 net.logit_scale)
+        loss = _contrastive_loss(
+            image_emb, net.text_embeddings(pooled[index]), ids[index, None] == ids[None, index], net.logit_scale
+        )
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
         losses.append(loss.item())
     net.eval()
-    net.record = {"training": to_dict(config), "num_images": images.shape[0], "num_captions": int(ids.max()) + 1,
-                  "final_loss": losses[-1] if losses else None,
-                  "train_top1": retrieval_top1(net, images, pooled, ids)}
+    net.record = {
+        "training": to_dict(config),
+        "num_images": images.shape[0],
+        "num_captions": int(ids.max()) + 1,
+        "final_loss": losses[-1] if losses else None,
+        "train_top1": retrieval_top1(net, images, pooled, ids),
+    }
     return net, losses
 
 
@@ -155,8 +167,13 @@ def save_aligner(net: DomainTextAligner, folder: Path) -> Path:
     """Write ``aligner.safetensors`` and ``aligner.json`` into ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().contiguous() for k, v in net.state_dict().items()}, str(folder / _WEIGHTS))
-    record = {"name": net.name, "in_channels": net.image_net.config.in_channels, "pooled_dim": net.pooled_dim,
-              "config": to_dict(net.config), **net.record}
+    record = {
+        "name": net.name,
+        "in_channels": net.image_net.config.in_channels,
+        "pooled_dim": net.pooled_dim,
+        "config": to_dict(net.config),
+        **net.record,
+    }
     (folder / _RECORD).write_text(json.dumps(record, indent=1) + "\n")
     return folder
 
@@ -165,8 +182,12 @@ def load_aligner(folder: Path) -> DomainTextAligner:
     """Read a network written by ``save_aligner`` (eval mode)."""
     try:
         record = json.loads((folder / _RECORD).read_text())
-        net = DomainTextAligner(record["in_channels"], record["pooled_dim"],
-                                from_dict(AlignmentTrainConfig, record["config"], "config."), record["name"])
+        net = DomainTextAligner(
+            record["in_channels"],
+            record["pooled_dim"],
+            from_dict(AlignmentTrainConfig, record["config"], "config."),
+            record["name"],
+        )
         net.load_state_dict(load_file(str(folder / _WEIGHTS)))
     except (OSError, KeyError, json.JSONDecodeError, RuntimeError) as exc:
         raise UserError(f"{folder}: not a readable text-alignment network ({str(exc).splitlines()[0]})") from None
@@ -194,8 +215,10 @@ class ClipScore:
         from meddiff.text.encoders import quiet_transformers
 
         if not (Path(path) / "config.json").is_file():
-            raise UserError(f"{path}: no CLIP model here (a folder saved with CLIPModel.save_pretrained and "
-                            "CLIPProcessor.save_pretrained)")
+            raise UserError(
+                f"{path}: no CLIP model here (a folder saved with CLIPModel.save_pretrained and "
+                "CLIPProcessor.save_pretrained)"
+            )
         try:
             with quiet_transformers():
                 self.model = CLIPModel.from_pretrained(path, local_files_only=True).eval()

@@ -55,8 +55,16 @@ class ResBlock(nn.Module):
     With ``spade_classes > 0`` both norms are SPADE: parameter-free GroupNorm modulated by the label map.
     """
 
-    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, groups: int, dropout: float,
-                 spade_classes: int = 0, spade_hidden: int = 64):
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        emb_dim: int,
+        groups: int,
+        dropout: float,
+        spade_classes: int = 0,
+        spade_hidden: int = 64,
+    ):
         super().__init__()
         self.spade = spade_classes > 0
         if self.spade:

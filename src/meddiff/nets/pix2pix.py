@@ -53,7 +53,7 @@ class Generator(nn.Module):
     def __init__(self, label_channels: int, image_channels: int, cfg: Pix2PixNetConfig):
         super().__init__()
         self.config = cfg
-        widths = [min(cfg.base_channels * 2 ** i, cfg.max_channels) for i in range(cfg.depth)]
+        widths = [min(cfg.base_channels * 2**i, cfg.max_channels) for i in range(cfg.depth)]
         self.down = nn.ModuleList()
         previous = label_channels
         for i, width in enumerate(widths):
@@ -78,7 +78,7 @@ class Generator(nn.Module):
 
     def forward(self, label_map: torch.Tensor) -> torch.Tensor:
         h, w = label_map.shape[-2:]
-        m = 2 ** self.config.depth
+        m = 2**self.config.depth
         x = F.pad(label_map, (0, (-w) % m, 0, (-h) % m))
         skips = []
         for layer in self.down:
@@ -99,7 +99,7 @@ class Discriminator(nn.Module):
         previous = label_channels + image_channels
         for i in range(cfg.disc_layers + 1):
             stride = 2 if i < cfg.disc_layers else 1
-            out = min(cfg.disc_channels * 2 ** i, cfg.max_channels)
+            out = min(cfg.disc_channels * 2**i, cfg.max_channels)
             layers.append(nn.Conv2d(previous, out, 4, stride=stride, padding=1))
             if i > 0:
                 layers.append(_norm(out, cfg.norm_groups))

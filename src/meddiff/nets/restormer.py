@@ -174,8 +174,7 @@ class _ModalityEncoder(nn.Module):
 
     def __init__(self, c0: int, c1: int, c2: int):
         super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(1, c0, 3, padding=1), nn.GELU(), _down(c0, c1), nn.GELU(),
-                                 _down(c1, c2))
+        self.net = nn.Sequential(nn.Conv2d(1, c0, 3, padding=1), nn.GELU(), _down(c0, c1), nn.GELU(), _down(c1, c2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -211,8 +210,9 @@ class FusionDenoiser(nn.Module):
         self.merge1 = nn.Conv2d(2 * c1, c1, 1)
         self.dec1 = blocks(c1, cfg.heads[0], cfg.blocks[0])
         self.up1 = _up(c1, c0)
-        self.out = nn.Sequential(nn.Conv2d(2 * c0, c0, 3, padding=1), nn.GELU(),
-                                 zero_module(nn.Conv2d(c0, cfg.in_channels, 3, padding=1)))
+        self.out = nn.Sequential(
+            nn.Conv2d(2 * c0, c0, 3, padding=1), nn.GELU(), zero_module(nn.Conv2d(c0, cfg.in_channels, 3, padding=1))
+        )
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -43,8 +43,12 @@ class SegNetConfig:
 
 def _double_conv(in_ch: int, out_ch: int, groups: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(in_ch, out_ch, 3, padding=1), group_norm(out_ch, groups), nn.ReLU(inplace=True),
-        nn.Conv2d(out_ch, out_ch, 3, padding=1), group_norm(out_ch, groups), nn.ReLU(inplace=True),
+        nn.Conv2d(in_ch, out_ch, 3, padding=1),
+        group_norm(out_ch, groups),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(out_ch, out_ch, 3, padding=1),
+        group_norm(out_ch, groups),
+        nn.ReLU(inplace=True),
     )
 
 

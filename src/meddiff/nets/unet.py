@@ -24,8 +24,15 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from meddiff.nets.attention import SpatialAttention
-from meddiff.nets.layers import (Downsample, ResBlock, Upsample, group_norm, masked_mean, sinusoidal_embedding,
-                                 zero_module)
+from meddiff.nets.layers import (
+    Downsample,
+    ResBlock,
+    Upsample,
+    group_norm,
+    masked_mean,
+    sinusoidal_embedding,
+    zero_module,
+)
 
 
 @dataclass
@@ -69,14 +76,26 @@ class UNetConfig:
 class _Block(nn.Module):
     """A residual block, optionally followed by self-attention, cross-attention and upsampling."""
 
-    def __init__(self, in_ch: int, out_ch: int, cfg: UNetConfig, emb_dim: int, attention: bool,
-                 spade: bool, upsample: bool = False):
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        cfg: UNetConfig,
+        emb_dim: int,
+        attention: bool,
+        spade: bool,
+        upsample: bool = False,
+    ):
         super().__init__()
-        self.res = ResBlock(in_ch, out_ch, emb_dim, cfg.norm_groups, cfg.dropout,
-                            cfg.spade_classes if spade else 0, cfg.spade_hidden)
+        self.res = ResBlock(
+            in_ch, out_ch, emb_dim, cfg.norm_groups, cfg.dropout, cfg.spade_classes if spade else 0, cfg.spade_hidden
+        )
         self.attn = SpatialAttention(out_ch, cfg.head_channels, cfg.norm_groups) if attention else None
-        self.xattn = (SpatialAttention(out_ch, cfg.head_channels, cfg.norm_groups, cfg.context_dim)
-                      if attention and cfg.context_dim else None)
+        self.xattn = (
+            SpatialAttention(out_ch, cfg.head_channels, cfg.norm_groups, cfg.context_dim)
+            if attention and cfg.context_dim
+            else None
+        )
         self.up = Upsample(out_ch) if upsample else None
 
     def forward(self, h, emb, label_map, context, context_mask):
@@ -98,8 +117,11 @@ class UNet(nn.Module):
         emb_dim = 4 * ch
         self.time_embed = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.class_embed = nn.Embedding(cfg.num_classes + 1, emb_dim) if cfg.num_classes else None
-        self.context_embed = (nn.Sequential(nn.Linear(cfg.context_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-                              if cfg.context_dim and cfg.context_pooled else None)
+        self.context_embed = (
+            nn.Sequential(nn.Linear(cfg.context_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+            if cfg.context_dim and cfg.context_pooled
+            else None
+        )
         self.input_conv = nn.Conv2d(cfg.in_channels + cfg.cond_channels, ch, 3, padding=1)
 
         self.encoder = nn.ModuleList()
@@ -108,32 +130,46 @@ class UNet(nn.Module):
         self._decoder_info: list[tuple[int, int]] = []
         for level, mult in enumerate(cfg.channel_mults):
             for _ in range(cfg.blocks_per_level):
-                self.encoder.append(_Block(current, ch * mult, cfg, emb_dim, level in cfg.attention_levels,
-                                           spade=False))
+                self.encoder.append(
+                    _Block(current, ch * mult, cfg, emb_dim, level in cfg.attention_levels, spade=False)
+                )
                 current = ch * mult
                 skips.append(current)
             if level < len(cfg.channel_mults) - 1:
                 self.encoder.append(Downsample(current))
                 skips.append(current)
 
-        self.middle = nn.ModuleList([
-            _Block(current, current, cfg, emb_dim, attention=True, spade=bool(cfg.spade_classes)),
-            _Block(current, current, cfg, emb_dim, attention=False, spade=bool(cfg.spade_classes)),
-        ])
+        self.middle = nn.ModuleList(
+            [
+                _Block(current, current, cfg, emb_dim, attention=True, spade=bool(cfg.spade_classes)),
+                _Block(current, current, cfg, emb_dim, attention=False, spade=bool(cfg.spade_classes)),
+            ]
+        )
 
         self.decoder = nn.ModuleList()
         for level in reversed(range(len(cfg.channel_mults))):
             out_ch = ch * cfg.channel_mults[level]
             for i in range(cfg.blocks_per_level + 1):
                 upsample = level > 0 and i == cfg.blocks_per_level
-                self.decoder.append(_Block(current + skips.pop(), out_ch, cfg, emb_dim,
-                                           level in cfg.attention_levels, spade=bool(cfg.spade_classes),
-                                           upsample=upsample))
+                self.decoder.append(
+                    _Block(
+                        current + skips.pop(),
+                        out_ch,
+                        cfg,
+                        emb_dim,
+                        level in cfg.attention_levels,
+                        spade=bool(cfg.spade_classes),
+                        upsample=upsample,
+                    )
+                )
                 current = out_ch
                 self._decoder_info.append((out_ch, 2 ** (level - 1 if upsample else level)))
 
-        self.out = nn.Sequential(group_norm(current, cfg.norm_groups), nn.SiLU(),
-                                 zero_module(nn.Conv2d(current, cfg.out_channels, 3, padding=1)))
+        self.out = nn.Sequential(
+            group_norm(current, cfg.norm_groups),
+            nn.SiLU(),
+            zero_module(nn.Conv2d(current, cfg.out_channels, 3, padding=1)),
+        )
 
     @property
     def num_decoder_blocks(self) -> int:
@@ -146,9 +182,17 @@ class UNet(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, *, cond_image: torch.Tensor | None = None,
-                label_map: torch.Tensor | None = None, context: torch.Tensor | None = None,
-                context_mask: torch.Tensor | None = None, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        *,
+        cond_image: torch.Tensor | None = None,
+        label_map: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None,
+        class_labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Predict noise / v / x0 (the caller's choice) for ``x`` ``[B, C, H, W]`` at times ``t`` ``[B]``.
 
         ``t`` may be fractional (e.g. a scaled continuous noise level). Any H, W: inputs are padded to a
@@ -157,7 +201,9 @@ class UNet(nn.Module):
         out, _ = self._run(x, t, cond_image, label_map, context, context_mask, class_labels, blocks=())
         return out
 
-    def decoder_features(self, x: torch.Tensor, t: torch.Tensor, blocks: list[int], **conditioning) -> list[torch.Tensor]:
+    def decoder_features(
+        self, x: torch.Tensor, t: torch.Tensor, blocks: list[int], **conditioning
+    ) -> list[torch.Tensor]:
         """Activations of the chosen decoder blocks (cropped to the input's extent), in the order given.
 
         Stops after the last block needed, so early blocks cost only part of a forward pass.
@@ -165,9 +211,16 @@ class UNet(nn.Module):
         bad = [b for b in blocks if not 0 <= b < self.num_decoder_blocks]
         if bad:
             raise ValueError(f"decoder blocks {bad} outside 0..{self.num_decoder_blocks - 1}")
-        _, features = self._run(x, t, conditioning.get("cond_image"), conditioning.get("label_map"),
-                                conditioning.get("context"), conditioning.get("context_mask"),
-                                conditioning.get("class_labels"), blocks=tuple(blocks))
+        _, features = self._run(
+            x,
+            t,
+            conditioning.get("cond_image"),
+            conditioning.get("label_map"),
+            conditioning.get("context"),
+            conditioning.get("context_mask"),
+            conditioning.get("class_labels"),
+            blocks=tuple(blocks),
+        )
         return [features[b] for b in blocks]
 
     def _run(self, x, t, cond_image, label_map, context, context_mask, class_labels, blocks):
@@ -188,8 +241,10 @@ class UNet(nn.Module):
         emb = self.time_embed(sinusoidal_embedding(t, cfg.base_channels).to(x.dtype))
         if self.class_embed is not None:
             if class_labels is None:
-                raise ValueError(f"this UNet has a class embedding: pass class_labels (0..{cfg.num_classes}, "
-                                 f"{cfg.num_classes} = no class)")
+                raise ValueError(
+                    f"this UNet has a class embedding: pass class_labels (0..{cfg.num_classes}, "
+                    f"{cfg.num_classes} = no class)"
+                )
             emb = emb + self.class_embed(class_labels)
         if self.context_embed is not None:
             if context is None:

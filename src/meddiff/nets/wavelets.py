@@ -18,10 +18,9 @@ from torch import nn
 
 # Rows: LL, detail across columns, detail across rows, diagonal; columns: the 2x2 block read row by row
 # (top-left, top-right, bottom-left, bottom-right). Symmetric and orthogonal, hence its own inverse.
-_HAAR = 0.5 * torch.tensor([[1.0, 1.0, 1.0, 1.0],
-                            [1.0, -1.0, 1.0, -1.0],
-                            [1.0, 1.0, -1.0, -1.0],
-                            [1.0, -1.0, -1.0, 1.0]])
+_HAAR = 0.5 * torch.tensor(
+    [[1.0, 1.0, 1.0, 1.0], [1.0, -1.0, 1.0, -1.0], [1.0, 1.0, -1.0, -1.0], [1.0, -1.0, -1.0, 1.0]]
+)
 
 
 def haar_dwt(x: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,16 @@ from meddiff.report.html import Html, Section, write_report
 from meddiff.report.plots import heatmap, legend_patches, loss_curve, metric_curves
 
 __all__ = [
-    "Html", "Section", "colorize_mask", "heatmap", "image_grid", "legend_patches", "loss_curve",
-    "metric_curves", "overlay", "pairs_grid", "save_png", "write_report",
+    "Html",
+    "Section",
+    "colorize_mask",
+    "heatmap",
+    "image_grid",
+    "legend_patches",
+    "loss_curve",
+    "metric_curves",
+    "overlay",
+    "pairs_grid",
+    "save_png",
+    "write_report",
 ]

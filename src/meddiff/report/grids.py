@@ -64,8 +64,7 @@ def _tile(tiles: np.ndarray, ncol: int, pad: int, pad_value: int) -> np.ndarray:
     return np.pad(grid, ((pad, 0), (pad, 0), (0, 0)), constant_values=pad_value)
 
 
-def image_grid(images: ArrayLike, nrow: int = 8, pad: int = 2, scale: int = 1,
-               pad_value: int = 255) -> np.ndarray:
+def image_grid(images: ArrayLike, nrow: int = 8, pad: int = 2, scale: int = 1, pad_value: int = 255) -> np.ndarray:
     """Tile ``[N, C, H, W]`` images in [-1, 1] into one uint8 RGB image, ``nrow`` images per row (as in
     torchvision's ``make_grid``).
 
@@ -89,8 +88,9 @@ def colorize_mask(mask: ArrayLike, num_classes: int) -> np.ndarray:
     return palette(num_classes)[m]
 
 
-def overlay(image: ArrayLike, mask: ArrayLike, num_classes: int, alpha: float = 0.45,
-            show_background: bool = False) -> np.ndarray:
+def overlay(
+    image: ArrayLike, mask: ArrayLike, num_classes: int, alpha: float = 0.45, show_background: bool = False
+) -> np.ndarray:
     """Blend class colours over an image: ``(1 - alpha) * image + alpha * palette[class]``, rounded.
 
     Takes one ``[C, H, W]`` image with an ``[H, W]`` mask, or a batch ``[N, C, H, W]`` with ``[N, H, W]``.
@@ -108,9 +108,17 @@ def overlay(image: ArrayLike, mask: ArrayLike, num_classes: int, alpha: float = 
     return np.where(covered[..., None], np.rint(blended).astype(np.uint8), rgb)
 
 
-def pairs_grid(images: ArrayLike, masks: ArrayLike, num_classes: int, ncol: int = 4, pad: int = 2,
-               scale: int = 1, alpha: float = 0.45, show_background: bool = False,
-               pad_value: int = 255) -> np.ndarray:
+def pairs_grid(
+    images: ArrayLike,
+    masks: ArrayLike,
+    num_classes: int,
+    ncol: int = 4,
+    pad: int = 2,
+    scale: int = 1,
+    alpha: float = 0.45,
+    show_background: bool = False,
+    pad_value: int = 255,
+) -> np.ndarray:
     """Grid of labelled samples, each shown as ``image | overlay``, ``ncol`` pairs per row.
 
     The two tiles of a pair are ``pad`` pixels apart and pairs ``3 * pad`` apart, so pairs read as
@@ -129,8 +137,7 @@ def encode_png(array: np.ndarray) -> bytes:
     """PNG bytes of a uint8 ``[H, W]`` grey, ``[H, W, 3]`` RGB or ``[H, W, 4]`` RGBA array."""
     array = np.asarray(array)
     if array.dtype != np.uint8 or not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))):
-        raise ValueError(f"expected a uint8 [H, W], [H, W, 3] or [H, W, 4] array, got {array.dtype} "
-                         f"{array.shape}")
+        raise ValueError(f"expected a uint8 [H, W], [H, W, 3] or [H, W, 4] array, got {array.dtype} {array.shape}")
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="PNG")
     return buffer.getvalue()

@@ -48,6 +48,7 @@ class Section(NamedTuple):
 
 # --- formatting -------------------------------------------------------------------------------------
 
+
 def format_value(value: Any) -> str:
     """A metric or setting as short text: 4 significant digits, thousands separators from 10,000 up,
     lists comma-joined, missing values as an em dash."""
@@ -110,15 +111,17 @@ def text_to_html(text: str) -> str:
 
 # --- building blocks --------------------------------------------------------------------------------
 
+
 def _kv_table(items: Mapping[str, Any], pairs_per_row: int = 1) -> str:
     """Key/value table with fixed column widths, ``pairs_per_row`` key/value pairs side by side."""
     width = 100 / pairs_per_row
     cols = f'<col style="width:{0.45 * width:.1f}%"><col style="width:{0.55 * width:.1f}%">' * pairs_per_row
-    cells = [f'<th scope="row">{_e(k)}</th><td class="{"num" if _is_number(v) else "txt"}">'
-             f"{_e(format_value(v))}</td>" for k, v in items.items()]
+    cells = [
+        f'<th scope="row">{_e(k)}</th><td class="{"num" if _is_number(v) else "txt"}">{_e(format_value(v))}</td>'
+        for k, v in items.items()
+    ]
     cells += ["<th></th><td></td>"] * (-len(cells) % pairs_per_row)
-    rows = ["<tr>" + "".join(cells[i:i + pairs_per_row]) + "</tr>"
-            for i in range(0, len(cells), pairs_per_row)]
+    rows = ["<tr>" + "".join(cells[i : i + pairs_per_row]) + "</tr>" for i in range(0, len(cells), pairs_per_row)]
     kind = "kv" if pairs_per_row == 1 else "kv wide"
     return f'<table class="{kind}"><colgroup>{cols}</colgroup><tbody>{"".join(rows)}</tbody></table>'
 
@@ -129,16 +132,21 @@ def _grid_table(rows: Sequence[Mapping[str, Any]], index: str | None = None) -> 
     keys = list(dict.fromkeys(k for row in rows for k in row if k != "__index"))
     head = ([f'<th scope="col">{_e(index)}</th>'] if index is not None else []) + [
         f'<th scope="col" class="{"num" if any(_is_number(r.get(k)) for r in rows) else "txt"}">{_e(k)}</th>'
-        for k in keys]
+        for k in keys
+    ]
     body = []
     for row in rows:
         label = [f'<th scope="row">{_e(row["__index"])}</th>'] if index is not None else []
-        cells = [f'<td class="{"num" if _is_number(v) else "txt"}">{_e(format_value(v))}</td>'
-                 for v in (row.get(k) for k in keys)]
+        cells = [
+            f'<td class="{"num" if _is_number(v) else "txt"}">{_e(format_value(v))}</td>'
+            for v in (row.get(k) for k in keys)
+        ]
         body.append("<tr>" + "".join(label + cells) + "</tr>")
     width = 170 * (len(keys) + (index is not None))  # px; a narrow table should not stretch across the page
-    return (f'<table class="grid" style="max-width:{width}px"><thead><tr>{"".join(head)}</tr></thead>'
-            f'<tbody>{"".join(body)}</tbody></table>')
+    return (
+        f'<table class="grid" style="max-width:{width}px"><thead><tr>{"".join(head)}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table>"
+    )
 
 
 def _png_bytes(image: str | Path | np.ndarray) -> bytes:
@@ -173,8 +181,10 @@ def _img(data: bytes, alt: str, caption: str | None = None, pixelated: bool = Fa
     css = ' class="px"' if pixelated or scale > 1 else ""
     source = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
     figcaption = f"<figcaption>{_e(caption)}</figcaption>" if caption else ""
-    return (f'<figure><img{css} src="{source}" alt="{_e(alt)}" width="{round(width * scale)}" '
-            f'height="{round(height * scale)}">{figcaption}</figure>')
+    return (
+        f'<figure><img{css} src="{source}" alt="{_e(alt)}" width="{round(width * scale)}" '
+        f'height="{round(height * scale)}">{figcaption}</figure>'
+    )
 
 
 def _note(message: str) -> str:
@@ -182,6 +192,7 @@ def _note(message: str) -> str:
 
 
 # --- sections from the run folder -------------------------------------------------------------------
+
 
 def _summary(run: Path) -> str:
     cards: dict[str, str] = {}
@@ -203,9 +214,14 @@ def _summary(run: Path) -> str:
         cards["checkpoints"] = f"{len(checkpoints)} (latest {by_step(checkpoints)[0].name})"
     parts = []
     if cards:
-        parts.append('<div class="cards">' + "".join(
-            f'<div class="card"><div class="k">{_e(k)}</div><div class="v">{_e(v)}</div></div>'
-            for k, v in cards.items()) + "</div>")
+        parts.append(
+            '<div class="cards">'
+            + "".join(
+                f'<div class="card"><div class="k">{_e(k)}</div><div class="v">{_e(v)}</div></div>'
+                for k, v in cards.items()
+            )
+            + "</div>"
+        )
     config_path = run / "config.yaml"
     if config_path.is_file():
         try:
@@ -227,8 +243,7 @@ def _loss(run: Path) -> str:
         return ""
     with tempfile.TemporaryDirectory() as tmp:
         data = loss_curve(records, Path(tmp) / "loss.png", title=None).read_bytes()
-    caption = ("Training loss per logged step (light) and its exponential moving average (dark), "
-               "from logs/train.jsonl.")
+    caption = "Training loss per logged step (light) and its exponential moving average (dark), from logs/train.jsonl."
     return _img(data, "training loss curve", caption)
 
 
@@ -243,8 +258,9 @@ def _samples(run: Path, count: int) -> str:
 
 
 def _figures(run: Path) -> str:
-    return "\n".join(_img(path.read_bytes(), f"figures/{path.name}", path.stem.replace("_", " "))
-                     for path in pngs(run / "figures"))
+    return "\n".join(
+        _img(path.read_bytes(), f"figures/{path.name}", path.stem.replace("_", " ")) for path in pngs(run / "figures")
+    )
 
 
 def metrics_html(metrics: Any, prefix: str = "") -> str:
@@ -260,8 +276,11 @@ def metrics_html(metrics: Any, prefix: str = "") -> str:
         name = f"{prefix}{key}"
         if _is_records(value):
             parts.append(f"<h3>{_e(name)}</h3>{_grid_table(value)}")
-        elif isinstance(value, Mapping) and not _is_plain(value) and all(
-                isinstance(v, Mapping) and v and all(map(_is_plain, v.values())) for v in value.values()):
+        elif (
+            isinstance(value, Mapping)
+            and not _is_plain(value)
+            and all(isinstance(v, Mapping) and v and all(map(_is_plain, v.values())) for v in value.values())
+        ):
             rows = [{"__index": label, **row} for label, row in value.items()]
             parts.append(f"<h3>{_e(name)}</h3>{_grid_table(rows, index='')}")
         elif not _is_plain(value):
@@ -346,8 +365,10 @@ def _page(title: str, run_name: str, sections: Iterable[tuple[str, str]]) -> str
     sections = list(sections)
     anchors = [f"s{i}" for i in range(len(sections))]
     nav = "".join(f'<a href="#{a}">{_e(heading)}</a>' for a, (heading, _) in zip(anchors, sections))
-    body = "\n".join(f'<section id="{a}"><h2>{_e(heading)}</h2>\n{content}\n</section>'
-                     for a, (heading, content) in zip(anchors, sections))
+    body = "\n".join(
+        f'<section id="{a}"><h2>{_e(heading)}</h2>\n{content}\n</section>'
+        for a, (heading, content) in zip(anchors, sections)
+    )
     generated = datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     subtitle = f"Run folder {run_name} · generated {generated}"
     return f"""<!DOCTYPE html>
@@ -372,8 +393,12 @@ from the network.</footer>
 """
 
 
-def write_report(run_dir: str | Path, title: str | None = None,
-                 sections: Sequence[Section | tuple] | None = None, num_samples: int = 3) -> Path:
+def write_report(
+    run_dir: str | Path,
+    title: str | None = None,
+    sections: Sequence[Section | tuple] | None = None,
+    num_samples: int = 3,
+) -> Path:
     """Write ``run_dir/report.html`` (atomically) and return its path.
 
     The page holds a run summary (training numbers from ``logs/train.jsonl``, settings and the full
@@ -385,9 +410,13 @@ def write_report(run_dir: str | Path, title: str | None = None,
     run = Path(run_dir)
     if not run.is_dir():
         raise UserError(f"{run}: not a run folder (no such directory)")
-    builders = [("Run summary", lambda: _summary(run)), ("Training loss", lambda: _loss(run)),
-                ("Samples", lambda: _samples(run, num_samples)), ("Figures", lambda: _figures(run)),
-                ("Metrics", lambda: _metrics(run))]
+    builders = [
+        ("Run summary", lambda: _summary(run)),
+        ("Training loss", lambda: _loss(run)),
+        ("Samples", lambda: _samples(run, num_samples)),
+        ("Figures", lambda: _figures(run)),
+        ("Metrics", lambda: _metrics(run)),
+    ]
     blocks = []
     for heading, build in builders:
         try:

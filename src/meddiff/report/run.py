@@ -71,6 +71,7 @@ def step_of(path: Path) -> int | None:
 
 def by_step(paths: list[Path], newest_first: bool = True) -> list[Path]:
     """Order paths by the step in their name, then by modification time (names without a number first)."""
+
     def key(path: Path) -> tuple[int, float]:
         step = step_of(path)
         return (-1 if step is None else step, path.stat().st_mtime)

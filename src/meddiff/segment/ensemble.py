@@ -89,8 +89,16 @@ class GroupedBatchNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         members, batch, channels = x.shape
         flat = x.transpose(0, 1).reshape(batch, members * channels)
-        out = F.batch_norm(flat, self.running_mean.view(-1), self.running_var.view(-1), self.weight.view(-1),
-                           self.bias.view(-1), self.training, self.momentum, self.eps)
+        out = F.batch_norm(
+            flat,
+            self.running_mean.view(-1),
+            self.running_var.view(-1),
+            self.weight.view(-1),
+            self.bias.view(-1),
+            self.training,
+            self.momentum,
+            self.eps,
+        )
         return out.view(batch, members, channels).transpose(0, 1)
 
 
@@ -133,11 +141,14 @@ class TrainReport:
     val_pixels: int
 
 
-def _weighted_ce(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _weighted_ce(
+    logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-member sums of (weighted) cross-entropy and of weights: logits ``[M, B, C]``, labels ``[M, B]``."""
     members, batch, classes = logits.shape
-    loss = F.cross_entropy(logits.reshape(-1, classes), labels.reshape(-1), weight=weights,
-                           ignore_index=IGNORE_INDEX, reduction="none").view(members, batch)
+    loss = F.cross_entropy(
+        logits.reshape(-1, classes), labels.reshape(-1), weight=weights, ignore_index=IGNORE_INDEX, reduction="none"
+    ).view(members, batch)
     valid = labels != IGNORE_INDEX
     w = weights[labels.clamp(max=classes - 1)] if weights is not None else torch.ones_like(loss)
     w = torch.where(valid, w, torch.zeros_like(w))
@@ -145,13 +156,14 @@ def _weighted_ce(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tens
 
 
 @torch.no_grad()
-def _val_loss(model: MLPEnsemble, store: PixelStore, rows: np.ndarray, weights: torch.Tensor | None,
-              rows_per_read: int) -> torch.Tensor:
+def _val_loss(
+    model: MLPEnsemble, store: PixelStore, rows: np.ndarray, weights: torch.Tensor | None, rows_per_read: int
+) -> torch.Tensor:
     model.eval()
     total = torch.zeros(model.members, dtype=torch.float64)
     norm = torch.zeros(model.members, dtype=torch.float64)
     for start in range(0, len(rows), rows_per_read):
-        part = rows[start:start + rows_per_read]
+        part = rows[start : start + rows_per_read]
         logits = model(store.read(part))
         labels = store.labels[torch.from_numpy(part)].expand(model.members, -1)
         loss, weight = _weighted_ce(logits, labels, weights)
@@ -161,9 +173,15 @@ def _val_loss(model: MLPEnsemble, store: PixelStore, rows: np.ndarray, weights: 
     return total / norm.clamp(min=1e-12)
 
 
-def train_ensemble(store: PixelStore, train_rows: int, num_classes: int, config: EnsembleConfig, seed: int,
-                   class_weights: torch.Tensor | None = None,
-                   progress: Callable[[int, float, list[float]], None] | None = None) -> tuple[MLPEnsemble, TrainReport]:
+def train_ensemble(
+    store: PixelStore,
+    train_rows: int,
+    num_classes: int,
+    config: EnsembleConfig,
+    seed: int,
+    class_weights: torch.Tensor | None = None,
+    progress: Callable[[int, float, list[float]], None] | None = None,
+) -> tuple[MLPEnsemble, TrainReport]:
     """Train on store rows ``0:train_rows``, stop early on the held-out rows ``train_rows:``.
 
     Each epoch reads the training rows in a fresh random order, one shuffle buffer of ``buffer_mb`` at a
@@ -208,13 +226,13 @@ def train_ensemble(store: PixelStore, train_rows: int, num_classes: int, config:
     for _ in range(config.max_epochs):
         order = torch.randperm(train_rows, generator=generator).numpy()
         for start in range(0, train_rows, rows_per_read):
-            part = order[start:start + rows_per_read]
+            part = order[start : start + rows_per_read]
             features, labels = store.read(part), store.labels[torch.from_numpy(part)]
             count = len(part)
             shuffles = torch.argsort(torch.rand(members, count, generator=generator), dim=1)
             # Full batches only (BatchNorm needs more than one pixel); a buffer smaller than a batch is one batch.
             for first in range(0, max(count - config.batch_size, 0) + 1, config.batch_size):
-                batch = shuffles[:, first:first + config.batch_size]
+                batch = shuffles[:, first : first + config.batch_size]
                 loss_sum, weight_sum = _weighted_ce(model(features[batch]), labels[batch], class_weights)
                 loss = (loss_sum / weight_sum.clamp(min=1e-12)).sum()  # each member's own mean loss
                 optimizer.zero_grad(set_to_none=True)
@@ -233,9 +251,16 @@ def train_ensemble(store: PixelStore, train_rows: int, num_classes: int, config:
         evaluate()
     model.load_state_dict(best_state)
     model.eval()
-    report = TrainReport(steps=step, epochs=step * config.batch_size / train_rows, best_val_loss=best.tolist(), best_step=best_step,
-                         stopped_early=stopped, seconds=time.monotonic() - started, train_pixels=train_rows,
-                         val_pixels=len(val_rows))
+    report = TrainReport(
+        steps=step,
+        epochs=step * config.batch_size / train_rows,
+        best_val_loss=best.tolist(),
+        best_step=best_step,
+        stopped_early=stopped,
+        seconds=time.monotonic() - started,
+        train_pixels=train_rows,
+        val_pixels=len(val_rows),
+    )
     return model, report
 
 
@@ -268,5 +293,9 @@ def predict_maps(model: MLPEnsemble, maps: FeatureMaps, index: int, tile_mb: flo
     height, width = maps.size
     rows = max(1, int(tile_mb * 2**20 // (4 * width * maps.dims)))
     parts = [vote(model(maps.rows(index, start, min(start + rows, height)))) for start in range(0, height, rows)]
-    return Vote(*(torch.cat([getattr(p, name) for p in parts]).view(height, width)
-                  for name in ("labels", "disagreement", "entropy")))
+    return Vote(
+        *(
+            torch.cat([getattr(p, name) for p in parts]).view(height, width)
+            for name in ("labels", "disagreement", "entropy")
+        )
+    )

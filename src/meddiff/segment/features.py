@@ -89,8 +89,13 @@ class FeatureMaps:
         for feature_map, factor in zip(self.maps, self.factors):
             h, w = feature_map.shape[-2:]
             grid = torch.stack([self._coordinate(xs, 1, factor, w), self._coordinate(ys, 0, factor, h)], dim=-1)
-            sampled = F.grid_sample(feature_map[index:index + 1].float(), grid.float().view(1, 1, -1, 2),
-                                    mode="bilinear", padding_mode="border", align_corners=False)
+            sampled = F.grid_sample(
+                feature_map[index : index + 1].float(),
+                grid.float().view(1, 1, -1, 2),
+                mode="bilinear",
+                padding_mode="border",
+                align_corners=False,
+            )
             parts.append(sampled[0, :, 0].T)
         return torch.cat(parts, dim=1)
 
@@ -108,8 +113,10 @@ class FeatureExtractor:
     def __init__(self, model: UNet, diffusion: Diffusion, config: FeatureConfig):
         cfg = model.config
         if cfg.cond_channels or cfg.spade_classes or cfg.context_dim:
-            raise ValueError("feature extraction needs an image-only diffusion UNet (no concatenated image, "
-                             "label map or text conditioning)")
+            raise ValueError(
+                "feature extraction needs an image-only diffusion UNet (no concatenated image, "
+                "label map or text conditioning)"
+            )
         bad_blocks = [b for b in config.blocks if not 0 <= b < model.num_decoder_blocks]
         if bad_blocks:
             raise ValueError(f"blocks {bad_blocks} outside the UNet's decoder blocks 0..{model.num_decoder_blocks - 1}")
@@ -156,7 +163,6 @@ class FeatureExtractor:
             steps = torch.full((batch,), t, dtype=torch.long)
             x_t = self.diffusion.scheduler.add_noise(x0, noise, steps)
             with autocast:
-                found = self.model.decoder_features(x_t, self.diffusion.model_time(steps), self.config.blocks,
-                                                    **kwargs)
+                found = self.model.decoder_features(x_t, self.diffusion.model_time(steps), self.config.blocks, **kwargs)
             maps.extend(m.float() for m in found)
         return FeatureMaps(maps, self._factors, input_size, size)

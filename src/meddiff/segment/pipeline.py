@@ -18,8 +18,9 @@ from meddiff.segment.features import FeatureExtractor
 from meddiff.segment.pixels import PixelConfig, PixelSample, PixelStore, balanced_sample, held_out_pixels
 
 
-def flip_views(images: torch.Tensor, masks: torch.Tensor, hflip: bool, vflip: bool,
-               held_out: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+def flip_views(
+    images: torch.Tensor, masks: torch.Tensor, hflip: bool, vflip: bool, held_out: torch.Tensor | None = None
+) -> tuple[torch.Tensor, ...]:
     """The labelled images plus their left-right and/or top-bottom mirror images (the augmentations the
     data config asks for, made once: features of a flipped image are not the flipped features). A held-out
     mask is flipped along, so a held-out pixel stays held out in every view."""
@@ -28,8 +29,13 @@ def flip_views(images: torch.Tensor, masks: torch.Tensor, hflip: bool, vflip: bo
     return tuple(torch.cat([t] + [t.flip(d) for d in dims]) for t in parts)
 
 
-def fill_store(extractor: FeatureExtractor, images: torch.Tensor, samples: list[PixelSample],
-               store: PixelStore, progress: Callable[[int], None] | None = None) -> None:
+def fill_store(
+    extractor: FeatureExtractor,
+    images: torch.Tensor,
+    samples: list[PixelSample],
+    store: PixelStore,
+    progress: Callable[[int], None] | None = None,
+) -> None:
     """Write the features of every ``samples[k]`` pixel into ``store``, sample after sample (rows of
     sample k follow those of sample k-1), with one UNet pass per timestep per batch of images."""
     offsets, start = [], 0
@@ -39,7 +45,7 @@ def fill_store(extractor: FeatureExtractor, images: torch.Tensor, samples: list[
         start += len(sample)
     batch = extractor.config.batch_size
     for first in range(0, len(images), batch):
-        maps = extractor.maps(images[first:first + batch])
+        maps = extractor.maps(images[first : first + batch])
         for i in range(maps.maps[0].shape[0]):
             for sample, offset in zip(samples, offsets):
                 ys, xs = sample.of_image(first + i)
@@ -59,10 +65,19 @@ class FitOutcome:
     store_bytes: int
 
 
-def fit_classifier(extractor: FeatureExtractor, images: torch.Tensor, masks: torch.Tensor, num_classes: int,
-                   pixels: PixelConfig, ensemble: EnsembleConfig, seed: int, scratch: Path | None = None,
-                   hflip: bool = False, vflip: bool = False,
-                   progress: Callable[[int, float, list[float]], None] | None = None) -> FitOutcome:
+def fit_classifier(
+    extractor: FeatureExtractor,
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    num_classes: int,
+    pixels: PixelConfig,
+    ensemble: EnsembleConfig,
+    seed: int,
+    scratch: Path | None = None,
+    hflip: bool = False,
+    vflip: bool = False,
+    progress: Callable[[int, float, list[float]], None] | None = None,
+) -> FitOutcome:
     """Train the pixel classifier on labelled working-size ``images`` ``[N, C, H, W]`` / ``masks``
     ``[N, H, W]``. ``pixels.storage == "disk"`` puts the feature rows in a file under ``scratch`` (deleted
     afterwards). The held-out pixels are ``held_out_pixels(masks, pixels.val_fraction, seed)``."""
@@ -76,8 +91,9 @@ def fit_classifier(extractor: FeatureExtractor, images: torch.Tensor, masks: tor
     if pixels.storage == "disk" and scratch is None:
         raise ValueError("disk storage needs a scratch folder")
     path = Path(scratch) / "pixel_features.bin" if pixels.storage == "disk" else None
-    store = PixelStore(path, len(train) + len(val), extractor.dims, torch.cat([train.labels, val.labels]),
-                       fp16=pixels.fp16)
+    store = PixelStore(
+        path, len(train) + len(val), extractor.dims, torch.cat([train.labels, val.labels]), fp16=pixels.fp16
+    )
     try:
         fill_store(extractor, images, [train, val], store)
         weights = train.class_weights if pixels.reweight else None
@@ -99,7 +115,6 @@ class PixelClassifier:
         votes = []
         batch = self.extractor.config.batch_size
         for first in range(0, len(images), batch):
-            maps = self.extractor.maps(images[first:first + batch])
+            maps = self.extractor.maps(images[first : first + batch])
             votes += [predict_maps(self.ensemble, maps, i, tile_mb) for i in range(maps.maps[0].shape[0])]
-        return Vote(*(torch.stack([getattr(v, name) for v in votes])
-                      for name in ("labels", "disagreement", "entropy")))
+        return Vote(*(torch.stack([getattr(v, name) for v in votes]) for name in ("labels", "disagreement", "entropy")))

@@ -92,8 +92,9 @@ class PixelSample:
         return pixel // w, pixel % w
 
 
-def balanced_sample(masks: torch.Tensor, candidates: torch.Tensor, budget: int | None, num_classes: int,
-                    generator: torch.Generator) -> PixelSample:
+def balanced_sample(
+    masks: torch.Tensor, candidates: torch.Tensor, budget: int | None, num_classes: int, generator: torch.Generator
+) -> PixelSample:
     """Up to ``budget`` pixels among ``candidates`` (bool ``[N, H, W]``, labelled ones only), split as
     equally over the classes as their counts allow and uniformly at random within a class; every candidate
     when ``budget`` is None or covers them all."""
@@ -147,9 +148,14 @@ class PixelStore:
     def _view(self, mode: str, start: int = 0, count: int | None = None) -> np.ndarray:
         count = self.rows - start if count is None else count
         if self._array is not None:
-            return self._array[start:start + count]
-        return np.memmap(self.path, dtype=self.dtype, mode=mode, offset=start * self.dims * self.dtype.itemsize,
-                         shape=(count, self.dims))
+            return self._array[start : start + count]
+        return np.memmap(
+            self.path,
+            dtype=self.dtype,
+            mode=mode,
+            offset=start * self.dims * self.dtype.itemsize,
+            shape=(count, self.dims),
+        )
 
     def write(self, start: int, features: torch.Tensor) -> None:
         """Store ``features`` ``[n, dims]`` as rows ``start:start + n``."""

@@ -11,13 +11,15 @@ from meddiff.config import from_dict, read_yaml
 from meddiff.errors import UserError
 
 # task name in a config's `task:` key -> (module, config class name)
-TASKS = {"generate": ("meddiff.tasks.generate", "GenerateConfig"),
-         "synthesize": ("meddiff.tasks.synthesize", "SynthesizeConfig"),
-         "pix2pix": ("meddiff.tasks.pix2pix", "Pix2PixConfig"),
-         "segment": ("meddiff.tasks.segment", "SegmentConfig"),
-         "segmenter": ("meddiff.tasks.segmenter", "SegmenterConfig"),
-         "textgen": ("meddiff.tasks.textgen", "TextGenConfig"),
-         "fuse": ("meddiff.tasks.fuse", "FuseConfig")}
+TASKS = {
+    "generate": ("meddiff.tasks.generate", "GenerateConfig"),
+    "synthesize": ("meddiff.tasks.synthesize", "SynthesizeConfig"),
+    "pix2pix": ("meddiff.tasks.pix2pix", "Pix2PixConfig"),
+    "segment": ("meddiff.tasks.segment", "SegmentConfig"),
+    "segmenter": ("meddiff.tasks.segmenter", "SegmenterConfig"),
+    "textgen": ("meddiff.tasks.textgen", "TextGenConfig"),
+    "fuse": ("meddiff.tasks.fuse", "FuseConfig"),
+}
 
 
 def load_task_config(path: Path) -> tuple[ModuleType, Any]:

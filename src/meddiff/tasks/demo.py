@@ -42,9 +42,19 @@ def demo_config(minutes: float) -> generate.GenerateConfig:
         data=from_dict(DataConfig, {"kind": "brain_mri", "size": 64, "hflip": True, "levels": DEMO_LEVELS}),
         model=UNetConfig(base_channels=32, channel_mults=[1, 2, 2, 4], blocks_per_level=1, attention_levels=[2, 3]),
         noise=NoiseConfig(beta_schedule="cosine", prediction_type="v_prediction"),
-        train=TrainConfig(steps=100_000, batch_size=8, lr=1e-3, warmup_steps=50, ema_decay=0.995,
-                          mixed_precision="bf16", max_minutes=minutes, log_every=10, sample_every=200,
-                          checkpoint_every=200, keep_checkpoints=1),
+        train=TrainConfig(
+            steps=100_000,
+            batch_size=8,
+            lr=1e-3,
+            warmup_steps=50,
+            ema_decay=0.995,
+            mixed_precision="bf16",
+            max_minutes=minutes,
+            log_every=10,
+            sample_every=200,
+            checkpoint_every=200,
+            keep_checkpoints=1,
+        ),
         sampler=DEMO_SAMPLER,
         joint_mask=True,
         conditional=True,
@@ -84,8 +94,9 @@ def run_demo(out: Path, minutes: float = 6.0) -> Path:
     real = build_dataset(config.data)
     real_images, real_masks = real.images, real.masks
     idx = torch.linspace(0, len(real) - 1, 8).long()
-    real_grid = save_png(pairs_grid(real_images[idx], real_masks[idx], len(BRAIN_CLASSES), ncol=4, scale=2),
-                         out / "real_pairs.png")
+    real_grid = save_png(
+        pairs_grid(real_images[idx], real_masks[idx], len(BRAIN_CLASSES), ncol=4, scale=2), out / "real_pairs.png"
+    )
     fake_masks = _read_masks(synthetic)
 
     num_classes = len(BRAIN_CLASSES)
@@ -93,24 +104,30 @@ def run_demo(out: Path, minutes: float = 6.0) -> Path:
         "final_loss": float(np.mean(list(result.losses.values())[-50:])),
         "train_steps": result.step,
         "train_minutes": round(train_seconds / 60, 2),
-        "sampler": {"name": DEMO_SAMPLER.name, "steps": DEMO_SAMPLER.steps, "samples": DEMO_SAMPLES,
-                    "seconds_per_image": round(sample_seconds / DEMO_SAMPLES, 3)},
+        "sampler": {
+            "name": DEMO_SAMPLER.name,
+            "steps": DEMO_SAMPLER.steps,
+            "samples": DEMO_SAMPLES,
+            "seconds_per_image": round(sample_seconds / DEMO_SAMPLES, 3),
+        },
         "tissue_fractions": [
             {"class": name, "real": round(r, 4), "generated": round(g, 4)}
-            for name, r, g in zip(BRAIN_CLASSES, _class_fractions(real_masks, num_classes),
-                                  _class_fractions(fake_masks, num_classes))
+            for name, r, g in zip(
+                BRAIN_CLASSES, _class_fractions(real_masks, num_classes), _class_fractions(fake_masks, num_classes)
+            )
         ],
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     sections = [
-        Section("Generated labelled pairs",
-                f"{DEMO_SAMPLES} image + tissue-label pairs sampled with {DEMO_SAMPLER.name}, "
-                f"{DEMO_SAMPLER.steps} steps, guidance {DEMO_SAMPLER.guidance_scale} (seed 0); one row per "
-                f"axial level, from inferior (top) to superior. Left: image; right: its generated label map "
-                "(orange other brain tissue / CSF, light blue grey matter, green white matter).",
-                [synthetic / "grid.png"]),
-        Section("Real training pairs", "Axial slices of the MNI152 template with their tissue labels.",
-                [real_grid]),
+        Section(
+            "Generated labelled pairs",
+            f"{DEMO_SAMPLES} image + tissue-label pairs sampled with {DEMO_SAMPLER.name}, "
+            f"{DEMO_SAMPLER.steps} steps, guidance {DEMO_SAMPLER.guidance_scale} (seed 0); one row per "
+            f"axial level, from inferior (top) to superior. Left: image; right: its generated label map "
+            "(orange other brain tissue / CSF, light blue grey matter, green white matter).",
+            [synthetic / "grid.png"],
+        ),
+        Section("Real training pairs", "Axial slices of the MNI152 template with their tissue labels.", [real_grid]),
     ]
     return write_report(out, title="meddiff demo: brain MRI image + label generation", sections=sections)
 
@@ -118,5 +135,6 @@ def run_demo(out: Path, minutes: float = 6.0) -> Path:
 def _read_masks(folder: Path) -> torch.Tensor:
     from PIL import Image
 
-    return torch.stack([torch.from_numpy(np.array(Image.open(p))).long()
-                        for p in sorted((folder / "masks").glob("*.png"))])
+    return torch.stack(
+        [torch.from_numpy(np.array(Image.open(p))).long() for p in sorted((folder / "masks").glob("*.png"))]
+    )

@@ -48,9 +48,10 @@ from meddiff.metrics.fusion import METRICS, OutputRange, fusion_scores, read_gra
 from meddiff.nets.restormer import FusionDenoiser, FusionNetConfig
 from meddiff.report.files import atomic_write
 from meddiff.report.grids import image_grid, save_png
-from meddiff.tasks.runs import load_trained, prepare_run_dir, run_config, to_uint8 as unit_to_uint8
+from meddiff.tasks.runs import load_trained, prepare_run_dir, run_config
+from meddiff.tasks.runs import to_uint8 as unit_to_uint8
 from meddiff.train.checkpoint import STATE_FILE, resolve_checkpoint
-from meddiff.train.engine import TrainConfig, TrainResult, Trainer, seed_everything
+from meddiff.train.engine import TrainConfig, Trainer, TrainResult, seed_everything
 from meddiff.train.progress import progress_bar
 
 TASK = "fuse"
@@ -109,7 +110,7 @@ def ssim_per_image(x: torch.Tensor, y: torch.Tensor, data_range: float = 2.0) ->
     over the pixels where the window fits). Hand-written with a separable window: torchmetrics' SSIM
     convolves with the full 11x11 window and made a training step about twice as slow on CPU."""
     coords = torch.arange(11, dtype=x.dtype, device=x.device) - 5
-    g = torch.exp(-coords**2 / (2 * 1.5**2))
+    g = torch.exp(-(coords**2) / (2 * 1.5**2))
     g = g / g.sum()
     maps = torch.cat([x, y, x * x, y * y, x * y], dim=1)
     maps = F.conv2d(maps, g.view(1, 1, 11, 1).expand(5, 1, 11, 1), groups=5)
@@ -134,8 +135,9 @@ def fidelity_losses(fused: torch.Tensor, sources: torch.Tensor, weights: Fidelit
     return weights.intensity * intensity + weights.gradient * gradient + weights.ssim * ssim
 
 
-def fusion_loss(model: torch.nn.Module, batch: dict, generator: torch.Generator, diffusion: Diffusion,
-                fidelity: FidelityConfig) -> torch.Tensor:
+def fusion_loss(
+    model: torch.nn.Module, batch: dict, generator: torch.Generator, diffusion: Diffusion, fidelity: FidelityConfig
+) -> torch.Tensor:
     """Denoising loss towards the prior target plus alpha_bar-weighted fidelity of the x0 estimate.
 
     ``batch["image"]`` holds ``[Y_A, Y_B, target]`` as channels. Written out instead of calling
@@ -144,8 +146,7 @@ def fusion_loss(model: torch.nn.Module, batch: dict, generator: torch.Generator,
     """
     x = batch["image"]
     sources, x0 = x[:, :2], x[:, 2:]
-    t = torch.randint(0, diffusion.config.num_train_timesteps, (x0.shape[0],), generator=generator,
-                      device=x0.device)
+    t = torch.randint(0, diffusion.config.num_train_timesteps, (x0.shape[0],), generator=generator, device=x0.device)
     noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     x_t = diffusion.scheduler.add_noise(x0, noise, t)
     prediction = model(x_t, diffusion.model_time(t), cond_image=sources).float()
@@ -174,12 +175,19 @@ def training_set(dataset: ArrayDataset, rules: list[str]) -> tuple[ArrayDataset,
         raise UserError("the fuse task needs paired data (data.kind: paired_folder)")
     y_a, y_b = luma(dataset.images), luma(dataset.images_b)
     prior = fusion_prior(y_a, y_b, rules)
-    stacked = ArrayDataset(torch.cat([y_a, y_b, prior.targets], dim=1), None, dataset.names, hflip=dataset.hflip,
-                           vflip=dataset.vflip, crop=dataset.crop)
-    record = {"score": "2 SSIM + VIF + 3 Qabf (published protocol, rule outputs clipped)",
-              "counts": prior.counts(),
-              "pairs": [{"name": n, "rule": r, "scores": s}
-                        for n, r, s in zip(dataset.names, prior.chosen, prior.scores)]}
+    stacked = ArrayDataset(
+        torch.cat([y_a, y_b, prior.targets], dim=1),
+        None,
+        dataset.names,
+        hflip=dataset.hflip,
+        vflip=dataset.vflip,
+        crop=dataset.crop,
+    )
+    record = {
+        "score": "2 SSIM + VIF + 3 Qabf (published protocol, rule outputs clipped)",
+        "counts": prior.counts(),
+        "pairs": [{"name": n, "rule": r, "scores": s} for n, r, s in zip(dataset.names, prior.chosen, prior.scores)],
+    }
     return stacked, record
 
 
@@ -195,12 +203,16 @@ def fit(config: FuseConfig, run_dir: Path, resume: bool = False, progress: bool 
     diffusion = Diffusion(config.noise)
 
     def sample_fn(net: FusionDenoiser, path: Path) -> None:
-        fuser = Fuser("model", config.output_range,
-                      partial(_sample_y, net, diffusion, config.sampler, 0, config.keep_background), {})
+        fuser = Fuser(
+            "model",
+            config.output_range,
+            partial(_sample_y, net, diffusion, config.sampler, 0, config.keep_background),
+            {},
+        )
         rows = []
         for i in range(min(config.grid_pairs, len(source))):  # whole stored pairs, not training crops
-            a, b = source.images[i:i + 1], source.images_b[i:i + 1]
-            target = dataset.images[i:i + 1, 2:]
+            a, b = source.images[i : i + 1], source.images_b[i : i + 1]
+            target = dataset.images[i : i + 1, 2:]
             rows += [_rgb(a), _rgb(b), _rgb(colourise(target, merged_chroma(a, b))), _rgb(fuse_image(fuser, a, b)[0])]
         save_png(image_grid(torch.cat(rows), nrow=4), path)
 
@@ -228,8 +240,15 @@ class Fuser:
     settings: dict
 
 
-def _sample_y(model: FusionDenoiser, diffusion: Diffusion, sampler: SamplerConfig, seed: int, keep_background: bool,
-              y_a: torch.Tensor, y_b: torch.Tensor) -> torch.Tensor:
+def _sample_y(
+    model: FusionDenoiser,
+    diffusion: Diffusion,
+    sampler: SamplerConfig,
+    seed: int,
+    keep_background: bool,
+    y_a: torch.Tensor,
+    y_b: torch.Tensor,
+) -> torch.Tensor:
     """DDIM (or any configured sampler) from noise seeded per pair, conditioned on both sources; the
     denoiser runs under bf16 autocast (AMX), the sampler arithmetic in fp32. With ``keep_background``
     pixels black in both sources stay black."""
@@ -255,27 +274,39 @@ def load_model(run_or_checkpoint: Path) -> tuple[FusionDenoiser, Diffusion, dict
     if task != TASK:
         raise UserError(f"{path}: checkpoint of task '{task}', not a fusion run ('{TASK}')")
     model, stored, path = load_trained(
-        path, build=lambda model_config: FusionDenoiser(from_dict(FusionNetConfig, model_config, "model.")))
+        path, build=lambda model_config: FusionDenoiser(from_dict(FusionNetConfig, model_config, "model."))
+    )
     model = model.to(memory_format=torch.channels_last)
     return model, Diffusion(from_dict(NoiseConfig, stored["noise"], "noise.")), stored, path
 
 
-def model_fuser(run_or_checkpoint: Path, steps: int | None = None, seed: int = 0,
-                keep_background: bool | None = None) -> Fuser:
+def model_fuser(
+    run_or_checkpoint: Path, steps: int | None = None, seed: int = 0, keep_background: bool | None = None
+) -> Fuser:
     """A trained run as a fuser, sampling with its configured sampler (``steps`` overrides the step count,
     ``keep_background`` the run's setting)."""
     model, diffusion, stored, path = load_model(run_or_checkpoint)
     sampler = from_dict(SamplerConfig, {**stored["sampler"], **({"steps": steps} if steps else {})}, "sampler.")
     if keep_background is None:
         keep_background = stored.get("keep_background", True)
-    settings = {"checkpoint": str(path), "sampler": sampler.name, "steps": sampler.steps, "seed": seed,
-                "keep_background": keep_background}
-    return Fuser(f"diffusion ({sampler.name} {sampler.steps})", stored.get("output_range", "minmax"),
-                 partial(_sample_y, model, diffusion, sampler, seed, keep_background), settings)
+    settings = {
+        "checkpoint": str(path),
+        "sampler": sampler.name,
+        "steps": sampler.steps,
+        "seed": seed,
+        "keep_background": keep_background,
+    }
+    return Fuser(
+        f"diffusion ({sampler.name} {sampler.steps})",
+        stored.get("output_range", "minmax"),
+        partial(_sample_y, model, diffusion, sampler, seed, keep_background),
+        settings,
+    )
 
 
-def load_fuser(run_or_rule: str | Path, steps: int | None = None, seed: int = 0,
-               keep_background: bool | None = None) -> Fuser:
+def load_fuser(
+    run_or_rule: str | Path, steps: int | None = None, seed: int = 0, keep_background: bool | None = None
+) -> Fuser:
     """A rule name or a run/checkpoint folder -> ``Fuser``."""
     if str(run_or_rule) in RULES:
         return rule_fuser(str(run_or_rule))
@@ -306,8 +337,17 @@ def fuse_pair(fuser: Fuser, a: torch.Tensor, b: torch.Tensor) -> tuple[np.ndarra
     return (array[..., 0] if array.shape[-1] == 1 else array), levels
 
 
-def run(run_or_rule: str | Path, dir_a: Path, dir_b: Path, out_dir: Path, steps: int | None = None, seed: int = 0,
-        output_range: OutputRange | None = None, keep_background: bool | None = None, progress: bool = True) -> Path:
+def run(
+    run_or_rule: str | Path,
+    dir_a: Path,
+    dir_b: Path,
+    out_dir: Path,
+    steps: int | None = None,
+    seed: int = 0,
+    output_range: OutputRange | None = None,
+    keep_background: bool | None = None,
+    progress: bool = True,
+) -> Path:
     """Fuse every pair of ``dir_a`` / ``dir_b`` (matched by file name) into ``out_dir/<name>.png`` with a
     rule or a trained run (colour outputs also get their fused Y in ``out_dir/y/<name>.png``, which
     ``evaluate`` scores); writes ``manifest.json`` (method, settings, seconds per pair). All input is
@@ -324,16 +364,25 @@ def run(run_or_rule: str | Path, dir_a: Path, dir_b: Path, out_dir: Path, steps:
             image, levels = fuse_pair(fuser, a, b)
             seconds = time.perf_counter() - started
             folder.write(name, image, levels if image.ndim == 3 else None)
-            files.append({"name": name, "a": str(path_a), "b": str(path_b), "colour": image.ndim == 3,
-                          "seconds": round(seconds, 4)})
-        folder.manifest({"method": fuser.name, "settings": fuser.settings, "output_range": fuser.output_range,
-                         "files": files})
+            files.append(
+                {
+                    "name": name,
+                    "a": str(path_a),
+                    "b": str(path_b),
+                    "colour": image.ndim == 3,
+                    "seconds": round(seconds, 4),
+                }
+            )
+        folder.manifest(
+            {"method": fuser.name, "settings": fuser.settings, "output_range": fuser.output_range, "files": files}
+        )
     return Path(out_dir)
 
 
 # -- evaluation ---------------------------------------------------------------------------------------------
-def evaluate(dir_a: Path, dir_b: Path, fused_dir: Path, metrics: tuple[str, ...] = EVAL_METRICS,
-             progress: bool = True) -> list[dict]:
+def evaluate(
+    dir_a: Path, dir_b: Path, fused_dir: Path, metrics: tuple[str, ...] = EVAL_METRICS, progress: bool = True
+) -> list[dict]:
     """Per-pair scores (``name`` + one value per metric) of the fused images in ``fused_dir`` (their Y in
     ``fused_dir/y/`` where present) against the sources, read with the published pipeline (8-bit, BT.601
     grey, rounded)."""
@@ -341,8 +390,7 @@ def evaluate(dir_a: Path, dir_b: Path, fused_dir: Path, metrics: tuple[str, ...]
     fused = match_fused(pairs, fused_dir)
     rows = []
     for (name, path_a, path_b), path_f in progress_bar(list(zip(pairs, fused)), "scoring", enabled=progress):
-        rows.append({"name": name, **fusion_scores(read_gray(path_f), read_gray(path_a), read_gray(path_b),
-                                                   metrics)})
+        rows.append({"name": name, **fusion_scores(read_gray(path_f), read_gray(path_a), read_gray(path_b), metrics)})
     return rows
 
 

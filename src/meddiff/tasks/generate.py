@@ -33,7 +33,7 @@ from meddiff.nets.unet import UNet, UNetConfig
 from meddiff.report.files import check_new_folder
 from meddiff.report.grids import image_grid, pairs_grid, save_png
 from meddiff.tasks.runs import load_trained, prepare_run_dir, run_config, to_uint8
-from meddiff.train.engine import TrainConfig, TrainResult, Trainer, seed_everything
+from meddiff.train.engine import TrainConfig, Trainer, TrainResult, seed_everything
 
 TASK = "generate"
 
@@ -91,7 +91,7 @@ class PairCodec:
         images = x[:, : self.image_channels].clamp(-1, 1)
         if not self.num_classes:
             return images, None
-        scores = torch.einsum("bdhw,kd->bkhw", x[:, self.image_channels:].float(), self.codes.to(x.device))
+        scores = torch.einsum("bdhw,kd->bkhw", x[:, self.image_channels :].float(), self.codes.to(x.device))
         return images, scores.argmax(dim=1)
 
 
@@ -109,8 +109,7 @@ def spread_attributes(n: int, num_attributes: int) -> torch.Tensor | None:
 
 def _codec(config: GenerateConfig, image_channels: int, num_classes: int) -> PairCodec:
     if config.joint_mask and not num_classes:
-        raise UserError("joint_mask is true but the data has no masks; set joint_mask: false to generate "
-                        "images only")
+        raise UserError("joint_mask is true but the data has no masks; set joint_mask: false to generate images only")
     return PairCodec(image_channels, num_classes if config.joint_mask else 0, config.mask_encoding)
 
 
@@ -122,27 +121,41 @@ def fit(config: GenerateConfig, run_dir: Path, resume: bool = False, progress: b
     num_attributes = dataset.num_attributes if config.conditional else 0
     if config.conditional and not num_attributes:
         raise UserError("conditional is true but the data has no attributes (e.g. data.levels for brain_mri)")
-    config = replace(config, model=replace(config.model, in_channels=codec.channels, out_channels=codec.channels,
-                                           num_classes=num_attributes))
+    config = replace(
+        config,
+        model=replace(
+            config.model, in_channels=codec.channels, out_channels=codec.channels, num_classes=num_attributes
+        ),
+    )
     prepare_run_dir(run_dir, config, resume)
     seed_everything(config.train.seed)
     model = UNet(config.model)
     diffusion = Diffusion(config.noise)
     stored = run_config(TASK, config)
-    stored["codec"] = {"image_channels": codec.image_channels, "num_classes": codec.num_classes,
-                       "mask_encoding": codec.mask_encoding,
-                       "class_names": dataset.class_names,
-                       "attribute_names": dataset.attribute_names if num_attributes else None}
+    stored["codec"] = {
+        "image_channels": codec.image_channels,
+        "num_classes": codec.num_classes,
+        "mask_encoding": codec.mask_encoding,
+        "class_names": dataset.class_names,
+        "attribute_names": dataset.attribute_names if num_attributes else None,
+    }
 
     def loss_fn(net, batch, generator):
         cond = attribute_conditioning(batch.get("attribute"), num_attributes)
         return diffusion.loss(net, codec.encode(batch), cond, generator, cond_drop_prob=config.cond_drop_prob)
 
     def sample_fn(net, path):
-        images, masks = generate(net, diffusion, codec, config.sampler, config.grid_samples,
-                                 seed=config.train.seed, size=size,
-                                 attributes=spread_attributes(config.grid_samples, num_attributes),
-                                 num_attributes=num_attributes)
+        images, masks = generate(
+            net,
+            diffusion,
+            codec,
+            config.sampler,
+            config.grid_samples,
+            seed=config.train.seed,
+            size=size,
+            attributes=spread_attributes(config.grid_samples, num_attributes),
+            num_attributes=num_attributes,
+        )
         save_png(_grid(images, masks, codec), path)
 
     trainer = Trainer(run_dir, model, dataset, config.train, loss_fn, stored, sample_fn, progress)
@@ -156,20 +169,39 @@ def _grid(images: torch.Tensor, masks: torch.Tensor | None, codec: PairCodec) ->
     return pairs_grid(images, masks, codec.num_classes, ncol=4, scale=scale)
 
 
-def generate(model: UNet, diffusion: Diffusion, codec: PairCodec, sampler: SamplerConfig, n: int, seed: int,
-             size: tuple[int, int], batch_size: int = 16, progress: bool = False, autocast_bf16: bool = False,
-             attributes: torch.Tensor | None = None,
-             num_attributes: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+def generate(
+    model: UNet,
+    diffusion: Diffusion,
+    codec: PairCodec,
+    sampler: SamplerConfig,
+    n: int,
+    seed: int,
+    size: tuple[int, int],
+    batch_size: int = 16,
+    progress: bool = False,
+    autocast_bf16: bool = False,
+    attributes: torch.Tensor | None = None,
+    num_attributes: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``n`` samples (with attribute ``attributes[i]`` for a conditional model); sample ``i`` is drawn with
     seed ``seed + i`` so each is reproducible on its own."""
     images, masks = [], []
     for start in range(0, n, batch_size):
         count = min(batch_size, n - start)
         generators = [torch.Generator().manual_seed(seed + start + i) for i in range(count)]
-        cond = attribute_conditioning(attributes[start:start + count] if attributes is not None else None,
-                                      num_attributes)
-        x = sample(model, diffusion, sampler, (count, codec.channels, *size), cond, generator=generators,
-                   autocast_bf16=autocast_bf16, progress=progress)
+        cond = attribute_conditioning(
+            attributes[start : start + count] if attributes is not None else None, num_attributes
+        )
+        x = sample(
+            model,
+            diffusion,
+            sampler,
+            (count, codec.channels, *size),
+            cond,
+            generator=generators,
+            autocast_bf16=autocast_bf16,
+            progress=progress,
+        )
         image, mask = codec.decode(x)
         images.append(image)
         masks.append(mask)
@@ -184,8 +216,9 @@ def load(run_or_checkpoint: Path) -> tuple[UNet, Diffusion, PairCodec, dict, Pat
     if stored.get("task") != TASK:
         raise UserError(f"{path}: checkpoint of task '{stored.get('task')}', not '{TASK}'")
     codec_info = stored["codec"]
-    codec = PairCodec(codec_info["image_channels"], codec_info["num_classes"],
-                      codec_info.get("mask_encoding", "onehot"))
+    codec = PairCodec(
+        codec_info["image_channels"], codec_info["num_classes"], codec_info.get("mask_encoding", "onehot")
+    )
     return model, Diffusion(from_dict(NoiseConfig, stored["noise"], "noise.")), codec, stored, path
 
 
@@ -203,9 +236,18 @@ def _attributes_for(attribute: str | None, n: int, names: list[str] | None) -> t
     raise UserError(f"--attribute '{attribute}' is not one of: {', '.join(names)} (or 0..{len(names) - 1})")
 
 
-def run(run_or_checkpoint: Path, n: int, out_dir: Path, sampler: SamplerConfig, seed: int = 0,
-        size: int | None = None, batch_size: int = 16, progress: bool = True, autocast_bf16: bool = False,
-        attribute: str | None = None) -> Path:
+def run(
+    run_or_checkpoint: Path,
+    n: int,
+    out_dir: Path,
+    sampler: SamplerConfig,
+    seed: int = 0,
+    size: int | None = None,
+    batch_size: int = 16,
+    progress: bool = True,
+    autocast_bf16: bool = False,
+    attribute: str | None = None,
+) -> Path:
     """Sample ``n`` images (+ masks) into a dataset folder ``out_dir`` (images/, masks/, manifest.json,
     grid.png) that meddiff's image+mask loader reads directly. A conditional model samples ``attribute``
     (name or index), or every attribute in equal shares when it is None."""
@@ -217,19 +259,37 @@ def run(run_or_checkpoint: Path, n: int, out_dir: Path, sampler: SamplerConfig, 
         raise UserError("pass --size: the run's data config does not fix an image size")
     attribute_names = stored["codec"].get("attribute_names")
     attributes = _attributes_for(attribute, n, attribute_names)
-    images, masks = generate(model, diffusion, codec, sampler, n, seed, (side, side), batch_size, progress,
-                             autocast_bf16, attributes, len(attribute_names or []))
+    images, masks = generate(
+        model,
+        diffusion,
+        codec,
+        sampler,
+        n,
+        seed,
+        (side, side),
+        batch_size,
+        progress,
+        autocast_bf16,
+        attributes,
+        len(attribute_names or []),
+    )
     image_arrays = to_uint8(images).permute(0, 2, 3, 1).numpy()
     image_arrays = image_arrays[..., 0] if image_arrays.shape[-1] == 1 else image_arrays
     names = [f"sample_{seed + i:06d}" for i in range(n)]
-    settings = {"sampler": sampler.name, "steps": sampler.steps, "guidance": sampler.guidance_scale,
-                "eta": sampler.eta}
+    settings = {"sampler": sampler.name, "steps": sampler.steps, "guidance": sampler.guidance_scale, "eta": sampler.eta}
     manifest = {
         "model": {"checkpoint": str(path), "task": TASK, "class_names": stored["codec"]["class_names"]},
-        "files": [{"image": f"images/{name}.png", **({"mask": f"masks/{name}.png"} if masks is not None else {}),
-                   "model": str(path), "seed": seed + i, **settings,
-                   **({"attribute": attribute_names[attributes[i]]} if attributes is not None else {})}
-                  for i, name in enumerate(names)],
+        "files": [
+            {
+                "image": f"images/{name}.png",
+                **({"mask": f"masks/{name}.png"} if masks is not None else {}),
+                "model": str(path),
+                "seed": seed + i,
+                **settings,
+                **({"attribute": attribute_names[attributes[i]]} if attributes is not None else {}),
+            }
+            for i, name in enumerate(names)
+        ],
     }
     out = write_pair_folder(out_dir, image_arrays, masks.numpy() if masks is not None else None, names, manifest)
     save_png(_grid(images[:32], masks[:32] if masks is not None else None, codec), out / "grid.png")

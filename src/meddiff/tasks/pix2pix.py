@@ -109,7 +109,7 @@ def translate(generator: Generator, masks: torch.Tensor, num_classes: int, seeds
         generator.train()  # dropout on; GroupNorm has no running statistics, so nothing else changes
         for i, seed in enumerate(seeds):
             torch.manual_seed(seed)
-            images.append(generator(one_hot(masks[i:i + 1].long(), num_classes)))
+            images.append(generator(one_hot(masks[i : i + 1].long(), num_classes)))
     return torch.cat(images).clamp(-1, 1)
 
 
@@ -117,8 +117,9 @@ def fit(config: Pix2PixConfig, run_dir: Path, resume: bool = False, progress: bo
     """Train pix2pix on ``config.data`` (images with masks); everything goes under ``run_dir``."""
     dataset = build_dataset(config.data)
     if dataset.images is None or dataset.masks is None or not dataset.num_classes:
-        raise UserError("pix2pix needs images with masks (data.kind image_mask_folder, cadis, nifti with labels "
-                        "or brain_mri)")
+        raise UserError(
+            "pix2pix needs images with masks (data.kind image_mask_folder, cadis, nifti with labels or brain_mri)"
+        )
     run_dir = Path(run_dir)
     prepare_run_dir(run_dir, config, resume)
     cfg, k = config.train, dataset.num_classes
@@ -140,8 +141,10 @@ def fit(config: Pix2PixConfig, run_dir: Path, resume: bool = False, progress: bo
 
     def sample_grid(at: int) -> None:
         fake = translate(generator, dataset.masks[grid], k, list(range(len(grid))))
-        save_png(comparison_grid(fake, dataset.masks[grid].long(), k, dataset.images[grid]),
-                 run_dir / "samples" / f"{checkpoint_name(at)}.png")
+        save_png(
+            comparison_grid(fake, dataset.masks[grid].long(), k, dataset.images[grid]),
+            run_dir / "samples" / f"{checkpoint_name(at)}.png",
+        )
 
     result = TrainResult(step=step)
     started, last_saved = time.monotonic(), step if step else None
@@ -149,8 +152,9 @@ def fit(config: Pix2PixConfig, run_dir: Path, resume: bool = False, progress: bo
         while step < cfg.steps:
             index = torch.randint(0, len(dataset), (cfg.batch_size,), generator=data_rng)
             batch = default_collate([dataset[int(i)] for i in index])
-            losses = _step(generator, discriminator, opt_g, opt_d, one_hot(batch["mask"], k), batch["image"],
-                           cfg.l1_weight)
+            losses = _step(
+                generator, discriminator, opt_g, opt_d, one_hot(batch["mask"], k), batch["image"], cfg.l1_weight
+            )
             step += 1
             if not all(math.isfinite(v) for v in losses.values()):
                 raise RuntimeError(f"loss became {losses} at step {step}; lower train.lr or check the data")
@@ -164,32 +168,43 @@ def fit(config: Pix2PixConfig, run_dir: Path, resume: bool = False, progress: bo
                 sample_grid(step)
             out_of_time = cfg.max_minutes is not None and elapsed > cfg.max_minutes * 60
             if step % cfg.checkpoint_every == 0 or out_of_time or step == cfg.steps:
-                result.checkpoint = _save(run_dir, step, stored, generator, discriminator, opt_g, opt_d, data_rng,
-                                          cfg.keep_checkpoints)
+                result.checkpoint = _save(
+                    run_dir, step, stored, generator, discriminator, opt_g, opt_d, data_rng, cfg.keep_checkpoints
+                )
                 last_saved = step
             if out_of_time:
                 result.stopped_by_budget = True
                 console.print(f"time budget of {cfg.max_minutes} min reached at step {step}; saved")
                 break
     if last_saved != step:
-        result.checkpoint = _save(run_dir, step, stored, generator, discriminator, opt_g, opt_d, data_rng,
-                                  cfg.keep_checkpoints)
+        result.checkpoint = _save(
+            run_dir, step, stored, generator, discriminator, opt_g, opt_d, data_rng, cfg.keep_checkpoints
+        )
     if step % cfg.sample_every:
         sample_grid(step)
     result.step, result.seconds = step, time.monotonic() - started
     return result
 
 
-def _step(generator: Generator, discriminator: Discriminator, opt_g, opt_d, label_map: torch.Tensor,
-          image: torch.Tensor, l1_weight: float) -> dict[str, float]:
+def _step(
+    generator: Generator,
+    discriminator: Discriminator,
+    opt_g,
+    opt_d,
+    label_map: torch.Tensor,
+    image: torch.Tensor,
+    l1_weight: float,
+) -> dict[str, float]:
     """One discriminator update, then one generator update, on a batch."""
     generator.train()
     discriminator.train()
     fake = generator(label_map)
     real_logits = discriminator(label_map, image)
     fake_logits = discriminator(label_map, fake.detach())
-    d_loss = 0.5 * (F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
-                    + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
+    d_loss = 0.5 * (
+        F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+        + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+    )
     opt_d.zero_grad(set_to_none=True)
     d_loss.backward()
     opt_d.step()
@@ -203,16 +218,23 @@ def _step(generator: Generator, discriminator: Discriminator, opt_g, opt_d, labe
     return {"loss": g_loss.item(), "l1": l1.item(), "g_adv": adversarial.item(), "d": d_loss.item()}
 
 
-def _save(run_dir: Path, step: int, stored: dict, generator, discriminator, opt_g, opt_d,
-          data_rng: torch.Generator, keep: int) -> Path:
+def _save(
+    run_dir: Path, step: int, stored: dict, generator, discriminator, opt_g, opt_d, data_rng: torch.Generator, keep: int
+) -> Path:
     optimizers: dict[str, dict] = {}
     tensors: dict[str, dict[str, torch.Tensor]] = {"opt_g": {}, "opt_d": {}}
     for name, opt in (("opt_g", opt_g), ("opt_d", opt_d)):
         optimizers[name] = flatten_state(opt.state_dict(), tensors[name])
-    path = save_checkpoint(run_dir / "checkpoints" / checkpoint_name(step), {
-        "generator": generator.state_dict(), "discriminator": discriminator.state_dict(), **tensors,
-        "rng": {"global": torch.get_rng_state(), "data": data_rng.get_state()},
-    }, {"step": step, "meddiff_version": __version__, "config": stored, "optimizers": optimizers})
+    path = save_checkpoint(
+        run_dir / "checkpoints" / checkpoint_name(step),
+        {
+            "generator": generator.state_dict(),
+            "discriminator": discriminator.state_dict(),
+            **tensors,
+            "rng": {"global": torch.get_rng_state(), "data": data_rng.get_state()},
+        },
+        {"step": step, "meddiff_version": __version__, "config": stored, "optimizers": optimizers},
+    )
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return path
@@ -221,8 +243,10 @@ def _save(run_dir: Path, step: int, stored: dict, generator, discriminator, opt_
 def _restore(path: Path, stored: dict, generator, discriminator, opt_g, opt_d, data_rng: torch.Generator) -> int:
     groups, state = load_checkpoint(path)
     if state.get("config", {}).get("model") != stored["model"]:
-        raise UserError(f"{path}: the checkpoint's model config differs from this run's config; resume with "
-                        "the run's own config.yaml")
+        raise UserError(
+            f"{path}: the checkpoint's model config differs from this run's config; resume with "
+            "the run's own config.yaml"
+        )
     generator.load_state_dict(groups["generator"])
     discriminator.load_state_dict(groups["discriminator"])
     opt_g.load_state_dict(unflatten_state(state["optimizers"]["opt_g"], groups["opt_g"]))
@@ -249,12 +273,20 @@ def load(run_or_checkpoint: Path) -> Pix2Pix:
     generator, _ = _networks(stored)
     generator.load_state_dict(groups["generator"])
     info = stored["synth"]
-    return Pix2Pix(generator.requires_grad_(False), info["image_channels"], tuple(info["class_names"]), stored,
-                   path)
+    return Pix2Pix(generator.requires_grad_(False), info["image_channels"], tuple(info["class_names"]), stored, path)
 
 
-def run(run_or_checkpoint: Path, masks: Path, out_dir: Path, n_per_mask: int = 1, seed: int = 0,
-        augment: MaskAugment | None = None, cadis_task: CadisTask | None = None, n_masks: int = 16, progress: bool = False) -> Path:
+def run(
+    run_or_checkpoint: Path,
+    masks: Path,
+    out_dir: Path,
+    n_per_mask: int = 1,
+    seed: int = 0,
+    augment: MaskAugment | None = None,
+    cadis_task: CadisTask | None = None,
+    n_masks: int = 16,
+    progress: bool = False,
+) -> Path:
     """Translate every mask of ``masks`` (as ``synthesize.read_masks``) into ``n_per_mask`` images (dropout
     drawn with seed ``seed + j`` for output ``j``) and export the same dataset folder as ``synthesize.run``."""
     check_new_folder(out_dir)
@@ -263,5 +295,4 @@ def run(run_or_checkpoint: Path, masks: Path, out_dir: Path, n_per_mask: int = 1
     job = plan(mask_set, n_per_mask, seed, augment)
     images = translate(model.generator, job.masks, len(model.class_names), job.seeds)
     info = {"checkpoint": str(model.path), "task": TASK}
-    return export(out_dir, images, job, info, {"sampler": "pix2pix", "steps": 1, "guidance": None},
-                  model.class_names)
+    return export(out_dir, images, job, info, {"sampler": "pix2pix", "steps": 1, "guidance": None}, model.class_names)

@@ -18,8 +18,9 @@ def prepare_run_dir(run_dir: Path, config: Any, resume: bool) -> None:
     """Create ``run_dir`` and write ``config.yaml``; refuse to train over an existing run unless resuming."""
     run_dir = Path(run_dir)
     if list_checkpoints(run_dir) and not resume:
-        raise UserError(f"{run_dir}: already holds a trained run; pass --resume to continue it or choose "
-                        "another output folder")
+        raise UserError(
+            f"{run_dir}: already holds a trained run; pass --resume to continue it or choose another output folder"
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, run_dir / "config.yaml")
 
@@ -29,8 +30,9 @@ def run_config(task: str, config: Any) -> dict:
     return {"task": task, **to_dict(config)}
 
 
-def load_trained(run_or_checkpoint: Path, ema: bool = True,
-                 build: Callable[[dict], nn.Module] | None = None) -> tuple[nn.Module, dict, Path]:
+def load_trained(
+    run_or_checkpoint: Path, ema: bool = True, build: Callable[[dict], nn.Module] | None = None
+) -> tuple[nn.Module, dict, Path]:
     """The network of a run (a UNet unless ``build`` says otherwise; EMA weights by default), its stored config
     and the checkpoint path.
 
@@ -44,8 +46,11 @@ def load_trained(run_or_checkpoint: Path, ema: bool = True,
     if "model" not in config:
         raise UserError(f"{path}: checkpoint has no model config")
     # runs saved before UNetConfig.context_pooled existed had no pooled text path
-    model = build(config["model"]) if build else UNet(from_dict(UNetConfig, {"context_pooled": False,
-                                                                             **config["model"]}, "model."))
+    model = (
+        build(config["model"])
+        if build
+        else UNet(from_dict(UNetConfig, {"context_pooled": False, **config["model"]}, "model."))
+    )
     weights = groups["ema"] if ema and "ema" in groups else groups["model"]
     missing = set(model.state_dict()) - set(weights)
     if missing:

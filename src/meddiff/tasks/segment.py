@@ -109,8 +109,10 @@ def load_diffusion(path: Path) -> tuple[UNet, Diffusion, dict]:
     """The EMA UNet, diffusion process and stored config of an image-only ``generate`` run."""
     model, diffusion, codec, stored, checkpoint = generate.load(path)
     if codec.num_classes:
-        raise UserError(f"{checkpoint}: this generator was trained with joint_mask: true (image + label "
-                        "channels); features need an image-only model: train one with joint_mask: false")
+        raise UserError(
+            f"{checkpoint}: this generator was trained with joint_mask: true (image + label "
+            "channels); features need an image-only model: train one with joint_mask: false"
+        )
     return model, diffusion, {**stored, "checkpoint": str(checkpoint.resolve())}
 
 
@@ -121,15 +123,18 @@ def make_extractor(model: UNet, diffusion: Diffusion, config: FeatureConfig) -> 
         raise UserError(f"'features': {exc}") from None
 
 
-def labelled_dataset(data: DataConfig, images: list[str] | None, image_channels: int,
-                     where: str = "data") -> ArrayDataset:
+def labelled_dataset(
+    data: DataConfig, images: list[str] | None, image_channels: int, where: str = "data"
+) -> ArrayDataset:
     """The labelled images of ``data`` (restricted to ``images``), checked against the diffusion model."""
     dataset = select_images(build_dataset(data), images)
     if dataset.masks is None or dataset.num_classes < 2:
         raise UserError(f"'{where}' has no masks (or fewer than 2 classes); the classifier needs labelled images")
     if dataset.in_channels != image_channels:
-        raise UserError(f"'{where}' images have {dataset.in_channels} channel(s) but the diffusion model was "
-                        f"trained on {image_channels}; set {where}.channels: {image_channels}")
+        raise UserError(
+            f"'{where}' images have {dataset.in_channels} channel(s) but the diffusion model was "
+            f"trained on {image_channels}; set {where}.channels: {image_channels}"
+        )
     return dataset
 
 
@@ -172,24 +177,53 @@ def fit(config: SegmentConfig, run_dir: Path, resume: bool = False, progress: bo
 
     if progress:
         console.print(f"{len(dataset)} labelled images, {extractor.dims} feature dimensions per pixel")
-    outcome = fit_classifier(extractor, dataset.images, dataset.masks, dataset.num_classes, config.pixels,
-                             config.ensemble, config.seed, scratch=run_dir / "scratch", hflip=dataset.hflip,
-                             vflip=dataset.vflip, progress=log)
+    outcome = fit_classifier(
+        extractor,
+        dataset.images,
+        dataset.masks,
+        dataset.num_classes,
+        config.pixels,
+        config.ensemble,
+        config.seed,
+        scratch=run_dir / "scratch",
+        hflip=dataset.hflip,
+        vflip=dataset.vflip,
+        progress=log,
+    )
     if (run_dir / "scratch").is_dir():
         (run_dir / "scratch").rmdir()
     report = dataclasses.asdict(outcome.report)
-    state = {**run_config(TASK, config), "diffusion_checkpoint": stored["checkpoint"], "dims": extractor.dims,
-             "class_names": dataset.class_names, "image_channels": dataset.in_channels, "report": report}
-    checkpoint = save_checkpoint(run_dir / "checkpoints" / CLASSIFIER, {"ensemble": outcome.ensemble.state_dict()},
-                                 {"config": state})
+    state = {
+        **run_config(TASK, config),
+        "diffusion_checkpoint": stored["checkpoint"],
+        "dims": extractor.dims,
+        "class_names": dataset.class_names,
+        "image_channels": dataset.in_channels,
+        "report": report,
+    }
+    checkpoint = save_checkpoint(
+        run_dir / "checkpoints" / CLASSIFIER, {"ensemble": outcome.ensemble.state_dict()}, {"config": state}
+    )
     seconds = time.monotonic() - started
-    metrics = {"labelled_images": len(dataset), "feature_dims": extractor.dims, "class_names": dataset.class_names,
-               "class_weights": outcome.class_weights, "feature_store_mb": outcome.store_bytes / 2**20,
-               "fit_seconds": seconds, "peak_rss_mb": _peak_rss_mb(), **report}
+    metrics = {
+        "labelled_images": len(dataset),
+        "feature_dims": extractor.dims,
+        "class_names": dataset.class_names,
+        "class_weights": outcome.class_weights,
+        "feature_store_mb": outcome.store_bytes / 2**20,
+        "fit_seconds": seconds,
+        "peak_rss_mb": _peak_rss_mb(),
+        **report,
+    }
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    return TrainResult(step=outcome.report.steps, seconds=seconds, stopped_early=outcome.report.stopped_early,
-                       checkpoint=checkpoint, best_step=max(outcome.report.best_step),
-                       best_score=float(np.mean(outcome.report.best_val_loss)))
+    return TrainResult(
+        step=outcome.report.steps,
+        seconds=seconds,
+        stopped_early=outcome.report.stopped_early,
+        checkpoint=checkpoint,
+        best_step=max(outcome.report.best_step),
+        best_score=float(np.mean(outcome.report.best_val_loss)),
+    )
 
 
 def load(run: Path) -> tuple[PixelClassifier, dict]:
@@ -202,15 +236,17 @@ def load(run: Path) -> tuple[PixelClassifier, dict]:
     stored = state["config"]
     if stored.get("task") != TASK or "ensemble" not in groups:
         raise UserError(f"{path}: checkpoint of task '{stored.get('task')}', not '{TASK}'")
-    config = from_dict(SegmentConfig, {k: v for k, v in stored.items() if k in
-                                       {f.name for f in dataclasses.fields(SegmentConfig)}})
+    config = from_dict(
+        SegmentConfig, {k: v for k, v in stored.items() if k in {f.name for f in dataclasses.fields(SegmentConfig)}}
+    )
     model, diffusion, _ = load_diffusion(Path(stored["diffusion_checkpoint"]))
     extractor = make_extractor(model, diffusion, config.features)
     if extractor.dims != stored["dims"]:
-        raise UserError(f"{stored['diffusion_checkpoint']}: the diffusion model gives {extractor.dims} feature "
-                        f"dimensions, the classifier was trained on {stored['dims']}")
-    ensemble = MLPEnsemble(config.ensemble.members, stored["dims"], config.ensemble.hidden,
-                           len(stored["class_names"]))
+        raise UserError(
+            f"{stored['diffusion_checkpoint']}: the diffusion model gives {extractor.dims} feature "
+            f"dimensions, the classifier was trained on {stored['dims']}"
+        )
+    ensemble = MLPEnsemble(config.ensemble.members, stored["dims"], config.ensemble.hidden, len(stored["class_names"]))
     ensemble.load_state_dict(groups["ensemble"])
     return PixelClassifier(extractor, ensemble.eval()), {**stored, "config": config}
 
@@ -240,12 +276,13 @@ def to_native(values: torch.Tensor, native: tuple[int, int], fit_: Fit) -> torch
         values = resize_image(values[None], shape)[0].clamp(0, 1)
     if fit_.mode == "pad":
         top, left = (side - native[0]) // 2, (side - native[1]) // 2
-        values = values[top:top + native[0], left:left + native[1]]
+        values = values[top : top + native[0], left : left + native[1]]
     return values
 
 
-def predict_folder(run: Path, images_dir: Path, out_dir: Path, tile_mb: float | None = None,
-                   progress: bool = True) -> Path:
+def predict_folder(
+    run: Path, images_dir: Path, out_dir: Path, tile_mb: float | None = None, progress: bool = True
+) -> Path:
     """Segment every image in ``images_dir`` (any size) into ``out_dir``: masks/ (class ids), overlays/
     (colour overlays), uncertainty/ (entropy of the ensemble's mean prediction, 0-255), disagreement/
     (share of outvoted members, 0-255) and manifest.json. Every image is read and checked first."""
@@ -266,22 +303,39 @@ def predict_folder(run: Path, images_dir: Path, out_dir: Path, tile_mb: float | 
         folders = {name: tmp / name for name in ("masks", "overlays", "uncertainty", "disagreement")}
         for folder in folders.values():
             folder.mkdir()
-        records = [_predict_file(classifier, path, folders, fit_, config.data.intensity, channels, classes,
-                                 tile_mb or config.tile_mb) for path in files]
-        manifest = {"model": {"run": str(Path(run).resolve()), "task": TASK, "class_names": classes,
-                              "diffusion_checkpoint": stored["diffusion_checkpoint"]},
-                    "uncertainty": "entropy of the mean ensemble prediction / log(classes), x255",
-                    "disagreement": "share of ensemble members outvoted by the majority, x255",
-                    "files": records}
+        records = [
+            _predict_file(
+                classifier, path, folders, fit_, config.data.intensity, channels, classes, tile_mb or config.tile_mb
+            )
+            for path in files
+        ]
+        manifest = {
+            "model": {
+                "run": str(Path(run).resolve()),
+                "task": TASK,
+                "class_names": classes,
+                "diffusion_checkpoint": stored["diffusion_checkpoint"],
+            },
+            "uncertainty": "entropy of the mean ensemble prediction / log(classes), x255",
+            "disagreement": "share of ensemble members outvoted by the majority, x255",
+            "files": records,
+        }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
     if progress:
-        console.print(f"{len(files)} images: mean uncertainty "
-                      f"{np.mean([r['mean_uncertainty'] for r in records]):.3f}")
+        console.print(f"{len(files)} images: mean uncertainty {np.mean([r['mean_uncertainty'] for r in records]):.3f}")
     return out_dir
 
 
-def _predict_file(classifier: PixelClassifier, path: Path, folders: dict[str, Path], fit_: Fit, intensity: str,
-                  channels: int, classes: list[str], tile_mb: float) -> dict:
+def _predict_file(
+    classifier: PixelClassifier,
+    path: Path,
+    folders: dict[str, Path],
+    fit_: Fit,
+    intensity: str,
+    channels: int,
+    classes: list[str],
+    tile_mb: float,
+) -> dict:
     native = to_channels(torch.from_numpy(read_image(path, intensity)), channels)
     result = classifier.predict((to_working(native, fit_) * 2 - 1)[None], tile_mb)
     hw = tuple(native.shape[-2:])
@@ -294,10 +348,13 @@ def _predict_file(classifier: PixelClassifier, path: Path, folders: dict[str, Pa
     save_png((entropy * 255).round().to(torch.uint8).numpy(), folders["uncertainty"] / name)
     save_png((disagreement * 255).round().to(torch.uint8).numpy(), folders["disagreement"] / name)
     fractions = torch.bincount(labels.flatten(), minlength=len(classes)).float() / labels.numel()
-    return {"image": path.name, **{k: f"{k}/{name}" for k in folders},
-            "mean_uncertainty": round(float(entropy.mean()), 4),
-            "mean_disagreement": round(float(disagreement.mean()), 4),
-            "class_fractions": [round(float(v), 4) for v in fractions]}
+    return {
+        "image": path.name,
+        **{k: f"{k}/{name}" for k in folders},
+        "mean_uncertainty": round(float(entropy.mean()), 4),
+        "mean_disagreement": round(float(disagreement.mean()), 4),
+        "class_fractions": [round(float(v), 4) for v in fractions],
+    }
 
 
 # -- sweep ---------------------------------------------------------------------------------------------------
@@ -313,7 +370,9 @@ class _ColumnSplit:
             store.write(start, features[:, lo:hi])
 
 
-def _sweep_split(config: SegmentConfig, dataset: ArrayDataset, image_channels: int) -> tuple[ArrayDataset, ArrayDataset]:
+def _sweep_split(
+    config: SegmentConfig, dataset: ArrayDataset, image_channels: int
+) -> tuple[ArrayDataset, ArrayDataset]:
     if config.sweep.val_data is not None:
         val = labelled_dataset(config.sweep.val_data, None, image_channels, where="sweep.val_data")
         if val.num_classes != dataset.num_classes:
@@ -336,13 +395,21 @@ def sweep(config: SegmentConfig, out_dir: Path, progress: bool = True) -> Path:
         raise UserError(f"{out_dir}: already holds a sweep; choose another output folder")
     model, diffusion, stored = load_diffusion(config.diffusion)
     image_channels = stored["codec"]["image_channels"]
-    train_set, val_set = _sweep_split(config, labelled_dataset(config.data, config.images, image_channels),
-                                      image_channels)
+    train_set, val_set = _sweep_split(
+        config, labelled_dataset(config.data, config.images, image_channels), image_channels
+    )
     return run_sweep(model, diffusion, config, train_set, val_set, out_dir, progress)
 
 
-def run_sweep(model: UNet, diffusion: Diffusion, config: SegmentConfig, train_set: ArrayDataset,
-              val_set: ArrayDataset, out_dir: Path, progress: bool = False) -> Path:
+def run_sweep(
+    model: UNet,
+    diffusion: Diffusion,
+    config: SegmentConfig,
+    train_set: ArrayDataset,
+    val_set: ArrayDataset,
+    out_dir: Path,
+    progress: bool = False,
+) -> Path:
     """The sweep on in-memory labelled training and validation images (``sweep`` reads them from the
     config); ``config.data`` / ``images`` / ``diffusion`` are only recorded."""
     started = time.monotonic()
@@ -367,8 +434,10 @@ def run_sweep(model: UNet, diffusion: Diffusion, config: SegmentConfig, train_se
     for column, t in enumerate(s.timesteps):
         extractor = make_extractor(model, diffusion, replace(config.features, blocks=blocks, timesteps=[t]))
         labels = torch.cat([train.labels, val.labels])
-        stores = [PixelStore(out_dir / "scratch" / f"block{b}.bin", len(labels), channels, labels,
-                             fp16=config.pixels.fp16) for b, channels in zip(blocks, extractor.block_channels)]
+        stores = [
+            PixelStore(out_dir / "scratch" / f"block{b}.bin", len(labels), channels, labels, fp16=config.pixels.fp16)
+            for b, channels in zip(blocks, extractor.block_channels)
+        ]
         classifiers = []
         try:
             fill_store(extractor, images, [train, val], _ColumnSplit(stores))
@@ -381,14 +450,14 @@ def run_sweep(model: UNet, diffusion: Diffusion, config: SegmentConfig, train_se
         meters = [SegmentationMeter(num_classes) for _ in blocks]
         bounds = np.cumsum([0] + extractor.block_channels)
         for first in range(0, len(val_set), config.features.batch_size):
-            maps = extractor.maps(val_set.images[first:first + config.features.batch_size])
+            maps = extractor.maps(val_set.images[first : first + config.features.batch_size])
             height, width = maps.size
             rows = max(1, int(config.tile_mb * 2**20 // (4 * width * maps.dims)))
             for i in range(maps.maps[0].shape[0]):
                 truth = val_set.masks[first + i].long()
                 for top in range(0, height, rows):
                     features = maps.rows(i, top, min(top + rows, height))
-                    target = truth[top:top + rows].reshape(-1)
+                    target = truth[top : top + rows].reshape(-1)
                     with torch.no_grad():
                         for meter, ensemble, lo, hi in zip(meters, classifiers, bounds[:-1], bounds[1:]):
                             meter.update(vote(ensemble(features[:, lo:hi])).labels, target)
@@ -396,16 +465,18 @@ def run_sweep(model: UNet, diffusion: Diffusion, config: SegmentConfig, train_se
             scores = meter.compute()
             miou[row, column], dice[row, column] = scores.miou, scores.mean_dice
         if progress:
-            console.print(f"t={t}: best block {blocks[int(np.nanargmax(miou[:, column]))]} "
-                          f"(mIoU {np.nanmax(miou[:, column]):.3f})")
+            console.print(
+                f"t={t}: best block {blocks[int(np.nanargmax(miou[:, column]))]} "
+                f"(mIoU {np.nanmax(miou[:, column]):.3f})"
+            )
     if (out_dir / "scratch").is_dir():
         (out_dir / "scratch").rmdir()
-    return _write_sweep(out_dir, model, blocks, s, miou, dice, len(train_set), len(val_set),
-                        time.monotonic() - started)
+    return _write_sweep(out_dir, model, blocks, s, miou, dice, len(train_set), len(val_set), time.monotonic() - started)
 
 
-def recommend(miou: np.ndarray, blocks: list[int], timesteps: list[int], top_blocks: int,
-              top_timesteps: int) -> tuple[list[int], list[int]]:
+def recommend(
+    miou: np.ndarray, blocks: list[int], timesteps: list[int], top_blocks: int, top_timesteps: int
+) -> tuple[list[int], list[int]]:
     """The blocks with the best mean mIoU over timesteps and the timesteps with the best mean over blocks
     (each list sorted)."""
     block_order = np.argsort(-np.nanmean(miou, axis=1), kind="stable")[:top_blocks]
@@ -413,29 +484,56 @@ def recommend(miou: np.ndarray, blocks: list[int], timesteps: list[int], top_blo
     return sorted(blocks[i] for i in block_order), sorted(timesteps[j] for j in step_order)
 
 
-def _write_sweep(out_dir: Path, model: UNet, blocks: list[int], s: SweepConfig, miou: np.ndarray, dice: np.ndarray,
-                 n_train: int, n_val: int, seconds: float) -> Path:
+def _write_sweep(
+    out_dir: Path,
+    model: UNet,
+    blocks: list[int],
+    s: SweepConfig,
+    miou: np.ndarray,
+    dice: np.ndarray,
+    n_train: int,
+    n_val: int,
+    seconds: float,
+) -> Path:
     info = model.decoder_block_info()
     labels = [f"block {b} ({info[b][0]} ch, 1/{info[b][1]})" for b in blocks]
     best_blocks, best_steps = recommend(miou, blocks, s.timesteps, s.top_blocks, s.top_timesteps)
-    heatmap(miou, labels, s.timesteps, out_dir / "figures" / "sweep.png", xlabel="timestep t",
-            ylabel="decoder block (channels, resolution)", colorbar_label="validation mIoU",
-            title="Validation mIoU per decoder block and timestep",
-            size=(max(6.5, 0.8 * len(s.timesteps) + 4.0), max(3.0, 0.45 * len(blocks) + 1.5)))
+    heatmap(
+        miou,
+        labels,
+        s.timesteps,
+        out_dir / "figures" / "sweep.png",
+        xlabel="timestep t",
+        ylabel="decoder block (channels, resolution)",
+        colorbar_label="validation mIoU",
+        title="Validation mIoU per decoder block and timestep",
+        size=(max(6.5, 0.8 * len(s.timesteps) + 4.0), max(3.0, 0.45 * len(blocks) + 1.5)),
+    )
     header = "| block | " + " | ".join(f"t={t}" for t in s.timesteps) + " | mean |"
     lines = [header, "|" + "---|" * (len(s.timesteps) + 2)]
     for label, row in zip(labels, miou):
         lines.append(f"| {label} | " + " | ".join(f"{v:.3f}" for v in row) + f" | {np.nanmean(row):.3f} |")
     lines.append("| mean | " + " | ".join(f"{v:.3f}" for v in np.nanmean(miou, axis=0)) + " | |")
-    body = (f"# Decoder block x timestep sweep\n\nValidation mIoU (all classes) of a {s.members}-member ensemble "
-            f"per cell, trained on {s.max_pixels} class-balanced pixels of {n_train} labelled images, scored on "
-            f"{n_val} validation images; {seconds / 60:.1f} min.\n\n" + "\n".join(lines) +
-            f"\n\nRecommended: `features.blocks: {best_blocks}`, `features.timesteps: {best_steps}` (the "
-            f"{s.top_blocks} best blocks by mean over timesteps, the {s.top_timesteps} best timesteps by mean "
-            "over blocks).\n\n![sweep](figures/sweep.png)\n")
+    body = (
+        f"# Decoder block x timestep sweep\n\nValidation mIoU (all classes) of a {s.members}-member ensemble "
+        f"per cell, trained on {s.max_pixels} class-balanced pixels of {n_train} labelled images, scored on "
+        f"{n_val} validation images; {seconds / 60:.1f} min.\n\n"
+        + "\n".join(lines)
+        + f"\n\nRecommended: `features.blocks: {best_blocks}`, `features.timesteps: {best_steps}` (the "
+        f"{s.top_blocks} best blocks by mean over timesteps, the {s.top_timesteps} best timesteps by mean "
+        "over blocks).\n\n![sweep](figures/sweep.png)\n"
+    )
     (out_dir / "sweep.md").write_text(body)
-    result = {"blocks": blocks, "block_info": [list(info[b]) for b in blocks], "timesteps": s.timesteps,
-              "miou": miou.tolist(), "mean_dice": dice.tolist(), "train_images": n_train, "val_images": n_val,
-              "seconds": seconds, "recommended": {"blocks": best_blocks, "timesteps": best_steps}}
+    result = {
+        "blocks": blocks,
+        "block_info": [list(info[b]) for b in blocks],
+        "timesteps": s.timesteps,
+        "miou": miou.tolist(),
+        "mean_dice": dice.tolist(),
+        "train_images": n_train,
+        "val_images": n_val,
+        "seconds": seconds,
+        "recommended": {"blocks": best_blocks, "timesteps": best_steps},
+    }
     (out_dir / "sweep.json").write_text(json.dumps(result, indent=1))
     return out_dir / "sweep.md"

