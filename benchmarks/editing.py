@@ -42,9 +42,9 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -295,7 +295,7 @@ def cataract(work: Path, quick: bool, steps: int, alignment_steps: int) -> Setti
     captions = template_captions(masks[pool], CATARACT_CLASSES, CATARACT_PREFIX) + [CATARACT_PREFIX] * len(unlabelled)
     root = write_pair_folder(work / "cataract_train", _uint8_hwc(train_images), None, train_names, {})
     with (work / "cataract_captions.csv").open("w", newline="") as f:
-        csv.writer(f).writerows([("name", "caption"), *zip(train_names, captions)])
+        csv.writer(f).writerows([("name", "caption"), *zip(train_names, captions, strict=True)])
     config = _model_config(
         {"kind": "image_folder", "root": str(root / "images"), "size": 64, "hflip": False},
         {"source": "file", "file": str(work / "cataract_captions.csv")},

@@ -183,7 +183,7 @@ def train_judge(train: ArrayDataset, minutes: float, work: Path):
 def miou_per_image(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
     """mIoU of each image (classes absent from both prediction and target skipped)."""
     scores = []
-    for p, t in zip(pred, target):
+    for p, t in zip(pred, target, strict=True):
         meter = SegmentationMeter(num_classes)
         meter.update(p[None], t[None].long())
         scores.append(float(meter.compute().miou))
@@ -208,11 +208,11 @@ def plot(rows: list[dict], reference: dict, real_miou: float, out: Path) -> None
         ("seconds per image", "s/img"),
     ]
     axes = fig.subplots(2, 3).flatten()
-    for ax, (label, key) in zip(axes, panels):
+    for ax, (label, key) in zip(axes, panels, strict=True):
         for family, marker in (("ddim", "o"), ("dpm++", "s")):
             pts = sorted((r["steps"], r[key]) for r in rows if r["sampler"] == family)
             if pts:
-                ax.plot(*zip(*pts), marker=marker, label=family)
+                ax.plot(*zip(*pts, strict=True), marker=marker, label=family)
         ax.axhline(reference[key], color="0.3", linestyle="--", label=f"ddpm {reference['steps']}")
         if key == "mIoU":
             ax.axhline(real_miou, color="tab:green", linestyle=":", label="real test slices")

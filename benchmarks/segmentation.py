@@ -31,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -92,7 +92,7 @@ class Phase:
     peak_mb: float = 0.0
     start_mb: float = 0.0
 
-    def __enter__(self) -> "Phase":
+    def __enter__(self) -> Phase:
         _reset_peak()
         self.start_mb = _status_mb("VmRSS") or 0.0
         self._start = time.monotonic()

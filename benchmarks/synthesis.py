@@ -606,8 +606,8 @@ def caveats(r: dict, segmenter_steps: int) -> list[str]:
         notes.append(
             f"{', '.join(below)} score a KID at or below the real training images. SPADE and pix2pix draw "
             "from the test masks and so share the test images' anatomy, which the training images (other "
-            f"patients / slices) do not; and at {r['fidelity'][1]['n']} images the domain network's KID does not separate the "
-            "unrealistic samples in the figures from real ones. Read KID only as a comparison between the "
+            f"patients / slices) do not; and at {r['fidelity'][1]['n']} images the domain network's KID does not "
+            "separate the unrealistic samples in the figures from real ones. Read KID only as a comparison between the "
             "generators of one dataset, not as closeness to real images."
         )
     short = {g: i["steps"] for g, i in r["generators"].items() if "diffusion" in g and i["steps"] < 1000}
@@ -719,10 +719,10 @@ def _write_report(results: dict, args, b: Budget, prefix: str) -> None:
         f"input mask). KID std is over random subsets of min(n real, n synthesised) images: when that is the whole "
         f"set (32 vs 32) every subset is the same and the std is ~0, meaningless. "
         f"First row = the real training images against the test images (a reference, not a floor: they show "
-        f"other patients / slices than the test masks). **Memorised** = fraction of samples closer (RMS pixels at 32 px) to a "
-        f"training image than 99% of the real test images are. **Per-mask diversity** = mean pairwise RMS distance "
-        f"of {DIVERSITY_SAMPLES} samples of one mask ({DIVERSITY_MASKS} masks); all-pairs distance = the same over "
-        f"all samples of the row.\n\n"
+        f"other patients / slices than the test masks). **Memorised** = fraction of samples closer (RMS pixels "
+        f"at 32 px) to a training image than 99% of the real test images are. **Per-mask diversity** = mean "
+        f"pairwise RMS distance of {DIVERSITY_SAMPLES} samples of one mask ({DIVERSITY_MASKS} masks); all-pairs "
+        f"distance = the same over all samples of the row.\n\n"
         f"**Semantic consistency**: the judge (U-Net segmenter, base {b.segnet.base_channels}, trained on every "
         f"real pool pair, at most {b.judge_steps} steps) on the synthesised images, mIoU against their input masks "
         f"(joint: against the generated masks); first row = the judge on the real test images.\n\n"

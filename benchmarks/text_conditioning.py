@@ -40,7 +40,7 @@ def responses(run: Path, caption: str, size: tuple[int, int]) -> list[dict]:
     for guidance in GUIDANCE:
         sampler = SamplerConfig(name="dpm++", steps=20, guidance_scale=guidance)
 
-        def draw(prompt: str) -> torch.Tensor:
+        def draw(prompt: str, sampler: SamplerConfig = sampler) -> torch.Tensor:
             return textgen.generate_from_text(
                 model.unet,
                 model.diffusion,

@@ -8,6 +8,7 @@ configurations so a noisy neighbour affects all of them alike).
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 from contextlib import nullcontext
@@ -107,10 +108,10 @@ def main() -> None:
             for bf16 in (False, True):
                 precision = "bf16" if bf16 else "fp32"
                 timings.setdefault((name, precision, "train"), []).append(
-                    median_seconds(lambda: train_step(name, bf16), repeats=3)
+                    median_seconds(functools.partial(train_step, name, bf16), repeats=3)
                 )
                 timings.setdefault((name, precision, "sample"), []).append(
-                    median_seconds(lambda: sample_batch(name, bf16), repeats=1, warmup=0)
+                    median_seconds(functools.partial(sample_batch, name, bf16), repeats=1, warmup=0)
                 )
 
     rows = []

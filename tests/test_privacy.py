@@ -26,7 +26,7 @@ IDENTITY = {
 def _series(folder: Path) -> list[str]:
     """Four slices of pydicom's CT_small.dcm carrying a made-up identity; returns every identifying value."""
     folder.mkdir()
-    values = list(IDENTITY.values()) + ["Doe", "Elsewhere"]
+    values = [*list(IDENTITY.values()), "Doe", "Elsewhere"]
     for k in range(4):
         ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
         for keyword, value in IDENTITY.items():

@@ -33,7 +33,7 @@ def test_augmentation_replays_under_the_same_seed():
     first = [dataset[i % 2]["image"] for i in range(8)]
     torch.manual_seed(3)
     again = [dataset[i % 2]["image"] for i in range(8)]
-    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
     assert len({tuple(x.flatten().tolist()) for x in first}) > 2  # crops and flips really vary
 
 

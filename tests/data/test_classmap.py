@@ -85,7 +85,7 @@ def test_class_names_bound_the_ids():
     spec = label_spec(class_names=["a", "b"])
     with pytest.raises(UserError, match=r"x\.png: mask contains class id\(s\) 2 but only 2 classes"):
         spec.apply(np.array([[0, 2]], dtype=np.uint8), Path("x.png"))
-    with pytest.raises(UserError, match="'data.class_names' has 3 names but 'data.remap' makes 2"):
+    with pytest.raises(UserError, match=r"'data\.class_names' has 3 names but 'data\.remap' makes 2"):
         label_spec(remap={0: [0], 1: [1]}, class_names=["a", "b", "c"])
 
 

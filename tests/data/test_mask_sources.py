@@ -47,14 +47,14 @@ def test_a_folder_is_read_through_the_training_data_remap_and_fitted(tmp_path):
 
 def test_an_id_outside_the_model_classes_names_the_file(tmp_path):
     _save(tmp_path / "b.png", np.full((8, 8), 5))
-    with pytest.raises(UserError, match="b.png: mask contains class id"):
+    with pytest.raises(UserError, match=r"b\.png: mask contains class id"):
         read_mask_folder(tmp_path, LabelSpec(NAMES, source="the model"), NAMES, Fit(8))
 
 
 def test_a_generated_folder_must_name_the_model_classes(tmp_path):
     _save(tmp_path / "masks" / "s.png", _disc(8, 2, value=2))
     (tmp_path / "manifest.json").write_text(json.dumps({"model": {"class_names": ["bg", "tumour"]}, "files": []}))
-    with pytest.raises(UserError, match="manifest.json: masks of classes"):
+    with pytest.raises(UserError, match=r"manifest\.json: masks of classes"):
         read_mask_folder(tmp_path, LabelSpec(), NAMES, Fit(8))
     (tmp_path / "manifest.json").write_text(json.dumps({"model": {"class_names": list(NAMES)}, "files": []}))
     assert read_mask_folder(tmp_path, LabelSpec(), NAMES, Fit(8)).masks.max() == 2

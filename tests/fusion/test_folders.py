@@ -31,7 +31,7 @@ def test_a_missing_partner_or_a_size_mismatch_names_the_file(tmp_path):
     with pytest.raises(UserError, match="y"):
         list_pairs(tmp_path / "a", tmp_path / "b")
     _save(tmp_path / "b" / "y.png", shape=(11, 12))
-    with pytest.raises(UserError, match="y.png"):
+    with pytest.raises(UserError, match=r"y\.png"):
         list_pairs(tmp_path / "a", tmp_path / "b")
     with pytest.raises(UserError, match="nowhere"):
         list_pairs(tmp_path / "nowhere", tmp_path / "b")
@@ -64,5 +64,5 @@ def test_match_fused_prefers_the_fused_luma_and_reports_missing_images(tmp_path)
     with pytest.raises(UserError, match="no fused image named 'x"):
         match_fused(pairs, tmp_path / "other")
     _save(tmp_path / "small" / "x.png", shape=(8, 8))
-    with pytest.raises(UserError, match="x.png"):
+    with pytest.raises(UserError, match=r"x\.png"):
         match_fused(pairs, tmp_path / "small")

@@ -21,7 +21,7 @@ def test_each_pair_gets_its_best_scoring_rule_output():
     y_a, y_b = _pairs()
     prior = fusion_prior(y_a, y_b, batch_size=2)
     assert prior.targets.shape == y_a.shape and len(prior.chosen) == 3
-    for i, (rule, scores) in enumerate(zip(prior.chosen, prior.scores)):
+    for i, (rule, scores) in enumerate(zip(prior.chosen, prior.scores, strict=True)):
         assert set(scores) == set(RULES)
         assert scores[rule] == max(scores.values())
         out = RULES[rule](y_a[i : i + 1], y_b[i : i + 1]).clamp(-1, 1)

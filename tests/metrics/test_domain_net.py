@@ -43,7 +43,7 @@ def test_training_is_seeded_and_the_name_pins_data_and_seed(brain_slices):
     other_seed, _ = _train(brain_slices, steps=3, seed=1)
     other_data, _ = _train(brain_slices[1:], steps=3)
     assert a.name == b.name and losses_a == losses_b
-    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
     assert a.name.startswith("domain-cnn-") and len({a.name, other_seed.name, other_data.name}) == 3
 
 

@@ -102,5 +102,5 @@ def test_without_inception_weights_the_domain_net_is_trained_once_and_then_reuse
 
 
 def test_named_inception_weights_that_are_absent_are_a_user_error(brain_slices, tmp_path):
-    with pytest.raises(UserError, match="pt_inception.pth"):
+    with pytest.raises(UserError, match=r"pt_inception\.pth"):
         select_feature_net(brain_slices, inception_weights=tmp_path / "pt_inception.pth")

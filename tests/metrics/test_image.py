@@ -35,7 +35,7 @@ def _to_meddiff(images: np.ndarray) -> torch.Tensor:
 def test_psnr_matches_skimage_per_image_and_mean(rgb):
     clean = _unit_images(rgb)
     noisy = _noisy(clean, seed=1)
-    expected = [peak_signal_noise_ratio(c, n, data_range=1.0) for c, n in zip(clean, noisy)]
+    expected = [peak_signal_noise_ratio(c, n, data_range=1.0) for c, n in zip(clean, noisy, strict=True)]
     per_image = psnr(_to_meddiff(noisy), _to_meddiff(clean), reduction="none")
     assert per_image.shape == (2,)
     np.testing.assert_allclose(per_image.numpy(), expected, atol=1e-3)
@@ -53,7 +53,7 @@ def test_ssim_matches_skimage_gaussian_window_per_image(rgb):
         structural_similarity(
             c, n, data_range=1.0, channel_axis=-1, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
         )
-        for c, n in zip(clean, noisy)
+        for c, n in zip(clean, noisy, strict=True)
     ]
     per_image = ssim(_to_meddiff(noisy), _to_meddiff(clean), reduction="none")
     np.testing.assert_allclose(per_image.numpy(), expected, atol=1e-4)

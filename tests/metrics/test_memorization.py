@@ -81,13 +81,13 @@ def test_chunked_nearest_neighbours_match_the_full_distance_matrix():
     d, i = nearest_neighbours(query, reference, max_elements=50)  # blocks of 2 rows
     assert torch.equal(i, full.argmin(dim=1))
     assert torch.allclose(d.double(), full.min(dim=1).values, atol=1e-6)
-    d_self, i_self = nearest_neighbours(reference, reference, exclude_self=True, max_elements=50)
+    _d_self, i_self = nearest_neighbours(reference, reference, exclude_self=True, max_elements=50)
     own = torch.cdist(reference.double(), reference.double()).fill_diagonal_(float("inf"))
     assert torch.equal(i_self, own.argmin(dim=1)) and (i_self != torch.arange(23)).all()
 
 
 def test_bad_arguments_are_user_errors(split):
-    train, calibration, _ = split
+    train, _calibration, _ = split
     with pytest.raises(UserError, match="percentile"):
         memorization_check(train[:2], train, percentile=0)
     with pytest.raises(UserError, match="'generated' has 3 channels"):

@@ -9,9 +9,9 @@ from meddiff.data.labels import IGNORE_INDEX
 from meddiff.errors import UserError
 from meddiff.metrics.segmentation import SegmentationMeter, segmentation_scores
 
-I = IGNORE_INDEX
+X = IGNORE_INDEX
 # Two 2x3 masks, 4 classes; class 3 appears in neither prediction nor ground truth.
-TARGET = torch.tensor([[[0, 0, 1], [1, I, 2]], [[0, 2, 2], [I, I, 0]]])
+TARGET = torch.tensor([[[0, 0, 1], [1, X, 2]], [[0, 2, 2], [X, X, 0]]])
 PRED = torch.tensor(
     [
         [[0, 1, 1], [1, 2, 2]],  # the ignored pixel is "wrong" on purpose
@@ -60,7 +60,7 @@ def test_a_class_only_predicted_scores_zero_and_counts_in_the_mean():
 
 def test_streaming_updates_equal_one_shot_on_the_whole_set():
     meter = SegmentationMeter(num_classes=4)
-    for p, t in zip(PRED, TARGET):
+    for p, t in zip(PRED, TARGET, strict=True):
         meter.update(p[None], t[None])
     streamed, one_shot = meter.compute(), segmentation_scores(PRED, TARGET, num_classes=4)
     assert torch.equal(streamed.confusion, one_shot.confusion)

@@ -93,7 +93,7 @@ def test_decoder_features_match_the_full_forward_and_report_their_shapes():
     for h in handles:
         h.remove()
     info = model.decoder_block_info()
-    for b, feature in zip(blocks, features):
+    for b, feature in zip(blocks, features, strict=True):
         channels, factor = info[b]
         assert feature.shape == (2, channels, -(-30 // factor), -(-45 // factor))
         assert torch.equal(feature, hooked[b][..., : feature.shape[2], : feature.shape[3]])

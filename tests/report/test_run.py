@@ -22,10 +22,10 @@ def test_read_jsonl_rejects_a_bad_line_in_the_middle_naming_file_and_line(tmp_pa
 
 
 def test_missing_or_invalid_json_raises_user_error_naming_the_file(tmp_path):
-    with pytest.raises(UserError, match="metrics.json: file not found"):
+    with pytest.raises(UserError, match=r"metrics\.json: file not found"):
         read_json(tmp_path / "metrics.json")
     (tmp_path / "metrics.json").write_text("{oops")
-    with pytest.raises(UserError, match="metrics.json: not valid JSON"):
+    with pytest.raises(UserError, match=r"metrics\.json: not valid JSON"):
         read_json(tmp_path / "metrics.json")
 
 

@@ -85,7 +85,7 @@ def test_the_same_seed_trains_the_same_ensemble():
     config = EnsembleConfig(members=2, hidden=[8], eval_every=5, max_epochs=2)
     a, _ = train_ensemble(store, 250, 3, config, seed=4)
     b, _ = train_ensemble(store, 250, 3, config, seed=4)
-    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
 
 
 def test_tile_by_tile_prediction_equals_one_tile(tiny_unet, diffusion):

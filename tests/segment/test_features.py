@@ -16,7 +16,7 @@ def test_feature_dimensions_and_map_shapes_follow_the_block_and_timestep_choice(
 
     maps = extractor.maps(torch.rand(3, 1, 24, 20) * 2 - 1)
     assert len(maps.maps) == len(blocks) * len(timesteps)
-    for feature_map, (b, _) in zip(maps.maps, [(b, t) for t in timesteps for b in blocks]):
+    for feature_map, (b, _) in zip(maps.maps, [(b, t) for t in timesteps for b in blocks], strict=True):
         channels, factor = info[b]
         assert feature_map.shape == (3, channels, 24 // factor, 20 // factor)
     assert maps.at(2, torch.tensor([0, 23, 5]), torch.tensor([0, 19, 7])).shape == (3, extractor.dims)

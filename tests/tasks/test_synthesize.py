@@ -171,7 +171,7 @@ def test_masks_sampled_by_the_joint_generator_are_a_mask_source(synth_run, tmp_p
 
 def test_bad_masks_are_refused_before_anything_is_written(synth_run, mask_folder, tmp_path):
     Image.fromarray(np.full((32, 32), 9, np.uint8)).save(mask_folder / "zz_bad.png")
-    with pytest.raises(UserError, match="zz_bad.png: mask contains class id"):
+    with pytest.raises(UserError, match=r"zz_bad\.png: mask contains class id"):
         synthesize.run(synth_run, mask_folder, tmp_path / "out", DDIM, progress=False)
     assert not (tmp_path / "out").exists()
     (tmp_path / "taken").mkdir()

@@ -71,10 +71,10 @@ def test_a_pickle_crafted_to_run_code_is_refused_not_run(tmp_path):
     path.mkdir()
     (path / "state.json").write_text(json.dumps({"step": 1}))
     (path / "model.safetensors").write_bytes(pickle.dumps(_Exploit(marker)))
-    with pytest.raises(UserError, match="model.safetensors.*not a valid safetensors"):
+    with pytest.raises(UserError, match=r"model\.safetensors.*not a valid safetensors"):
         ckpt.load_checkpoint(path)
     torch.save({"x": _Exploit(marker)}, tmp_path / "evil.pt")
-    with pytest.raises(UserError, match="evil.pt"):
+    with pytest.raises(UserError, match=r"evil\.pt"):
         ckpt.load_tensors(tmp_path / "evil.pt")
     assert not marker.exists()
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -33,7 +32,7 @@ def _main(debug: bool = typer.Option(False, "--debug", help="Show full stack tra
 @app.command()
 def train(
     config: Path = typer.Argument(..., help="YAML config; its `task:` key picks the task (default generate)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: runs/<config name>)."),
+    out: Path | None = typer.Option(None, "--out", help="Run folder (default: runs/<config name>)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint."),
 ) -> None:
     """Train a diffusion model from a config; everything goes under one run folder.
@@ -58,9 +57,9 @@ def sample(
     eta: float = typer.Option(0.0, "--eta", help="DDIM stochasticity (0 deterministic)."),
     seed: int = typer.Option(0, "--seed", help="Sample i uses seed + i."),
     out: Path = typer.Option(..., "--out", help="New folder for images/, masks/, manifest.json, grid.png."),
-    size: Optional[int] = typer.Option(None, "--size", help="Image side in pixels (default: the training size)."),
+    size: int | None = typer.Option(None, "--size", help="Image side in pixels (default: the training size)."),
     bf16: bool = typer.Option(False, "--bf16", help="Run the UNet in bf16 autocast (faster on AMX CPUs)."),
-    attribute: Optional[str] = typer.Option(
+    attribute: str | None = typer.Option(
         None, "--attribute", help="Conditional models: attribute name or index (default: all)."
     ),
 ) -> None:
@@ -106,24 +105,17 @@ def report(run: Path = typer.Argument(..., help="Run folder.")) -> None:
 
 def _add_groups() -> None:
     """Sub-command groups, one module each (imports inside their commands keep startup fast)."""
-    from meddiff.cli import data
+    from meddiff.cli import data, edit, fuse, generate, segment, synth
 
-    app.add_typer(data.app, name="data")
-    from meddiff.cli import synth
-
-    app.add_typer(synth.app, name="synth")  # noqa: E702
-    from meddiff.cli import generate
-
-    app.add_typer(generate.app, name="generate")  # noqa: E702
-    from meddiff.cli import segment
-
-    app.add_typer(segment.app, name="segment")  # noqa: E702
-    from meddiff.cli import edit
-
-    app.add_typer(edit.app, name="edit")  # noqa: E702
-    from meddiff.cli import fuse
-
-    app.add_typer(fuse.app, name="fuse")  # noqa: E702
+    for name, group in [
+        ("data", data),
+        ("synth", synth),
+        ("generate", generate),
+        ("segment", segment),
+        ("edit", edit),
+        ("fuse", fuse),
+    ]:
+        app.add_typer(group.app, name=name)
 
 
 _add_groups()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -13,7 +12,7 @@ app = typer.Typer(no_args_is_help=True, help="Read and check datasets.")
 @app.command("inspect")
 def data_inspect(
     path: Path = typer.Argument(..., help="A dataset folder, NIfTI file or DICOM series folder."),
-    class_map: Optional[Path] = typer.Option(None, "--class-map", help="Class-map YAML for RGB masks."),
+    class_map: Path | None = typer.Option(None, "--class-map", help="Class-map YAML for RGB masks."),
 ) -> None:
     """Print counts, sizes, modes, class histogram, every problem found and privacy warnings.
 

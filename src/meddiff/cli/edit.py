@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -15,7 +14,7 @@ console = Console(stderr=True)
 @app.command("fit")
 def edit_fit(
     config: Path = typer.Argument(..., help="YAML config of the text-conditioned model (task: textgen)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: runs/<config name>)."),
+    out: Path | None = typer.Option(None, "--out", help="Run folder (default: runs/<config name>)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint."),
 ) -> None:
     """Train the text-conditioned image (+ label map) model that `meddiff edit run` edits with.
@@ -57,30 +56,30 @@ def edit_run(
     image: Path = typer.Option(..., "--image", help="The image to edit (PNG, JPEG, TIFF, BMP)."),
     prompt: str = typer.Option(..., "--prompt", help="What the edited image should show."),
     out: Path = typer.Option(..., "--out", help="New folder for every output, grid.png and metrics.json."),
-    mask: Optional[Path] = typer.Option(None, "--mask", help="Its label map (class ids), edited with it."),
+    mask: Path | None = typer.Option(None, "--mask", help="Its label map (class ids), edited with it."),
     alphas: str = typer.Option(
         "0.8,1.0,1.2,1.4,1.6", "--alphas", help="Interpolation weights of the target prompt (1 = the prompt itself)."
     ),
     interp: str = typer.Option("linear", "--interp", help="linear | slerp"),
     seeds: int = typer.Option(3, "--seeds", min=1, help="Samples per alpha (seeds seed..seed+N-1)."),
     seed: int = typer.Option(0, "--seed", help="First seed (also drives stages A and B)."),
-    embed_steps: Optional[int] = typer.Option(
+    embed_steps: int | None = typer.Option(
         None, "--embed-steps", min=0, help="Stage A steps (default 100; Stable Diffusion 500)."
     ),
-    embed_lr: Optional[float] = typer.Option(None, "--embed-lr", help="Stage A learning rate (1e-2; SD 1e-3)."),
-    finetune_steps: Optional[int] = typer.Option(
+    embed_lr: float | None = typer.Option(None, "--embed-lr", help="Stage A learning rate (1e-2; SD 1e-3)."),
+    finetune_steps: int | None = typer.Option(
         None, "--finetune-steps", min=0, help="Stage B steps (default 400; Stable Diffusion 1000)."
     ),
-    finetune_lr: Optional[float] = typer.Option(None, "--finetune-lr", help="Stage B learning rate (1e-3; SD 2e-6)."),
-    sampler: Optional[str] = typer.Option(
+    finetune_lr: float | None = typer.Option(None, "--finetune-lr", help="Stage B learning rate (1e-3; SD 2e-6)."),
+    sampler: str | None = typer.Option(
         None, "--sampler", help="ddpm | ddim | dpm++ | dpm++sde | unipc (default dpm++; SD ddim)."
     ),
-    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Sampling steps (default 20; SD 50)."),
-    guidance: Optional[float] = typer.Option(None, "--guidance", help="Guidance scale (default 1; SD 7.5)."),
-    clip: Optional[Path] = typer.Option(
+    steps: int | None = typer.Option(None, "--steps", min=1, help="Sampling steps (default 20; SD 50)."),
+    guidance: float | None = typer.Option(None, "--guidance", help="Guidance scale (default 1; SD 7.5)."),
+    clip: Path | None = typer.Option(
         None, "--clip", help="Local CLIP model folder: report CLIP score as the text alignment."
     ),
-    classes: Optional[int] = typer.Option(
+    classes: int | None = typer.Option(
         None, "--classes", min=2, help="Stable Diffusion with --mask: number of classes (default: largest id + 1)."
     ),
     bf16: bool = typer.Option(False, "--bf16", help="Run the model in bf16 autocast (faster on AMX CPUs)."),
@@ -91,7 +90,9 @@ def edit_run(
     embeddings for every alpha and seed. Writes every output, grid.png (rows alpha, columns seeds after
     the input), tradeoff.png and metrics.json (PSNR/SSIM to the input, text alignment, collapse rate).
 
-    Example: `meddiff edit run --model runs/edit_brain --image slice.png --mask slice_mask.png --prompt "T1-weighted brain MRI, axial slice, axial level 7/8, small other brain tissue at centre, medium grey matter at centre, small white matter at centre" --alphas 0.8,1.0,1.2,1.4,1.6 --interp linear --seeds 3 --out runs/edits/level7`
+    Example: `meddiff edit run --model runs/edit_brain --image slice.png --mask slice_mask.png
+    --prompt "T1-weighted brain MRI, axial slice, axial level 7/8, small white matter at centre"
+    --alphas 0.8,1.0,1.2,1.4,1.6 --interp linear --seeds 3 --out runs/edits/level7`
     """
     import dataclasses
 

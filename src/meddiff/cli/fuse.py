@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -15,7 +14,7 @@ console = Console(stderr=True)
 @app.command("fit")
 def fuse_fit(
     config: Path = typer.Argument(..., help="YAML config of the fuse task (see configs/fuse_*.yaml)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: runs/<config name>)."),
+    out: Path | None = typer.Option(None, "--out", help="Run folder (default: runs/<config name>)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint."),
 ) -> None:
     """Train the diffusion fusion model on a paired folder (targets: the per-pair best classic rule).
@@ -40,14 +39,14 @@ def fuse_run(
     a: Path = typer.Option(..., "--a", help="Folder of source A images (e.g. MRI)."),
     b: Path = typer.Option(..., "--b", help="Folder of source B images, same file names (e.g. PET)."),
     out: Path = typer.Option(..., "--out", help="New folder for <name>.png fused images and manifest.json."),
-    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Sampling steps (default: the run's)."),
+    steps: int | None = typer.Option(None, "--steps", min=1, help="Sampling steps (default: the run's)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the start noise (every pair uses it)."),
-    output_range: Optional[str] = typer.Option(
+    output_range: str | None = typer.Option(
         None,
         "--range",
         help="How the fused Y becomes 8 bits: minmax | clip (default: minmax for runs, clip for rules).",
     ),
-    keep_background: Optional[bool] = typer.Option(
+    keep_background: bool | None = typer.Option(
         None,
         "--keep-background/--no-keep-background",
         help="Runs only: keep pixels black where both sources are black (default: the run's setting).",
@@ -73,7 +72,7 @@ def fuse_eval(
     a: Path = typer.Option(..., "--a", help="Folder of source A images."),
     b: Path = typer.Option(..., "--b", help="Folder of source B images (same file names)."),
     fused: Path = typer.Option(..., "--fused", help="Folder of fused images (same file names)."),
-    out: Optional[Path] = typer.Option(
+    out: Path | None = typer.Option(
         None, "--out", help="Where to save <out>.csv and <out>.json (default: FUSED/metrics)."
     ),
 ) -> None:

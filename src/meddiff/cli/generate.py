@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -17,7 +16,7 @@ console = Console(stderr=True)
 @app.command("fit")
 def fit(
     config: Path = typer.Argument(..., help="YAML config of the generate task (data, model, noise, train, ...)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: runs/<config name>)."),
+    out: Path | None = typer.Option(None, "--out", help="Run folder (default: runs/<config name>)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint."),
 ) -> None:
     """Train a joint image + label-map diffusion model (one-hot or analog-bit mask channels).
@@ -42,8 +41,8 @@ def run(
     guidance: float = typer.Option(1.0, "--guidance", help="Guidance on the attribute (conditional models; 1 = none)."),
     eta: float = typer.Option(0.0, "--eta", help="DDIM stochasticity (0 deterministic)."),
     seed: int = typer.Option(0, "--seed", help="Sample i uses seed + i."),
-    size: Optional[int] = typer.Option(None, "--size", help="Image side in pixels (default: the training size)."),
-    attribute: Optional[str] = typer.Option(
+    size: int | None = typer.Option(None, "--size", help="Image side in pixels (default: the training size)."),
+    attribute: str | None = typer.Option(
         None, "--attribute", help="Conditional models: attribute name or index (default: all)."
     ),
     bf16: bool = typer.Option(False, "--bf16", help="Run the UNet in bf16 autocast (faster on AMX CPUs)."),

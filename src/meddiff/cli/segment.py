@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -26,7 +25,7 @@ def _config(path: Path, task: str):
 @app.command("fit")
 def fit(
     config: Path = typer.Argument(..., help="YAML config with `task: segment` (diffusion run, labelled data)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: runs/<config name>)."),
+    out: Path | None = typer.Option(None, "--out", help="Run folder (default: runs/<config name>)."),
 ) -> None:
     """Train the pixel classifier (MLP ensemble) on diffusion features of a few labelled images.
 
@@ -42,7 +41,7 @@ def predict(
     run: Path = typer.Argument(..., help="Run folder written by `meddiff segment fit`."),
     images: Path = typer.Option(..., "--images", help="Folder of images to segment (any size)."),
     out: Path = typer.Option(..., "--out", help="New folder for masks/, overlays/, uncertainty/, disagreement/."),
-    tile_mb: Optional[int] = typer.Option(
+    tile_mb: int | None = typer.Option(
         None, "--tile-mb", min=1, help="Features held at once while predicting (default: the run's)."
     ),
 ) -> None:
@@ -59,7 +58,7 @@ def predict(
 @app.command("sweep")
 def sweep(
     config: Path = typer.Argument(..., help="YAML config with `task: segment`; its `sweep:` section applies."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: runs/<config name>_sweep)."),
+    out: Path | None = typer.Option(None, "--out", help="Output folder (default: runs/<config name>_sweep)."),
 ) -> None:
     """Score every decoder block at every timestep on validation images; write a heat-map and a table.
 
@@ -73,7 +72,7 @@ def sweep(
 @app.command("baseline")
 def baseline(
     config: Path = typer.Argument(..., help="YAML config with `task: segmenter` (labelled data, U-Net, training)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: runs/<config name>)."),
+    out: Path | None = typer.Option(None, "--out", help="Run folder (default: runs/<config name>)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint."),
 ) -> None:
     """Train the U-Net baseline segmenter from scratch on the same labelled images.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -62,7 +62,7 @@ def _cadis(task: str | None) -> str | None:
 @app.command("fit")
 def fit(
     config: Path = typer.Argument(..., help="YAML config of the synthesize task (data, model, noise, train, ...)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: runs/<config name>)."),
+    out: Path | None = typer.Option(None, "--out", help="Run folder (default: runs/<config name>)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint."),
 ) -> None:
     """Train a mask-to-image diffusion model (SPADE / concat conditioning, guidance dropout) on image+mask pairs.
@@ -87,7 +87,7 @@ def run(
     guidance: float = typer.Option(1.5, "--guidance", help="Classifier-free guidance on the mask (1 = none)."),
     eta: float = typer.Option(0.0, "--eta", help="DDIM stochasticity (0 deterministic)."),
     seed: int = typer.Option(0, "--seed", help="Output j uses seed + j."),
-    cadis_task: Optional[str] = typer.Option(
+    cadis_task: str | None = typer.Option(
         None,
         "--cadis-task",
         help="Read --masks as raw CaDIS label maps remapped to this task (task1 | task2 | task3 | merged5 | raw).",
@@ -97,7 +97,7 @@ def run(
     vflip: bool = typer.Option(False, "--vflip", help="Augment: random top-bottom flips."),
     rotate: float = typer.Option(0.0, "--rotate", min=0.0, help="Augment: random rotation up to this many degrees."),
     elastic: float = typer.Option(0.0, "--elastic", min=0.0, help="Augment: elastic warp up to this many pixels."),
-    paste_class: Optional[List[int]] = typer.Option(
+    paste_class: list[int] | None = typer.Option(
         None, "--paste-class", help="Augment: paste this class (e.g. an instrument) from another mask; repeatable."
     ),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images sampled at once."),
@@ -105,7 +105,8 @@ def run(
 ) -> None:
     """Synthesise images for label maps with a trained mask-to-image model into a dataset folder.
 
-    Example: `meddiff synth run runs/synth_brain --masks my_masks/ --out runs/synth_brain/synthetic --n-per-mask 2 --sampler dpm++ --steps 20 --guidance 1.5 --seed 0`
+    Example: `meddiff synth run runs/synth_brain --masks my_masks/ --out runs/synth_brain/synthetic
+    --n-per-mask 2 --sampler dpm++ --steps 20 --guidance 1.5 --seed 0`
     """
     from meddiff.diffusion.schedulers import SAMPLERS, SamplerConfig
     from meddiff.tasks import synthesize
@@ -132,7 +133,7 @@ def run(
 @app.command("pix2pix-fit")
 def pix2pix_fit(
     config: Path = typer.Argument(..., help="YAML config of the pix2pix task (data, model, train)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: runs/<config name>)."),
+    out: Path | None = typer.Option(None, "--out", help="Run folder (default: runs/<config name>)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint."),
 ) -> None:
     """Train the pix2pix baseline (U-Net generator + PatchGAN, L1 + adversarial) on image+mask pairs.
@@ -153,7 +154,7 @@ def pix2pix_run(
     out: Path = typer.Option(..., "--out", help="New folder for images/, masks/, manifest.json, grid.png."),
     n_per_mask: int = typer.Option(1, "--n-per-mask", min=1, help="Images per mask (dropout seeds)."),
     seed: int = typer.Option(0, "--seed", help="Output j uses seed + j."),
-    cadis_task: Optional[str] = typer.Option(
+    cadis_task: str | None = typer.Option(
         None, "--cadis-task", help="Read --masks as raw CaDIS label maps remapped to this task."
     ),
     n_masks: int = typer.Option(16, "--n-masks", min=1, help="Masks to sample when --masks is a joint generator."),
@@ -161,7 +162,7 @@ def pix2pix_run(
     vflip: bool = typer.Option(False, "--vflip", help="Augment: random top-bottom flips."),
     rotate: float = typer.Option(0.0, "--rotate", min=0.0, help="Augment: random rotation up to this many degrees."),
     elastic: float = typer.Option(0.0, "--elastic", min=0.0, help="Augment: elastic warp up to this many pixels."),
-    paste_class: Optional[List[int]] = typer.Option(
+    paste_class: list[int] | None = typer.Option(
         None, "--paste-class", help="Augment: paste this class from another mask; repeatable."
     ),
 ) -> None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Sequence, TypedDict
+from collections.abc import Sequence
+from typing import TypedDict
 
 import torch
 import torch.nn.functional as F

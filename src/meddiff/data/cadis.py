@@ -70,7 +70,7 @@ CadisSplit = Literal["train", "val", "test"]
 _ANATOMY = {k: [k] for k in range(7)}  # pupil, tape, hand, eye retractors, iris, skin, cornea
 _TASKS: dict[str, tuple[dict[int, list[int]], tuple[str, ...]]] = {
     "raw": ({k: [k] for k in range(36)}, CADIS_CLASSES),
-    "task1": ({**_ANATOMY, 7: list(INSTRUMENT_IDS)}, CADIS_CLASSES[:7] + ("Instrument",)),
+    "task1": ({**_ANATOMY, 7: list(INSTRUMENT_IDS)}, (*CADIS_CLASSES[:7], "Instrument")),
     "task2": (
         {
             **_ANATOMY,
@@ -86,8 +86,8 @@ _TASKS: dict[str, tuple[dict[int, list[int]], tuple[str, ...]]] = {
             16: [19],
             255: [25, 26, 29, 30, 31, 34, 35],
         },
-        CADIS_CLASSES[:7]
-        + (
+        (
+            *CADIS_CLASSES[:7],
             "Cannula",
             "Cap. Cystotome",
             "Tissue Forceps",

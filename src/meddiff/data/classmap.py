@@ -13,9 +13,9 @@ membranes (0 = membrane, 255 = cell interior) become ``{0: [255], 1: [0]}`` (1 =
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 import torch

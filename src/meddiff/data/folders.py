@@ -9,8 +9,9 @@ without extension. Grey images give 1 channel and colour images 3; a folder mixi
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Literal, Sequence
+from typing import Literal
 
 import torch
 

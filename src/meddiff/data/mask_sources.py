@@ -14,9 +14,9 @@ are 255 (ignore), as padding is elsewhere in meddiff, because they are not data.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -86,7 +86,7 @@ def read_mask_folder(folder: Path, spec: LabelSpec, class_names: Sequence[str], 
     root = masks_dir(folder)
     files = list_images(root, recursive=True)
     masks = [fit.mask(torch.from_numpy(spec.apply(read_mask(path, spec.colours), path))) for path in files]
-    for path, mask in zip(files, masks):
+    for path, mask in zip(files, masks, strict=True):
         check_class_ids(mask, len(class_names), path)
     names = [file_key(path, root) for path in files]
     return MaskSet(stack_common(masks), names, [str(path) for path in files], tuple(class_names))

@@ -6,8 +6,8 @@ Loaders call these while they read everything at construction and raise the firs
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from meddiff.data.imagefiles import IMAGE_EXTENSIONS, is_image_file
 from meddiff.errors import UserError

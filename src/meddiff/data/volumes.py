@@ -15,8 +15,8 @@ order), and no other field is kept. ``identifying_tags`` lists what a file carri
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import nibabel as nib
 import numpy as np
@@ -111,7 +111,7 @@ def read_nifti_labels(path: Path, image_path: Path, image_shape: Sequence[int]) 
     """A label volume matching ``image_path``: same shape (else a UserError naming both files and shapes),
     integer ids >= 0 (float storage is accepted when every value is a whole number)."""
     img = load_nifti(path)
-    if tuple(img.shape[:3]) != tuple(image_shape[:3]) or len(img.shape) > 3 and img.shape[3] != 1:
+    if tuple(img.shape[:3]) != tuple(image_shape[:3]) or (len(img.shape) > 3 and img.shape[3] != 1):
         raise UserError(
             f"{path}: label volume shape {tuple(img.shape)} differs from the shape "
             f"{tuple(image_shape)} of its image {image_path}"
@@ -287,7 +287,7 @@ def read_dicom_series(path: Path) -> list[tuple[np.ndarray, bool]]:
         groups.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append((file, ds))
     volumes = []
     for members in groups.values():
-        files, datasets = zip(*members)
+        files, datasets = zip(*members, strict=True)
         if len(files) == 1 and int(datasets[0].get("NumberOfFrames", 1)) > 1:
             stack = dicom_pixels(datasets[0], files[0])  # multi-frame file: frames in stored order
         else:
@@ -322,7 +322,7 @@ def dicom_dataset(
     """Unlabelled slices of the DICOM series in a folder (or a single DICOM file), named ``series{i}_slice{k}``."""
     series = read_dicom_series(path)
     volumes = [normalise(v, window_cw, percentiles) for v, _ in series]
-    volumes = [1.0 - v if inverted else v for v, (_, inverted) in zip(volumes, series)]
+    volumes = [1.0 - v if inverted else v for v, (_, inverted) in zip(volumes, series, strict=True)]
     return _slice_dataset(volumes, None, "series", fit, axis, LabelSpec(), hflip, vflip)
 
 

@@ -39,7 +39,7 @@ class Conditioning:
             self.guide_cond_image and self.cond_image is not None
         )
 
-    def drop(self, keep: torch.Tensor) -> "Conditioning":
+    def drop(self, keep: torch.Tensor) -> Conditioning:
         """Per-sample dropout: where ``keep`` ``[B]`` is False the sample gets the null conditioning."""
 
         def where(value: torch.Tensor | None, null: torch.Tensor | float) -> torch.Tensor | None:
@@ -65,12 +65,12 @@ class Conditioning:
             class_labels=where(self.class_labels, self.null_class),
         )
 
-    def null(self) -> "Conditioning":
+    def null(self) -> Conditioning:
         """The unconditional version of this batch (for the guidance pass)."""
         batch = len(self)
         return self.drop(torch.zeros(batch, dtype=torch.bool))
 
-    def cat(self, other: "Conditioning") -> "Conditioning":
+    def cat(self, other: Conditioning) -> Conditioning:
         """Concatenate two batches field by field (conditional and unconditional passes in one call)."""
         merged = {}
         for f in fields(self):

@@ -25,7 +25,7 @@ class MeddiffEditModel:
         self.data = from_dict(DataConfig, model.stored["data"], "data.")
 
     @classmethod
-    def load(cls, run: Path) -> "MeddiffEditModel":
+    def load(cls, run: Path) -> MeddiffEditModel:
         return cls(textgen.load(run))
 
     @property

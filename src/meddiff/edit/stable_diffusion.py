@@ -42,7 +42,7 @@ SD_DEFAULTS = dict(
 
 def is_stable_diffusion(path: Path) -> bool:
     """True for a folder laid out like a saved Stable Diffusion pipeline."""
-    return (path / "model_index.json").is_file() or (path / "unet").is_dir() and (path / "vae").is_dir()
+    return (path / "model_index.json").is_file() or ((path / "unet").is_dir() and (path / "vae").is_dir())
 
 
 def native_size(path: Path) -> int:

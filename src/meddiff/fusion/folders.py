@@ -87,7 +87,7 @@ class FusedFolder:
         check_new_folder(self.out_dir)
         self._writing = atomic_folder(self.out_dir)
 
-    def __enter__(self) -> "FusedFolder":
+    def __enter__(self) -> FusedFolder:
         self.tmp = self._writing.__enter__()
         return self
 

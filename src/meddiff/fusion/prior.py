@@ -8,8 +8,8 @@ trained on these targets learns when each rule is the better one.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch

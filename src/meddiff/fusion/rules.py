@@ -11,7 +11,7 @@ Hand-written in torch because the pinned libraries lack them batched: scikit-ima
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -77,7 +77,7 @@ def laplacian_pyramid(x: torch.Tensor, levels: int) -> list[torch.Tensor]:
         low = _blur(x)[..., ::2, ::2]
         bands.append(x - _expand(low, x.shape[-2:]))
         x = low
-    return bands + [x]
+    return [*bands, x]
 
 
 def collapse(pyramid: list[torch.Tensor]) -> torch.Tensor:
@@ -91,7 +91,7 @@ def collapse(pyramid: list[torch.Tensor]) -> torch.Tensor:
 def laplacian(a: torch.Tensor, b: torch.Tensor, levels: int = PYRAMID_LEVELS) -> torch.Tensor:
     """Laplacian-pyramid fusion: band-pass levels by maximum absolute value, the low-pass top averaged."""
     pa, pb = laplacian_pyramid(a, levels), laplacian_pyramid(b, levels)
-    fused = [_max_abs(x, y) for x, y in zip(pa[:-1], pb[:-1])] + [average(pa[-1], pb[-1])]
+    fused = [_max_abs(x, y) for x, y in zip(pa[:-1], pb[:-1], strict=True)] + [average(pa[-1], pb[-1])]
     return collapse(fused)
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 from dataclasses import dataclass
@@ -91,7 +92,7 @@ class DomainCNN(FeatureNet):
         self.num_features = config.widths[-1]
         self.training_record: dict | None = None  # settings and final loss, set by train_domain_net
         chans = (config.in_channels, *config.widths)
-        self.encoder = nn.Sequential(*(_stage(a, b) for a, b in zip(chans[:-1], chans[1:])))
+        self.encoder = nn.Sequential(*(_stage(a, b) for a, b in itertools.pairwise(chans)))
         self.projection = nn.Sequential(
             nn.Linear(self.num_features, self.num_features),
             nn.ReLU(),

@@ -9,7 +9,7 @@ values are only comparable between runs that used the same feature network. medd
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch import nn

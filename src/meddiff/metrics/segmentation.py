@@ -17,8 +17,8 @@ Semantics (the same for the streaming ``SegmentationMeter`` and the one-shot ``s
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torchmetrics.classification import MulticlassConfusionMatrix
@@ -44,7 +44,9 @@ class SegmentationScores:
         names = list(class_names) if class_names is not None else [str(k) for k in range(len(self.iou))]
         if len(names) != len(self.iou):
             raise UserError(f"'class_names' has {len(names)} names for {len(self.iou)} classes")
-        return {name: {"iou": float(i), "dice": float(d)} for name, i, d in zip(names, self.iou, self.dice)}
+        return {
+            name: {"iou": float(i), "dice": float(d)} for name, i, d in zip(names, self.iou, self.dice, strict=True)
+        }
 
 
 def scores_from_confusion(confusion: torch.Tensor, include_background: bool = True) -> SegmentationScores:

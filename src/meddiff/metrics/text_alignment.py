@@ -21,9 +21,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -110,13 +110,14 @@ def train_aligner(
     images: torch.Tensor,
     pooled: torch.Tensor,
     captions: Sequence[str],
-    config: AlignmentTrainConfig = AlignmentTrainConfig(),
+    config: AlignmentTrainConfig | None = None,
     progress: bool = False,
 ) -> tuple[DomainTextAligner, list[float]]:
     """Train the domain text-alignment network on ``images`` ``[N, C, H, W]`` in [-1, 1] with their
     captions' pooled embeddings ``[N, P]``. Leaves torch's global RNG untouched; returns the network (eval
     mode; ``record`` holds the settings and its top-1 caption retrieval accuracy on the training images)
     and the loss of every step."""
+    config = config or AlignmentTrainConfig()
     if images.shape[0] != pooled.shape[0] or images.shape[0] != len(captions) or images.shape[0] < 2:
         raise UserError("text alignment needs at least 2 images with one caption each")
     if len(set(captions)) < 2:

@@ -147,7 +147,7 @@ class FusionNetConfig:
             raise ValueError("channels needs 3 entries (levels 0, 1, 2); heads and blocks 2 (levels 1, 2)")
         if min(self.channels) < 1 or min(self.heads) < 1 or min(self.blocks) < 0:
             raise ValueError("channels and heads must be positive and blocks non-negative")
-        for c, h in zip(self.channels[1:], self.heads):
+        for c, h in zip(self.channels[1:], self.heads, strict=True):
             if c % h:
                 raise ValueError(f"channels {c} is not divisible by heads {h}")
         if self.cond_channels != 2:

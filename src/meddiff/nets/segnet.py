@@ -84,6 +84,6 @@ class SegNet(nn.Module):
             x = block(x if level == 0 else F.max_pool2d(x, 2))
             skips.append(x)
         skips.pop()
-        for up, block in zip(self.up, self.decoder):
+        for up, block in zip(self.up, self.decoder, strict=True):
             x = block(torch.cat([up(x), skips.pop()], dim=1))
         return self.head(x)[..., :h, :w]

@@ -14,9 +14,10 @@ import json
 import math
 import re
 import tempfile
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable, Mapping, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -77,7 +78,7 @@ def _is_number(value: Any) -> bool:
 
 def format_duration(seconds: float) -> str:
     """``75`` -> ``1 min 15 s``, ``3725`` -> ``1 h 02 min``."""
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     if seconds < 60:
         return f"{seconds} s"
     if seconds < 3600:
@@ -364,10 +365,10 @@ CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 def _page(title: str, run_name: str, sections: Iterable[tuple[str, str]]) -> str:
     sections = list(sections)
     anchors = [f"s{i}" for i in range(len(sections))]
-    nav = "".join(f'<a href="#{a}">{_e(heading)}</a>' for a, (heading, _) in zip(anchors, sections))
+    nav = "".join(f'<a href="#{a}">{_e(heading)}</a>' for a, (heading, _) in zip(anchors, sections, strict=True))
     body = "\n".join(
         f'<section id="{a}"><h2>{_e(heading)}</h2>\n{content}\n</section>'
-        for a, (heading, content) in zip(anchors, sections)
+        for a, (heading, content) in zip(anchors, sections, strict=True)
     )
     generated = datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     subtitle = f"Run folder {run_name} · generated {generated}"

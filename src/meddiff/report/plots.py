@@ -8,8 +8,9 @@ atomically and returns its path; the size in pixels is ``size`` (inches) times `
 from __future__ import annotations
 
 import io
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -235,7 +236,7 @@ def heatmap(
     if annotate:
         rgb = image.cmap(image.norm(values))[..., :3]
         dark = rgb @ np.array([0.2126, 0.7152, 0.0722]) < 0.5
-        for r, c in zip(*np.nonzero(np.isfinite(values))):
+        for r, c in zip(*np.nonzero(np.isfinite(values)), strict=True):
             ax.text(
                 c,
                 r,
@@ -260,5 +261,5 @@ def legend_patches(class_names: Sequence[str]) -> list[Patch]:
     colours = palette(len(class_names))[: len(class_names)] / 255.0
     return [
         Patch(facecolor=tuple(colour), edgecolor="0.4", linewidth=0.5, label=name)
-        for colour, name in zip(colours, class_names)
+        for colour, name in zip(colours, class_names, strict=True)
     ]

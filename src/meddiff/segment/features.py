@@ -86,7 +86,7 @@ class FeatureMaps:
         ``grid_sample`` with border padding gives the same values at any set of points.
         """
         parts = []
-        for feature_map, factor in zip(self.maps, self.factors):
+        for feature_map, factor in zip(self.maps, self.factors, strict=True):
             h, w = feature_map.shape[-2:]
             grid = torch.stack([self._coordinate(xs, 1, factor, w), self._coordinate(ys, 0, factor, h)], dim=-1)
             sampled = F.grid_sample(

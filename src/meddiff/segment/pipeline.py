@@ -7,9 +7,9 @@ pixel store (on disk by default) and one shuffle buffer; never all pixel feature
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -47,7 +47,7 @@ def fill_store(
     for first in range(0, len(images), batch):
         maps = extractor.maps(images[first : first + batch])
         for i in range(maps.maps[0].shape[0]):
-            for sample, offset in zip(samples, offsets):
+            for sample, offset in zip(samples, offsets, strict=True):
                 ys, xs = sample.of_image(first + i)
                 if len(ys):
                     store.write(int(offset[first + i]), maps.at(i, ys, xs))

@@ -65,7 +65,7 @@ def _water_fill(counts: torch.Tensor, budget: int) -> torch.Tensor:
     quotas = torch.zeros_like(counts)
     remaining = budget
     present = [int(k) for k in counts.argsort() if counts[k] > 0]  # smallest class first
-    for left, k in zip(range(len(present), 0, -1), present):
+    for left, k in zip(range(len(present), 0, -1), present, strict=True):
         quotas[k] = min(int(counts[k]), remaining // left)
         remaining -= int(quotas[k])
     return quotas

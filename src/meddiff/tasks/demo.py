@@ -113,7 +113,10 @@ def run_demo(out: Path, minutes: float = 6.0) -> Path:
         "tissue_fractions": [
             {"class": name, "real": round(r, 4), "generated": round(g, 4)}
             for name, r, g in zip(
-                BRAIN_CLASSES, _class_fractions(real_masks, num_classes), _class_fractions(fake_masks, num_classes)
+                BRAIN_CLASSES,
+                _class_fractions(real_masks, num_classes),
+                _class_fractions(fake_masks, num_classes),
+                strict=True,
             )
         ],
     }

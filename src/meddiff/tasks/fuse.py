@@ -23,10 +23,10 @@ import csv
 import io
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -186,7 +186,10 @@ def training_set(dataset: ArrayDataset, rules: list[str]) -> tuple[ArrayDataset,
     record = {
         "score": "2 SSIM + VIF + 3 Qabf (published protocol, rule outputs clipped)",
         "counts": prior.counts(),
-        "pairs": [{"name": n, "rule": r, "scores": s} for n, r, s in zip(dataset.names, prior.chosen, prior.scores)],
+        "pairs": [
+            {"name": n, "rule": r, "scores": s}
+            for n, r, s in zip(dataset.names, prior.chosen, prior.scores, strict=True)
+        ],
     }
     return stacked, record
 
@@ -389,7 +392,9 @@ def evaluate(
     pairs = list_pairs(dir_a, dir_b)
     fused = match_fused(pairs, fused_dir)
     rows = []
-    for (name, path_a, path_b), path_f in progress_bar(list(zip(pairs, fused)), "scoring", enabled=progress):
+    for (name, path_a, path_b), path_f in progress_bar(
+        list(zip(pairs, fused, strict=True)), "scoring", enabled=progress
+    ):
         rows.append({"name": name, **fusion_scores(read_gray(path_f), read_gray(path_a), read_gray(path_b), metrics)})
     return rows
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from meddiff.config import from_dict, save_config, to_dict
+from meddiff.config import from_dict, save_config
 from meddiff.data.arrays import ArrayDataset, pad_to_square, resize_image, resize_mask
 from meddiff.data.build import DataConfig, build_dataset
 from meddiff.data.fit import Fit
@@ -366,7 +366,7 @@ class _ColumnSplit:
         self.bounds = np.cumsum([0] + [s.dims for s in stores])
 
     def write(self, start: int, features: torch.Tensor) -> None:
-        for store, lo, hi in zip(self.stores, self.bounds[:-1], self.bounds[1:]):
+        for store, lo, hi in zip(self.stores, self.bounds[:-1], self.bounds[1:], strict=True):
             store.write(start, features[:, lo:hi])
 
 
@@ -436,7 +436,7 @@ def run_sweep(
         labels = torch.cat([train.labels, val.labels])
         stores = [
             PixelStore(out_dir / "scratch" / f"block{b}.bin", len(labels), channels, labels, fp16=config.pixels.fp16)
-            for b, channels in zip(blocks, extractor.block_channels)
+            for b, channels in zip(blocks, extractor.block_channels, strict=True)
         ]
         classifiers = []
         try:
@@ -448,7 +448,7 @@ def run_sweep(
             for store in stores:
                 store.close()
         meters = [SegmentationMeter(num_classes) for _ in blocks]
-        bounds = np.cumsum([0] + extractor.block_channels)
+        bounds = np.cumsum([0, *extractor.block_channels])
         for first in range(0, len(val_set), config.features.batch_size):
             maps = extractor.maps(val_set.images[first : first + config.features.batch_size])
             height, width = maps.size
@@ -459,7 +459,7 @@ def run_sweep(
                     features = maps.rows(i, top, min(top + rows, height))
                     target = truth[top : top + rows].reshape(-1)
                     with torch.no_grad():
-                        for meter, ensemble, lo, hi in zip(meters, classifiers, bounds[:-1], bounds[1:]):
+                        for meter, ensemble, lo, hi in zip(meters, classifiers, bounds[:-1], bounds[1:], strict=True):
                             meter.update(vote(ensemble(features[:, lo:hi])).labels, target)
         for row, meter in enumerate(meters):
             scores = meter.compute()
@@ -511,7 +511,7 @@ def _write_sweep(
     )
     header = "| block | " + " | ".join(f"t={t}" for t in s.timesteps) + " | mean |"
     lines = [header, "|" + "---|" * (len(s.timesteps) + 2)]
-    for label, row in zip(labels, miou):
+    for label, row in zip(labels, miou, strict=True):
         lines.append(f"| {label} | " + " | ".join(f"{v:.3f}" for v in row) + f" | {np.nanmean(row):.3f} |")
     lines.append("| mean | " + " | ".join(f"{v:.3f}" for v in np.nanmean(miou, axis=0)) + " | |")
     body = (

@@ -12,9 +12,9 @@ Public API: ``SegmenterConfig``, ``fit`` (from a config), ``fit_dataset`` (from 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -13,9 +13,10 @@ meddiff's image+mask loader reads directly. ``export`` is shared with the pix2pi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -311,7 +312,7 @@ def plan(masks: MaskSet, n_per_mask: int, seed: int, augment: MaskAugment | None
     records = [{"source_mask": masks.origins[i]} for i in index]
     if augment is not None and augment.active:
         chosen, changes = augment_masks(masks, index, augment, seed)
-        records = [{**r, "augment": c} for r, c in zip(records, changes)]
+        records = [{**r, "augment": c} for r, c in zip(records, changes, strict=True)]
     else:
         chosen = masks.masks[index]
     return Plan(chosen.long(), names, seeds, records)
@@ -332,7 +333,7 @@ def export(
             **settings,
             **record,
         }
-        for name, seed, record in zip(job.names, job.seeds, job.records)
+        for name, seed, record in zip(job.names, job.seeds, job.records, strict=True)
     ]
     manifest = {"model": {**model, "class_names": list(class_names)}, "files": files}
     out = write_pair_folder(out_dir, arrays, job.masks.numpy().astype(np.uint8), job.names, manifest)

@@ -189,7 +189,7 @@ def _write_captions(path: Path, names: list[str], captions: list[str]) -> None:
     with path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["name", "caption"])
-        writer.writerows(zip(names, captions))
+        writer.writerows(zip(names, captions, strict=True))
 
 
 def _grid(images: torch.Tensor, masks: torch.Tensor | None, codec: PairCodec):

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import contextlib
 from collections import OrderedDict
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterator, Literal, Sequence
+from typing import Literal
 
 import torch
 
@@ -45,7 +46,7 @@ class TextEncoding:
     def __len__(self) -> int:
         return self.tokens.shape[0]
 
-    def to(self, device: torch.device | str) -> "TextEncoding":
+    def to(self, device: torch.device | str) -> TextEncoding:
         return TextEncoding(self.tokens.to(device), self.mask.to(device), self.pooled.to(device))
 
 
@@ -88,7 +89,7 @@ class TextEncoder:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def to(self, device: torch.device | str) -> "TextEncoder":
+    def to(self, device: torch.device | str) -> TextEncoder:
         self.model.to(device)
         self._cache.clear()
         return self
@@ -123,7 +124,7 @@ class TextEncoder:
             parts.append(self._cache[prompt])
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
-        tokens, mask, pooled = (torch.stack(p) for p in zip(*parts))
+        tokens, mask, pooled = (torch.stack(p) for p in zip(*parts, strict=True))
         return TextEncoding(tokens, mask, pooled)
 
 

@@ -14,8 +14,8 @@ deviations from its own mean by 1 / contrast and contrast (clipped to [0, 1]).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 

@@ -17,10 +17,11 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 from accelerate import Accelerator
@@ -367,7 +368,7 @@ class Trainer:
                 path,
                 {
                     "model": model.state_dict(),
-                    "ema": dict(zip(names, ema.shadow_params)),
+                    "ema": dict(zip(names, ema.shadow_params, strict=True)),
                     "optimizer": optimizer_tensors,
                     "rng": rng,
                 },

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator, TypeVar
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
 from rich.progress import (
     BarColumn,
@@ -51,7 +52,7 @@ class TrainProgress:
         self._bar = Progress(*_columns("loss {task.fields[loss]}"), disable=not enabled)
         self._task = self._bar.add_task("training", total=total_steps, completed=start_step, rate="", loss="-")
 
-    def __enter__(self) -> "TrainProgress":
+    def __enter__(self) -> TrainProgress:
         self._bar.__enter__()
         return self
 
