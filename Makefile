@@ -7,7 +7,7 @@ STAMP := $(VENV)/.meddiff-installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: demo test lint install clean-demo
+.PHONY: demo test lint typecheck install clean-demo
 
 install: $(STAMP)
 
@@ -26,6 +26,11 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+# the public API: meddiff.load, the run handles' shared base, devices, configs, metrics
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy src/meddiff/api.py src/meddiff/devices.py src/meddiff/tasks/runs.py src/meddiff/config.py \
+		src/meddiff/metrics
 
 clean-demo:
 	rm -rf runs/demo

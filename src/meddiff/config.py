@@ -28,7 +28,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, where: str = "") -> 
     data = {} if data is None else data
     if not isinstance(data, Mapping):
         raise UserError(f"'{where.rstrip('.') or 'config'}' must be a mapping of keys to values, got {data!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]  # T is any dataclass
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise UserError(f"unknown key '{where}{unknown[0]}' (known keys here: {', '.join(sorted(fields))})")
@@ -58,7 +58,7 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         if value not in args:
             raise UserError(f"'{key}' must be one of {', '.join(map(repr, args))}, got {value!r}")
         return value
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return from_dict(tp, value, key + ".")
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):

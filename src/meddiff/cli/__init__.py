@@ -12,6 +12,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from meddiff.devices import DEVICE_HELP
 from meddiff.errors import UserError
 
 app = typer.Typer(
@@ -62,6 +63,7 @@ def sample(
     attribute: str | None = typer.Option(
         None, "--attribute", help="Conditional models: attribute name or index (default: all)."
     ),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
 ) -> None:
     """Sample images (and label maps) from a trained generator into a dataset folder.
 
@@ -73,7 +75,9 @@ def sample(
     if sampler not in SAMPLERS:
         raise UserError(f"--sampler '{sampler}' is not one of {', '.join(SAMPLERS)}")
     settings = SamplerConfig(name=sampler, steps=steps, guidance_scale=guidance, eta=eta)
-    folder = generate.run(run, n, out, settings, seed=seed, size=size, autocast_bf16=bf16, attribute=attribute)
+    folder = generate.run(
+        run, n, out, settings, seed=seed, size=size, autocast_bf16=bf16, attribute=attribute, device=device
+    )
     console.print(f"wrote {n} samples to {folder}")
 
 

@@ -7,6 +7,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from meddiff.devices import DEVICE_HELP
+
 app = typer.Typer(no_args_is_help=True, help="Fuse registered image pairs (MRI + PET/SPECT/CT) and score fusions.")
 console = Console(stderr=True)
 
@@ -51,6 +53,7 @@ def fuse_run(
         "--keep-background/--no-keep-background",
         help="Runs only: keep pixels black where both sources are black (default: the run's setting).",
     ),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
 ) -> None:
     """Fuse every pair of two folders (matched by file name); colour sources give colour output, any size.
 
@@ -62,7 +65,15 @@ def fuse_run(
     if output_range not in (None, "minmax", "clip"):
         raise UserError(f"--range '{output_range}' is not one of minmax, clip")
     folder = fuse.run(
-        run_or_rule, a, b, out, steps=steps, seed=seed, output_range=output_range, keep_background=keep_background
+        run_or_rule,
+        a,
+        b,
+        out,
+        steps=steps,
+        seed=seed,
+        output_range=output_range,
+        keep_background=keep_background,
+        device=device,
     )
     console.print(f"wrote fused images to {folder}")
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from meddiff.devices import DEVICE_HELP
 from meddiff.errors import UserError
 
 app = typer.Typer(no_args_is_help=True, help="Generate image + label-map pairs from noise.")
@@ -46,6 +47,7 @@ def run(
         None, "--attribute", help="Conditional models: attribute name or index (default: all)."
     ),
     bf16: bool = typer.Option(False, "--bf16", help="Run the UNet in bf16 autocast (faster on AMX CPUs)."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
 ) -> None:
     """Sample labelled pairs from a trained joint generator into a dataset folder the image+mask loader reads.
 
@@ -57,5 +59,7 @@ def run(
     if sampler not in SAMPLERS:
         raise UserError(f"--sampler '{sampler}' is not one of {', '.join(SAMPLERS)}")
     settings = SamplerConfig(name=sampler, steps=steps, guidance_scale=guidance, eta=eta)
-    folder = generate.run(run_dir, n, out, settings, seed=seed, size=size, autocast_bf16=bf16, attribute=attribute)
+    folder = generate.run(
+        run_dir, n, out, settings, seed=seed, size=size, autocast_bf16=bf16, attribute=attribute, device=device
+    )
     console.print(f"wrote {n} pairs to {folder}")

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from meddiff.devices import DEVICE_HELP
 from meddiff.errors import UserError
 
 app = typer.Typer(no_args_is_help=True, help="Few-label segmentation from a diffusion model's features.")
@@ -44,6 +45,7 @@ def predict(
     tile_mb: int | None = typer.Option(
         None, "--tile-mb", min=1, help="Features held at once while predicting (default: the run's)."
     ),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
 ) -> None:
     """Segment a folder of images: class-id masks, colour overlays and per-pixel uncertainty maps.
 
@@ -51,7 +53,7 @@ def predict(
     """
     from meddiff.tasks.segment import predict_folder
 
-    folder = predict_folder(run, images, out, tile_mb=tile_mb)
+    folder = predict_folder(run, images, out, tile_mb=tile_mb, device=device)
     console.print(f"wrote masks, overlays and uncertainty maps to {folder}")
 
 

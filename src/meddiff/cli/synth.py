@@ -8,6 +8,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
+from meddiff.devices import DEVICE_HELP
 from meddiff.errors import UserError
 
 app = typer.Typer(no_args_is_help=True, help="Synthesise images from label maps (diffusion or pix2pix).")
@@ -102,6 +103,7 @@ def run(
     ),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images sampled at once."),
     bf16: bool = typer.Option(False, "--bf16", help="Run the UNet in bf16 autocast (faster on AMX CPUs)."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
 ) -> None:
     """Synthesise images for label maps with a trained mask-to-image model into a dataset folder.
 
@@ -126,6 +128,7 @@ def run(
         n_masks=n_masks,
         batch_size=batch_size,
         autocast_bf16=bf16,
+        device=device,
     )
     console.print(f"wrote {folder}")
 
@@ -165,6 +168,7 @@ def pix2pix_run(
     paste_class: list[int] | None = typer.Option(
         None, "--paste-class", help="Augment: paste this class from another mask; repeatable."
     ),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
 ) -> None:
     """Translate label maps into images with a trained pix2pix generator, into a dataset folder.
 
@@ -181,5 +185,6 @@ def pix2pix_run(
         augment=_augment(hflip, vflip, rotate, elastic, paste_class),
         cadis_task=_cadis(cadis_task),
         n_masks=n_masks,
+        device=device,
     )
     console.print(f"wrote {folder}")

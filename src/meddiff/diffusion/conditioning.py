@@ -45,7 +45,7 @@ class Conditioning:
         def where(value: torch.Tensor | None, null: torch.Tensor | float) -> torch.Tensor | None:
             if value is None:
                 return None
-            k = keep.view(-1, *([1] * (value.dim() - 1)))
+            k = keep.to(value.device).view(-1, *([1] * (value.dim() - 1)))
             return torch.where(k, value, torch.as_tensor(null, dtype=value.dtype, device=value.device))
 
         context_mask = self.context_mask
@@ -64,6 +64,11 @@ class Conditioning:
             context_mask=context_mask,
             class_labels=where(self.class_labels, self.null_class),
         )
+
+    def to(self, device: torch.device) -> Conditioning:
+        """The same conditioning with every tensor on ``device``."""
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        return replace(self, **{k: v.to(device) for k, v in moved.items() if isinstance(v, torch.Tensor)})
 
     def null(self) -> Conditioning:
         """The unconditional version of this batch (for the guidance pass)."""

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from meddiff.devices import rand, randint, randn
 from meddiff.diffusion.conditioning import Conditioning
 from meddiff.diffusion.schedulers import NoiseConfig, training_scheduler
 
@@ -33,10 +34,11 @@ class Diffusion:
         cond_drop_prob: float = 0.0,
     ) -> torch.Tensor:
         """Denoising loss for a batch ``x0`` in [-1, 1]. ``cond_drop_prob`` of the samples get the null
-        conditioning (classifier-free guidance training). All randomness comes from ``generator``."""
+        conditioning (classifier-free guidance training). All randomness comes from ``generator``
+        (a CPU generator; the draws move to ``x0``'s device, see ``meddiff.devices``)."""
         b = x0.shape[0]
-        t = torch.randint(0, self.config.num_train_timesteps, (b,), generator=generator, device=x0.device)
-        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        t = randint(self.config.num_train_timesteps, (b,), generator, x0.device)
+        noise = randn(tuple(x0.shape), generator, x0.device, x0.dtype)
         if self.config.time_input == "timestep":
             x_t = self.scheduler.add_noise(x0, noise, t)
             target = {"epsilon": noise, "sample": x0}.get(self.config.prediction_type)
@@ -49,7 +51,7 @@ class Diffusion:
             ac = self.alphas_cumprod.to(x0.device)
             hi = torch.where(t > 0, ac[(t - 1).clamp(min=0)], torch.ones_like(ac[t])).sqrt()
             lo = ac[t].sqrt()
-            u = torch.rand(b, generator=generator, device=x0.device)
+            u = rand((b,), generator, x0.device)
             gamma = (lo + u * (hi - lo)).view(-1, 1, 1, 1).to(x0.dtype)
             sigma = (1 - gamma**2).sqrt()
             x_t = gamma * x0 + sigma * noise
@@ -59,7 +61,7 @@ class Diffusion:
         kwargs = {}
         if cond is not None:
             if cond_drop_prob > 0:
-                keep = torch.rand(b, generator=generator, device=x0.device) >= cond_drop_prob
+                keep = rand((b,), generator, x0.device) >= cond_drop_prob
                 cond = cond.drop(keep)
             kwargs = cond.model_kwargs()
         prediction = model(x_t, time, **kwargs)

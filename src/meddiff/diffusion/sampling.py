@@ -9,6 +9,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
+from meddiff.devices import model_device
 from meddiff.diffusion.conditioning import Conditioning
 from meddiff.diffusion.objective import Diffusion
 from meddiff.diffusion.schedulers import SamplerConfig, inverse_scheduler, make_scheduler
@@ -54,8 +55,9 @@ def sample(
     ``autocast_bf16`` runs the UNet under CPU bf16 autocast (AMX); the sampler arithmetic stays fp32.
     """
     scheduler = make_scheduler(diffusion.config, sampler)
-    device = next(model.parameters()).device
-    x = x_T if x_T is not None else randn_tensor(shape, generator=generator, device=device)
+    device = model_device(model)
+    cond = cond.to(device) if cond is not None else None
+    x = x_T.to(device) if x_T is not None else randn_tensor(shape, generator=generator, device=device)
     x = x * scheduler.init_noise_sigma
     step_kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
     if sampler.name == "ddim":
@@ -93,7 +95,9 @@ def ddim_invert(
     """
     scheduler = inverse_scheduler(diffusion.config, steps)
     stride = diffusion.config.num_train_timesteps // steps
-    x = x0
+    device = model_device(model)
+    cond = cond.to(device) if cond is not None else None
+    x = x0.to(device)
     for t in scheduler.timesteps:
         level = (t - stride).clamp(min=0).to(x.device)
         out = guided_prediction(model, diffusion, x, level, cond, guidance_scale)

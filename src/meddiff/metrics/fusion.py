@@ -232,7 +232,7 @@ def ssim_wang(f: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _check(f: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    arrays = tuple(np.asarray(x, dtype=np.float64) for x in (f, a, b))
+    arrays = (np.asarray(f, dtype=np.float64), np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64))
     if any(x.ndim != 2 for x in arrays) or not arrays[0].shape == arrays[1].shape == arrays[2].shape:
         raise ValueError(f"F, A and B must be 2D arrays of one shape, got {[x.shape for x in arrays]}")
     if min(arrays[0].shape) < 7:

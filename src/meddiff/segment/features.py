@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from meddiff.data.arrays import resize_image
+from meddiff.devices import model_device
 from meddiff.diffusion.objective import Diffusion
 from meddiff.nets.unet import UNet
 
@@ -152,15 +153,18 @@ class FeatureExtractor:
         size = tuple(images.shape[-2:])
         input_size = self.input_size(size)
         x0 = images.float() if input_size == size else resize_image(images.float(), input_size).clamp(-1, 1)
-        batch = x0.shape[0]
-        noise = self.noise(tuple(x0.shape[1:])).expand_as(x0)
+        device = model_device(self.model)
+        x0, batch = x0.to(device), x0.shape[0]
+        noise = self.noise(tuple(x0.shape[1:])).to(device).expand_as(x0)
         kwargs = {}
         if self.model.config.num_classes:  # an attribute-conditional generator: the "no attribute" token
-            kwargs["class_labels"] = torch.full((batch,), self.model.config.num_classes, dtype=torch.long)
-        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if self.config.bf16 else nullcontext()
+            kwargs["class_labels"] = torch.full(
+                (batch,), self.model.config.num_classes, dtype=torch.long, device=device
+            )
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16) if self.config.bf16 else nullcontext()
         maps = []
         for t in self.config.timesteps:
-            steps = torch.full((batch,), t, dtype=torch.long)
+            steps = torch.full((batch,), t, dtype=torch.long, device=device)
             x_t = self.diffusion.scheduler.add_noise(x0, noise, steps)
             with autocast:
                 found = self.model.decoder_features(x_t, self.diffusion.model_time(steps), self.config.blocks, **kwargs)

@@ -117,4 +117,6 @@ class PixelClassifier:
         for first in range(0, len(images), batch):
             maps = self.extractor.maps(images[first : first + batch])
             votes += [predict_maps(self.ensemble, maps, i, tile_mb) for i in range(maps.maps[0].shape[0])]
-        return Vote(*(torch.stack([getattr(v, name) for v in votes]) for name in ("labels", "disagreement", "entropy")))
+        return Vote(
+            *(torch.stack([getattr(v, name).cpu() for v in votes]) for name in ("labels", "disagreement", "entropy"))
+        )

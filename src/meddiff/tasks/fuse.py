@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -35,6 +36,7 @@ import torch.nn.functional as F
 from meddiff.config import from_dict
 from meddiff.data.arrays import ArrayDataset
 from meddiff.data.build import DataConfig, build_dataset
+from meddiff.devices import randint, randn
 from meddiff.diffusion.conditioning import Conditioning
 from meddiff.diffusion.objective import Diffusion
 from meddiff.diffusion.sampling import sample
@@ -48,7 +50,7 @@ from meddiff.metrics.fusion import METRICS, OutputRange, fusion_scores, read_gra
 from meddiff.nets.restormer import FusionDenoiser, FusionNetConfig
 from meddiff.report.files import atomic_write
 from meddiff.report.grids import image_grid, save_png
-from meddiff.tasks.runs import load_trained, prepare_run_dir, run_config
+from meddiff.tasks.runs import RunHandle, load_trained, prepare_run_dir, run_config
 from meddiff.tasks.runs import to_uint8 as unit_to_uint8
 from meddiff.train.checkpoint import STATE_FILE, resolve_checkpoint
 from meddiff.train.engine import TrainConfig, Trainer, TrainResult, seed_everything
@@ -146,8 +148,8 @@ def fusion_loss(
     """
     x = batch["image"]
     sources, x0 = x[:, :2], x[:, 2:]
-    t = torch.randint(0, diffusion.config.num_train_timesteps, (x0.shape[0],), generator=generator, device=x0.device)
-    noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    t = randint(diffusion.config.num_train_timesteps, (x0.shape[0],), generator, x0.device)
+    noise = randn(tuple(x0.shape), generator, x0.device, x0.dtype)
     x_t = diffusion.scheduler.add_noise(x0, noise, t)
     prediction = model(x_t, diffusion.model_time(t), cond_image=sources).float()
     alpha_bar = diffusion.alphas_cumprod.to(x0.device)[t].view(-1, 1, 1, 1)
@@ -257,7 +259,7 @@ def _sample_y(
     pixels black in both sources stay black."""
     generators = [torch.Generator().manual_seed(seed) for _ in range(y_a.shape[0])]
     cond = Conditioning(cond_image=torch.cat([y_a, y_b], dim=1).contiguous(memory_format=torch.channels_last))
-    y = sample(model, diffusion, sampler, tuple(y_a.shape), cond, generator=generators, autocast_bf16=True)
+    y = sample(model, diffusion, sampler, tuple(y_a.shape), cond, generator=generators, autocast_bf16=True).cpu()
     if keep_background:
         y = torch.where((y_a <= -1) & (y_b <= -1), -torch.ones_like(y), y)
     return y
@@ -270,25 +272,79 @@ def rule_fuser(name: str) -> Fuser:
     return Fuser(name, "clip", RULES[name], {"rule": name})
 
 
-def load_model(run_or_checkpoint: Path) -> tuple[FusionDenoiser, Diffusion, dict, Path]:
-    """A trained fusion run: its EMA denoiser, diffusion process, stored config and checkpoint path."""
+def load_model(
+    run_or_checkpoint: Path, device: str | torch.device = "cpu"
+) -> tuple[FusionDenoiser, Diffusion, dict, Path]:
+    """A trained fusion run: its EMA denoiser (on ``device``), diffusion process, stored config and checkpoint
+    path."""
     path = resolve_checkpoint(Path(run_or_checkpoint))
     task = json.loads((path / STATE_FILE).read_text()).get("config", {}).get("task")
     if task != TASK:
         raise UserError(f"{path}: checkpoint of task '{task}', not a fusion run ('{TASK}')")
     model, stored, path = load_trained(
-        path, build=lambda model_config: FusionDenoiser(from_dict(FusionNetConfig, model_config, "model."))
+        path,
+        build=lambda model_config: FusionDenoiser(from_dict(FusionNetConfig, model_config, "model.")),
+        device=device,
     )
     model = model.to(memory_format=torch.channels_last)
     return model, Diffusion(from_dict(NoiseConfig, stored["noise"], "noise.")), stored, path
 
 
 def model_fuser(
-    run_or_checkpoint: Path, steps: int | None = None, seed: int = 0, keep_background: bool | None = None
+    run_or_checkpoint: Path,
+    steps: int | None = None,
+    seed: int = 0,
+    keep_background: bool | None = None,
+    device: str | torch.device = "cpu",
 ) -> Fuser:
     """A trained run as a fuser, sampling with its configured sampler (``steps`` overrides the step count,
-    ``keep_background`` the run's setting)."""
-    model, diffusion, stored, path = load_model(run_or_checkpoint)
+    ``keep_background`` the run's setting) on ``device``."""
+    return FusionModel(*load_model(run_or_checkpoint, device)).fuser(steps, seed, keep_background)
+
+
+@dataclass(repr=False)
+class FusionModel(RunHandle):
+    """A trained fusion model: ``meddiff.load(run).fuse(a, b)``."""
+
+    task: ClassVar[str] = TASK
+    config_class: ClassVar[type] = FuseConfig
+    model: FusionDenoiser
+    diffusion: Diffusion
+    stored: dict
+    path: Path
+
+    def networks(self) -> list[torch.nn.Module]:
+        return [self.model]
+
+    def fuse(
+        self,
+        a: torch.Tensor,
+        b: torch.Tensor,
+        steps: int | None = None,
+        seed: int = 0,
+        keep_background: bool | None = None,
+    ) -> torch.Tensor:
+        """Fused images ``[N, C, H, W]`` in [-1, 1] (CPU) of registered pairs ``a``, ``b`` ``[N, C, H, W]``
+        (C = 1 grey or 3 colour, any size): grey if both sources are grey, else RGB with their chroma."""
+        if a.shape[0] != b.shape[0] or a.shape[-2:] != b.shape[-2:]:
+            raise UserError(f"fuse: sources of shapes {tuple(a.shape)} and {tuple(b.shape)} are not registered pairs")
+        fuser = self.fuser(steps, seed, keep_background)
+        return torch.cat([fuse_image(fuser, a[i : i + 1].cpu(), b[i : i + 1].cpu())[0] for i in range(a.shape[0])])
+
+    def fuser(self, steps: int | None = None, seed: int = 0, keep_background: bool | None = None) -> Fuser:
+        """This model as a ``Fuser`` (what ``fuse run`` and ``fuse eval`` use)."""
+        return _model_fuser(self.model, self.diffusion, self.stored, self.path, steps, seed, keep_background)
+
+
+def _model_fuser(
+    model: FusionDenoiser,
+    diffusion: Diffusion,
+    stored: dict,
+    path: Path,
+    steps: int | None,
+    seed: int,
+    keep_background: bool | None,
+) -> Fuser:
     sampler = from_dict(SamplerConfig, {**stored["sampler"], **({"steps": steps} if steps else {})}, "sampler.")
     if keep_background is None:
         keep_background = stored.get("keep_background", True)
@@ -308,14 +364,18 @@ def model_fuser(
 
 
 def load_fuser(
-    run_or_rule: str | Path, steps: int | None = None, seed: int = 0, keep_background: bool | None = None
+    run_or_rule: str | Path,
+    steps: int | None = None,
+    seed: int = 0,
+    keep_background: bool | None = None,
+    device: str | torch.device = "cpu",
 ) -> Fuser:
-    """A rule name or a run/checkpoint folder -> ``Fuser``."""
+    """A rule name or a run/checkpoint folder -> ``Fuser`` (a model runs on ``device``; rules on the CPU)."""
     if str(run_or_rule) in RULES:
         return rule_fuser(str(run_or_rule))
     if not Path(run_or_rule).exists():
         raise UserError(f"'{run_or_rule}' is neither a fusion rule ({', '.join(RULES)}) nor a run folder")
-    return model_fuser(Path(run_or_rule), steps, seed, keep_background)
+    return model_fuser(Path(run_or_rule), steps, seed, keep_background, device)
 
 
 def fuse_image(fuser: Fuser, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
@@ -350,12 +410,13 @@ def run(
     output_range: OutputRange | None = None,
     keep_background: bool | None = None,
     progress: bool = True,
+    device: str = "cpu",
 ) -> Path:
     """Fuse every pair of ``dir_a`` / ``dir_b`` (matched by file name) into ``out_dir/<name>.png`` with a
     rule or a trained run (colour outputs also get their fused Y in ``out_dir/y/<name>.png``, which
     ``evaluate`` scores); writes ``manifest.json`` (method, settings, seconds per pair). All input is
     checked before anything is written. ``output_range`` and ``keep_background`` override a run's settings."""
-    fuser = load_fuser(run_or_rule, steps, seed, keep_background)
+    fuser = load_fuser(run_or_rule, steps, seed, keep_background, device)
     if output_range is not None:
         fuser.output_range = output_range
     pairs = list_pairs(dir_a, dir_b)

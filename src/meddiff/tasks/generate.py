@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ from meddiff.errors import UserError
 from meddiff.nets.unet import UNet, UNetConfig
 from meddiff.report.files import check_new_folder
 from meddiff.report.grids import image_grid, pairs_grid, save_png
-from meddiff.tasks.runs import load_trained, prepare_run_dir, run_config, to_uint8
+from meddiff.tasks.runs import RunHandle, load_trained, prepare_run_dir, run_config, to_uint8
 from meddiff.train.engine import TrainConfig, Trainer, TrainResult, seed_everything
 
 TASK = "generate"
@@ -203,16 +203,17 @@ def generate(
             progress=progress,
         )
         image, mask = codec.decode(x)
-        images.append(image)
-        masks.append(mask)
+        images.append(image.cpu())
+        masks.append(mask.cpu() if mask is not None else None)
     return torch.cat(images), (torch.cat(masks) if codec.num_classes else None)
 
 
-def load(run_or_checkpoint: Path) -> tuple[UNet, Diffusion, PairCodec, dict, Path]:
-    """A trained generator: EMA model, its diffusion process, codec, stored config, checkpoint path."""
+def load(run_or_checkpoint: Path, device: str | torch.device = "cpu") -> tuple[UNet, Diffusion, PairCodec, dict, Path]:
+    """A trained generator: EMA model (on ``device``), its diffusion process, codec, stored config, checkpoint
+    path."""
     from meddiff.config import from_dict
 
-    model, stored, path = load_trained(run_or_checkpoint)
+    model, stored, path = load_trained(run_or_checkpoint, device=device)
     if stored.get("task") != TASK:
         raise UserError(f"{path}: checkpoint of task '{stored.get('task')}', not '{TASK}'")
     codec_info = stored["codec"]
@@ -236,6 +237,103 @@ def _attributes_for(attribute: str | None, n: int, names: list[str] | None) -> t
     raise UserError(f"--attribute '{attribute}' is not one of: {', '.join(names)} (or 0..{len(names) - 1})")
 
 
+@dataclass
+class Samples:
+    """Generated pairs: ``images`` ``[N, C, H, W]`` float in [-1, 1] and ``masks`` ``[N, H, W]`` int64 (None
+    for an image-only model), on the CPU; ``records`` hold each sample's seed and settings."""
+
+    images: torch.Tensor
+    masks: torch.Tensor | None
+    names: list[str]
+    records: list[dict]
+    model: dict  # checkpoint, task, class names
+    codec: PairCodec
+
+    def save(self, folder: Path) -> Path:
+        """Write the dataset folder that ``meddiff generate run`` writes (images/, masks/, manifest.json,
+        grid.png), atomically; ``folder`` must not exist yet."""
+        check_new_folder(folder)
+        arrays = to_uint8(self.images).permute(0, 2, 3, 1).numpy()
+        arrays = arrays[..., 0] if arrays.shape[-1] == 1 else arrays
+        files = [
+            {"image": f"images/{name}.png", **({"mask": f"masks/{name}.png"} if self.masks is not None else {}), **r}
+            for name, r in zip(self.names, self.records, strict=True)
+        ]
+        masks = self.masks.numpy() if self.masks is not None else None
+        out = write_pair_folder(folder, arrays, masks, self.names, {"model": self.model, "files": files})
+        grid_masks = self.masks[:32] if self.masks is not None else None
+        save_png(_grid(self.images[:32], grid_masks, self.codec), out / "grid.png")
+        return out
+
+
+@dataclass(repr=False)
+class GeneratorModel(RunHandle):
+    """A trained generator (EMA weights) ready to sample: ``meddiff.load(run).sample(16)``."""
+
+    task: ClassVar[str] = TASK
+    config_class: ClassVar[type] = GenerateConfig
+    model: UNet
+    diffusion: Diffusion
+    codec: PairCodec
+    stored: dict
+    path: Path
+
+    def networks(self) -> list[torch.nn.Module]:
+        return [self.model]
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return self.stored["codec"]["class_names"] if self.codec.num_classes else None
+
+    @property
+    def attribute_names(self) -> list[str] | None:
+        return self.stored["codec"].get("attribute_names")
+
+    def sample(
+        self,
+        n: int,
+        steps: int = 20,
+        sampler: str = "dpm++",
+        guidance: float = 1.0,
+        eta: float = 0.0,
+        seed: int = 0,
+        attributes: str | int | None = None,
+        size: int | None = None,
+        batch_size: int = 16,
+        bf16: bool = False,
+        progress: bool = False,
+    ) -> Samples:
+        """``n`` samples (sample ``i`` from seed ``seed + i``) with a diffusers sampler; a conditional model
+        draws attribute ``attributes`` (name or index), or every attribute in equal shares when None."""
+        settings = SamplerConfig(name=sampler, steps=steps, guidance_scale=guidance, eta=eta)
+        side = size or self.stored["data"].get("size")
+        if side is None:
+            raise UserError("pass a size: the run's data config does not fix an image size")
+        names = self.attribute_names
+        chosen = _attributes_for(None if attributes is None else str(attributes), n, names)
+        images, masks = generate(
+            self.model,
+            self.diffusion,
+            self.codec,
+            settings,
+            n,
+            seed,
+            (side, side),
+            batch_size,
+            progress,
+            bf16,
+            chosen,
+            len(names or []),
+        )
+        common = {"model": str(self.path), "sampler": sampler, "steps": steps, "guidance": guidance, "eta": eta}
+        records = [
+            {**common, "seed": seed + i, **({"attribute": names[chosen[i]]} if chosen is not None and names else {})}
+            for i in range(n)
+        ]
+        model = {"checkpoint": str(self.path), "task": TASK, "class_names": self.stored["codec"]["class_names"]}
+        return Samples(images, masks, [f"sample_{seed + i:06d}" for i in range(n)], records, model, self.codec)
+
+
 def run(
     run_or_checkpoint: Path,
     n: int,
@@ -247,50 +345,22 @@ def run(
     progress: bool = True,
     autocast_bf16: bool = False,
     attribute: str | None = None,
+    device: str = "cpu",
 ) -> Path:
-    """Sample ``n`` images (+ masks) into a dataset folder ``out_dir`` (images/, masks/, manifest.json,
-    grid.png) that meddiff's image+mask loader reads directly. A conditional model samples ``attribute``
-    (name or index), or every attribute in equal shares when it is None."""
+    """``meddiff generate run`` / ``meddiff sample``: ``n`` samples into the dataset folder ``out_dir``."""
     check_new_folder(out_dir)
-    model, diffusion, codec, stored, path = load(run_or_checkpoint)
-    train_size = stored["data"].get("size")
-    side = size or train_size
-    if side is None:
-        raise UserError("pass --size: the run's data config does not fix an image size")
-    attribute_names = stored["codec"].get("attribute_names")
-    attributes = _attributes_for(attribute, n, attribute_names)
-    images, masks = generate(
-        model,
-        diffusion,
-        codec,
-        sampler,
+    handle = GeneratorModel(*load(run_or_checkpoint, device))
+    samples = handle.sample(
         n,
+        sampler.steps,
+        sampler.name,
+        sampler.guidance_scale,
+        sampler.eta,
         seed,
-        (side, side),
+        attribute,
+        size,
         batch_size,
-        progress,
         autocast_bf16,
-        attributes,
-        len(attribute_names or []),
+        progress,
     )
-    image_arrays = to_uint8(images).permute(0, 2, 3, 1).numpy()
-    image_arrays = image_arrays[..., 0] if image_arrays.shape[-1] == 1 else image_arrays
-    names = [f"sample_{seed + i:06d}" for i in range(n)]
-    settings = {"sampler": sampler.name, "steps": sampler.steps, "guidance": sampler.guidance_scale, "eta": sampler.eta}
-    manifest = {
-        "model": {"checkpoint": str(path), "task": TASK, "class_names": stored["codec"]["class_names"]},
-        "files": [
-            {
-                "image": f"images/{name}.png",
-                **({"mask": f"masks/{name}.png"} if masks is not None else {}),
-                "model": str(path),
-                "seed": seed + i,
-                **settings,
-                **({"attribute": attribute_names[attributes[i]]} if attributes is not None else {}),
-            }
-            for i, name in enumerate(names)
-        ],
-    }
-    out = write_pair_folder(out_dir, image_arrays, masks.numpy() if masks is not None else None, names, manifest)
-    save_png(_grid(images[:32], masks[:32] if masks is not None else None, codec), out / "grid.png")
-    return out
+    return samples.save(out_dir)

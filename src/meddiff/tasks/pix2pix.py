@@ -17,6 +17,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -28,11 +29,12 @@ from meddiff.data.build import DataConfig, build_dataset
 from meddiff.data.cadis import CadisTask
 from meddiff.data.labels import one_hot
 from meddiff.data.mask_sources import MaskAugment
+from meddiff.devices import model_device, resolve_device
 from meddiff.errors import UserError
 from meddiff.nets.pix2pix import Discriminator, Generator, Pix2PixNetConfig
 from meddiff.report.files import check_new_folder
 from meddiff.report.grids import save_png
-from meddiff.tasks.runs import prepare_run_dir, run_config
+from meddiff.tasks.runs import RunHandle, prepare_run_dir, run_config
 from meddiff.tasks.synthesize import comparison_grid, export, grid_indices, plan, read_masks
 from meddiff.train.checkpoint import (
     checkpoint_name,
@@ -83,15 +85,25 @@ class Pix2PixConfig:
     grid_samples: int = 8
 
 
-@dataclass
-class Pix2Pix:
-    """A trained generator with its classes and stored config."""
+@dataclass(repr=False)
+class Pix2Pix(RunHandle):
+    """A trained pix2pix generator: ``meddiff.load(run).synthesize(masks)``."""
 
+    task: ClassVar[str] = TASK
+    config_class: ClassVar[type] = Pix2PixConfig
     generator: Generator
     image_channels: int
     class_names: tuple[str, ...]
     stored: dict
     path: Path
+
+    def networks(self) -> list[torch.nn.Module]:
+        return [self.generator]
+
+    def synthesize(self, masks: torch.Tensor, seed: int = 0) -> torch.Tensor:
+        """Images ``[N, C, H, W]`` in [-1, 1] (CPU) for class-id masks ``[N, H, W]``; dropout of image ``i``
+        is drawn with seed ``seed + i``."""
+        return translate(self.generator, masks, len(self.class_names), list(range(seed, seed + masks.shape[0])))
 
 
 def _networks(stored: dict) -> tuple[Generator, Discriminator]:
@@ -105,11 +117,12 @@ def translate(generator: Generator, masks: torch.Tensor, num_classes: int, seeds
     """Images for class-id masks ``[N, H, W]``. Dropout stays on, as in the paper; image ``i`` is drawn alone
     with seed ``seeds[i]``, so it does not depend on the other masks."""
     images = []
-    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+    device = model_device(generator)
+    with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         generator.train()  # dropout on; GroupNorm has no running statistics, so nothing else changes
         for i, seed in enumerate(seeds):
             torch.manual_seed(seed)
-            images.append(generator(one_hot(masks[i : i + 1].long(), num_classes)))
+            images.append(generator(one_hot(masks[i : i + 1].long().to(device), num_classes)).cpu())
     return torch.cat(images).clamp(-1, 1)
 
 
@@ -148,7 +161,8 @@ def fit(config: Pix2PixConfig, run_dir: Path, resume: bool = False, progress: bo
 
     result = TrainResult(step=step)
     started, last_saved = time.monotonic(), step if step else None
-    with TrainProgress(cfg.steps, step, enabled=progress) as bar:
+    budget = cfg.max_minutes * 60 if cfg.max_minutes is not None else None
+    with TrainProgress(cfg.steps, step, progress, budget) as bar:
         while step < cfg.steps:
             index = torch.randint(0, len(dataset), (cfg.batch_size,), generator=data_rng)
             batch = default_collate([dataset[int(i)] for i in index])
@@ -263,8 +277,8 @@ def _truncate_log(path: Path, step: int) -> None:
         path.write_text("".join(line + "\n" for line in kept))
 
 
-def load(run_or_checkpoint: Path) -> Pix2Pix:
-    """The trained generator of a pix2pix run or checkpoint folder."""
+def load(run_or_checkpoint: Path, device: str | torch.device = "cpu") -> Pix2Pix:
+    """The trained generator of a pix2pix run or checkpoint folder, on ``device``."""
     path = resolve_checkpoint(Path(run_or_checkpoint))
     groups, state = load_checkpoint(path)
     stored = state.get("config", {})
@@ -272,6 +286,7 @@ def load(run_or_checkpoint: Path) -> Pix2Pix:
         raise UserError(f"{path}: checkpoint of task '{stored.get('task')}', not '{TASK}'")
     generator, _ = _networks(stored)
     generator.load_state_dict(groups["generator"])
+    generator.to(resolve_device(device))
     info = stored["synth"]
     return Pix2Pix(generator.requires_grad_(False), info["image_channels"], tuple(info["class_names"]), stored, path)
 
@@ -286,11 +301,12 @@ def run(
     cadis_task: CadisTask | None = None,
     n_masks: int = 16,
     progress: bool = False,
+    device: str = "cpu",
 ) -> Path:
     """Translate every mask of ``masks`` (as ``synthesize.read_masks``) into ``n_per_mask`` images (dropout
     drawn with seed ``seed + j`` for output ``j``) and export the same dataset folder as ``synthesize.run``."""
     check_new_folder(out_dir)
-    model = load(run_or_checkpoint)
+    model = load(run_or_checkpoint, device)
     mask_set = read_masks(model.stored, model.class_names, masks, cadis_task, n_masks, seed, progress)
     job = plan(mask_set, n_per_mask, seed, augment)
     images = translate(model.generator, job.masks, len(model.class_names), job.seeds)

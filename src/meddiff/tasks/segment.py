@@ -13,8 +13,10 @@ import dataclasses
 import json
 import resource
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -27,6 +29,7 @@ from meddiff.data.fit import Fit
 from meddiff.data.folders import to_channels
 from meddiff.data.imagefiles import read_image
 from meddiff.data.validate import list_images
+from meddiff.devices import model_device
 from meddiff.diffusion.objective import Diffusion
 from meddiff.errors import UserError
 from meddiff.metrics.segmentation import SegmentationMeter
@@ -34,12 +37,12 @@ from meddiff.nets.unet import UNet
 from meddiff.report.files import atomic_folder, check_new_folder
 from meddiff.report.grids import overlay, save_png
 from meddiff.report.plots import heatmap
-from meddiff.segment.ensemble import EnsembleConfig, MLPEnsemble, train_ensemble, vote
+from meddiff.segment.ensemble import EnsembleConfig, MLPEnsemble, Vote, train_ensemble, vote
 from meddiff.segment.features import FeatureConfig, FeatureExtractor
 from meddiff.segment.pipeline import PixelClassifier, fill_store, fit_classifier, flip_views
 from meddiff.segment.pixels import PixelConfig, PixelStore, balanced_sample, held_out_pixels
 from meddiff.tasks import generate
-from meddiff.tasks.runs import run_config
+from meddiff.tasks.runs import RunHandle, run_config
 from meddiff.tasks.segmenter import select_images
 from meddiff.train.checkpoint import load_checkpoint, save_checkpoint
 from meddiff.train.engine import TrainResult
@@ -105,9 +108,9 @@ class SegmentConfig:
 
 
 # -- inputs ------------------------------------------------------------------------------------------------
-def load_diffusion(path: Path) -> tuple[UNet, Diffusion, dict]:
-    """The EMA UNet, diffusion process and stored config of an image-only ``generate`` run."""
-    model, diffusion, codec, stored, checkpoint = generate.load(path)
+def load_diffusion(path: Path, device: str | torch.device = "cpu") -> tuple[UNet, Diffusion, dict]:
+    """The EMA UNet (on ``device``), diffusion process and stored config of an image-only ``generate`` run."""
+    model, diffusion, codec, stored, checkpoint = generate.load(path, device)
     if codec.num_classes:
         raise UserError(
             f"{checkpoint}: this generator was trained with joint_mask: true (image + label "
@@ -226,8 +229,8 @@ def fit(config: SegmentConfig, run_dir: Path, resume: bool = False, progress: bo
     )
 
 
-def load(run: Path) -> tuple[PixelClassifier, dict]:
-    """A trained classifier (with its diffusion feature extractor) and its stored state."""
+def load(run: Path, device: str | torch.device = "cpu") -> tuple[PixelClassifier, dict]:
+    """A trained classifier (with its diffusion feature extractor, both on ``device``) and its stored state."""
     run = Path(run)
     path = run if (run / "state.json").is_file() else run / "checkpoints" / CLASSIFIER
     if not (path / "state.json").is_file():
@@ -239,7 +242,7 @@ def load(run: Path) -> tuple[PixelClassifier, dict]:
     config = from_dict(
         SegmentConfig, {k: v for k, v in stored.items() if k in {f.name for f in dataclasses.fields(SegmentConfig)}}
     )
-    model, diffusion, _ = load_diffusion(Path(stored["diffusion_checkpoint"]))
+    model, diffusion, _ = load_diffusion(Path(stored["diffusion_checkpoint"]), device)
     extractor = make_extractor(model, diffusion, config.features)
     if extractor.dims != stored["dims"]:
         raise UserError(
@@ -248,7 +251,7 @@ def load(run: Path) -> tuple[PixelClassifier, dict]:
         )
     ensemble = MLPEnsemble(config.ensemble.members, stored["dims"], config.ensemble.hidden, len(stored["class_names"]))
     ensemble.load_state_dict(groups["ensemble"])
-    return PixelClassifier(extractor, ensemble.eval()), {**stored, "config": config}
+    return PixelClassifier(extractor, ensemble.eval().to(model_device(model))), {**stored, "config": config}
 
 
 # -- predict on a folder ------------------------------------------------------------------------------------
@@ -281,13 +284,18 @@ def to_native(values: torch.Tensor, native: tuple[int, int], fit_: Fit) -> torch
 
 
 def predict_folder(
-    run: Path, images_dir: Path, out_dir: Path, tile_mb: float | None = None, progress: bool = True
+    run: Path,
+    images_dir: Path,
+    out_dir: Path,
+    tile_mb: float | None = None,
+    progress: bool = True,
+    device: str = "cpu",
 ) -> Path:
     """Segment every image in ``images_dir`` (any size) into ``out_dir``: masks/ (class ids), overlays/
     (colour overlays), uncertainty/ (entropy of the ensemble's mean prediction, 0-255), disagreement/
     (share of outvoted members, 0-255) and manifest.json. Every image is read and checked first."""
     out_dir = Path(out_dir)
-    classifier, stored = load(run)
+    classifier, stored = load(run, device)
     config: SegmentConfig = stored["config"]
     files = list_images(Path(images_dir))
     check_new_folder(out_dir)
@@ -337,11 +345,7 @@ def _predict_file(
     tile_mb: float,
 ) -> dict:
     native = to_channels(torch.from_numpy(read_image(path, intensity)), channels)
-    result = classifier.predict((to_working(native, fit_) * 2 - 1)[None], tile_mb)
-    hw = tuple(native.shape[-2:])
-    labels = to_native(result.labels[0], hw, fit_)
-    entropy = to_native(result.entropy[0], hw, fit_)
-    disagreement = to_native(result.disagreement[0], hw, fit_)
+    labels, disagreement, entropy = segment_native(classifier, native, fit_, tile_mb)
     name = f"{path.stem}.png"
     save_png(labels.numpy().astype(np.uint8), folders["masks"] / name)
     save_png(overlay(native * 2 - 1, labels, len(classes)), folders["overlays"] / name)
@@ -355,6 +359,51 @@ def _predict_file(
         "mean_disagreement": round(float(disagreement.mean()), 4),
         "class_fractions": [round(float(v), 4) for v in fractions],
     }
+
+
+def segment_native(
+    classifier: PixelClassifier, native: torch.Tensor, fit_: Fit, tile_mb: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Labels, disagreement and entropy ``[H, W]`` for one ``[C, H, W]`` image in [0, 1] of any size,
+    predicted at the working scale of ``fit_`` and brought back to the image's own size."""
+    result = classifier.predict((to_working(native, fit_) * 2 - 1)[None], tile_mb)
+    hw = tuple(native.shape[-2:])
+    return tuple(to_native(getattr(result, k)[0], hw, fit_) for k in ("labels", "disagreement", "entropy"))
+
+
+@dataclass(repr=False)
+class PixelSegmenter(RunHandle):
+    """A trained few-label segmenter (diffusion features + MLP ensemble): ``meddiff.load(run).segment(x)``."""
+
+    task: ClassVar[str] = TASK
+    config_class: ClassVar[type] = SegmentConfig
+    classifier: PixelClassifier
+    stored: dict
+    path: Path
+
+    def networks(self) -> list[torch.nn.Module]:
+        return [self.classifier.extractor.model, self.classifier.ensemble]
+
+    @property
+    def config(self) -> SegmentConfig:
+        return self.stored["config"]
+
+    def segment(self, images: torch.Tensor | Sequence[torch.Tensor], tile_mb: float | None = None) -> Vote:
+        """Masks (int64), disagreement and entropy (0-1) for images ``[N, C, H, W]`` in [-1, 1], or a list of
+        ``[C, H, W]`` images of different sizes; each output has its image's own size (a list when sizes
+        differ, else a stacked ``[N, H, W]`` tensor)."""
+        config = self.config
+        fit_ = Fit(config.data.size, config.data.fit, config.data.short_side)
+        channels = self.stored["image_channels"]
+        outputs = [
+            segment_native(
+                self.classifier, to_channels((x.float().cpu() + 1) / 2, channels), fit_, tile_mb or config.tile_mb
+            )
+            for x in images
+        ]
+        parts = list(zip(*outputs, strict=True))
+        same = len({p.shape for p in parts[0]}) == 1
+        return Vote(*(torch.stack(p) if same else list(p) for p in parts))
 
 
 # -- sweep ---------------------------------------------------------------------------------------------------

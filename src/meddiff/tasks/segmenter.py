@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -22,10 +23,11 @@ import torch.nn.functional as F
 from meddiff.data.arrays import ArrayDataset
 from meddiff.data.build import DataConfig, build_dataset
 from meddiff.data.labels import IGNORE_INDEX
+from meddiff.devices import model_device, resolve_device
 from meddiff.errors import UserError
 from meddiff.nets.segnet import SegNet, SegNetConfig
 from meddiff.segment.pixels import held_out_pixels
-from meddiff.tasks.runs import prepare_run_dir, run_config
+from meddiff.tasks.runs import RunHandle, prepare_run_dir, run_config
 from meddiff.train.checkpoint import load_checkpoint, resolve_checkpoint
 from meddiff.train.engine import TrainConfig, Trainer, TrainResult, seed_everything
 
@@ -154,8 +156,9 @@ def fit_dataset(
     return trainer.fit(resume=resume)
 
 
-def load(run_or_checkpoint: Path) -> tuple[SegNet, dict]:
-    """The trained segmenter (EMA weights of ``checkpoints/best`` when the run has one) and its stored config."""
+def load(run_or_checkpoint: Path, device: str | torch.device = "cpu") -> tuple[SegNet, dict]:
+    """The trained segmenter (EMA weights of ``checkpoints/best`` when the run has one, on ``device``) and its
+    stored config."""
     path = Path(run_or_checkpoint)
     best = path / "checkpoints" / "best"
     groups, state = load_checkpoint(best if best.is_dir() else resolve_checkpoint(path))
@@ -166,13 +169,35 @@ def load(run_or_checkpoint: Path) -> tuple[SegNet, dict]:
 
     model = SegNet(from_dict(SegNetConfig, stored["model"], "model."))
     model.load_state_dict(groups["ema"] if "ema" in groups else groups["model"])
-    return model.eval().requires_grad_(False), stored
+    return model.eval().requires_grad_(False).to(resolve_device(device)), stored
+
+
+@dataclass(repr=False)
+class SegmenterModel(RunHandle):
+    """A trained U-Net segmenter: ``meddiff.load(run).segment(images)``."""
+
+    task: ClassVar[str] = TASK
+    config_class: ClassVar[type] = SegmenterConfig
+    model: SegNet
+    stored: dict
+    path: Path
+
+    def networks(self) -> list[torch.nn.Module]:
+        return [self.model]
+
+    def segment(self, images: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
+        """Class-id masks ``[N, H, W]`` (int64, CPU) for images ``[N, C, H, W]`` in [-1, 1] of any size."""
+        return predict(self.model, images, batch_size)
 
 
 @torch.no_grad()
 def predict(model: SegNet, images: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
-    """Class-id masks ``[N, H, W]`` (int64) for images ``[N, C, H, W]`` in [-1, 1], of any size."""
+    """Class-id masks ``[N, H, W]`` (int64, on the CPU) for images ``[N, C, H, W]`` in [-1, 1], of any size."""
     model.eval()
+    device = model_device(model)
     return torch.cat(
-        [model(images[first : first + batch_size].float()).argmax(dim=1) for first in range(0, len(images), batch_size)]
+        [
+            model(images[first : first + batch_size].float().to(device)).argmax(dim=1).cpu()
+            for first in range(0, len(images), batch_size)
+        ]
     )

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -37,7 +37,7 @@ from meddiff.errors import UserError
 from meddiff.nets.unet import UNet, UNetConfig
 from meddiff.report.files import check_new_folder
 from meddiff.report.grids import pairs_grid, save_png
-from meddiff.tasks.runs import load_trained, prepare_run_dir, run_config, to_uint8
+from meddiff.tasks.runs import RunHandle, load_trained, prepare_run_dir, run_config, to_uint8
 from meddiff.train.checkpoint import list_checkpoints
 from meddiff.train.engine import TrainConfig, Trainer, TrainResult, seed_everything
 
@@ -63,10 +63,12 @@ class SynthesizeConfig:
             raise ValueError(f"cond_drop_prob must be in [0, 1), got {self.cond_drop_prob}")
 
 
-@dataclass
-class Synthesizer:
-    """A trained mask-to-image model with what is needed to use it."""
+@dataclass(repr=False)
+class Synthesizer(RunHandle):
+    """A trained mask-to-image model: ``meddiff.load(run).synthesize(masks)``."""
 
+    task: ClassVar[str] = TASK
+    config_class: ClassVar[type] = SynthesizeConfig
     model: UNet
     diffusion: Diffusion
     image_channels: int
@@ -82,6 +84,27 @@ class Synthesizer:
     @property
     def size(self) -> int:
         return int(self.stored["data"]["size"])
+
+    def networks(self) -> list[torch.nn.Module]:
+        return [self.model]
+
+    def synthesize(
+        self,
+        masks: torch.Tensor,
+        steps: int = 20,
+        sampler: str = "dpm++",
+        guidance: float = 1.0,
+        eta: float = 0.0,
+        seed: int = 0,
+        batch_size: int = 16,
+        bf16: bool = False,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """Images ``[N, C, H, W]`` in [-1, 1] (CPU) for class-id masks ``[N, H, W]``; image ``i`` is drawn
+        with seed ``seed + i``."""
+        settings = SamplerConfig(name=sampler, steps=steps, guidance_scale=guidance, eta=eta)
+        seeds = range(seed, seed + masks.shape[0])
+        return synthesize(self, masks, settings, seeds, batch_size, progress, bf16)
 
 
 def conditioning(masks: torch.Tensor, num_classes: int, mode: MaskConditioning) -> Conditioning:
@@ -178,7 +201,7 @@ def synthesize(
         raise ValueError("one seed per mask")
     out = []
     for start in range(0, len(seeds), batch_size):
-        chunk = masks[start : start + batch_size].long()
+        chunk = masks[start : start + batch_size].long().to(synth.device)
         generators = [torch.Generator().manual_seed(s) for s in seeds[start : start + batch_size]]
         cond = conditioning(chunk, synth.num_classes, synth.mask_conditioning)
         out.append(
@@ -191,14 +214,14 @@ def synthesize(
                 generator=generators,
                 autocast_bf16=autocast_bf16,
                 progress=progress,
-            )
+            ).cpu()
         )
     return torch.cat(out).clamp(-1, 1)
 
 
-def load(run_or_checkpoint: Path) -> Synthesizer:
-    """A trained mask-to-image model (EMA weights) from its run or checkpoint folder."""
-    model, stored, path = load_trained(run_or_checkpoint)
+def load(run_or_checkpoint: Path, device: str | torch.device = "cpu") -> Synthesizer:
+    """A trained mask-to-image model (EMA weights, on ``device``) from its run or checkpoint folder."""
+    model, stored, path = load_trained(run_or_checkpoint, device=device)
     if stored.get("task") != TASK:
         raise UserError(f"{path}: checkpoint of task '{stored.get('task')}', not '{TASK}' (mask-to-image)")
     info = stored["synth"]
@@ -354,11 +377,12 @@ def run(
     batch_size: int = 16,
     progress: bool = True,
     autocast_bf16: bool = False,
+    device: str = "cpu",
 ) -> Path:
     """Synthesise ``n_per_mask`` images for every mask of ``masks`` (see ``read_masks``) into the dataset
     folder ``out_dir``; everything is read and checked before anything is sampled or written."""
     check_new_folder(out_dir)
-    synth = load(run_or_checkpoint)
+    synth = load(run_or_checkpoint, device)
     mask_set = read_masks(synth.stored, synth.class_names, masks, cadis_task, n_masks, seed, progress)
     job = plan(mask_set, n_per_mask, seed, augment)
     images = synthesize(synth, job.masks, sampler, job.seeds, batch_size, progress, autocast_bf16)

@@ -17,8 +17,10 @@ a small image encoder matched contrastively to the caption embeddings of the tra
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
@@ -40,7 +42,7 @@ from meddiff.metrics.text_alignment import (
 from meddiff.nets.unet import UNet, UNetConfig
 from meddiff.report.grids import image_grid, pairs_grid, save_png
 from meddiff.tasks.generate import PairCodec
-from meddiff.tasks.runs import load_trained, prepare_run_dir, run_config
+from meddiff.tasks.runs import RunHandle, load_trained, prepare_run_dir, run_config
 from meddiff.text.captions import CaptionConfig, Captioner
 from meddiff.text.encoders import MINILM, TextEncoder, TextEncoding, load_text_encoder
 from meddiff.text.tone import ToneConfig, all_variants, tone_variants
@@ -75,10 +77,12 @@ class TextGenConfig:
             raise ValueError(f"caption_drop_prob must be in [0, 1), got {self.caption_drop_prob}")
 
 
-@dataclass
-class TextModel:
-    """A trained text-conditioned model, ready to sample or edit."""
+@dataclass(repr=False)
+class TextModel(RunHandle):
+    """A trained text-conditioned model, ready to sample (``meddiff.load(run).sample(prompts)``) or edit."""
 
+    task: ClassVar[str] = TASK
+    config_class: ClassVar[type] = TextGenConfig
     unet: UNet
     diffusion: Diffusion
     codec: PairCodec
@@ -97,6 +101,26 @@ class TextModel:
 
     def conditioning(self, text: TextEncoding) -> Conditioning:
         return text_conditioning(text, self.null)
+
+    def networks(self) -> list[torch.nn.Module]:
+        return [self.unet]
+
+    def sample(
+        self,
+        prompts: Sequence[str],
+        steps: int = 20,
+        sampler: str = "dpm++",
+        guidance: float = 1.0,
+        seed: int = 0,
+        size: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One sample per prompt (``i`` from seed ``seed + i``): images ``[N, C, H, W]`` in [-1, 1] and masks
+        ``[N, H, W]`` (None for an image-only model), on the CPU."""
+        settings = SamplerConfig(name=sampler, steps=steps, guidance_scale=guidance)
+        side = size or self.size
+        return generate_from_text(
+            self.unet, self.diffusion, self.codec, self.encoder, self.null, list(prompts), settings, seed, (side, side)
+        )
 
 
 def text_conditioning(text: TextEncoding, null: TextEncoding) -> Conditioning:
@@ -214,12 +238,14 @@ def generate_from_text(
     generators = [torch.Generator().manual_seed(seed + i) for i in range(len(prompts))]
     cond = text_conditioning(encoder.encode(prompts), null)
     x = sample(model, diffusion, sampler, (len(prompts), codec.channels, *size), cond, generator=generators)
-    return codec.decode(x)
+    images, masks = codec.decode(x)
+    return images.cpu(), (masks.cpu() if masks is not None else None)
 
 
-def load(run_or_checkpoint: Path, ema: bool = True) -> TextModel:
-    """A trained text-conditioned model (EMA weights by default) with its text encoder."""
-    unet, stored, path = load_trained(run_or_checkpoint, ema=ema)
+def load(run_or_checkpoint: Path, ema: bool = True, device: str | torch.device = "cpu") -> TextModel:
+    """A trained text-conditioned model (EMA weights by default, on ``device``) with its text encoder (whose
+    token embeddings move to the model's device when sampling)."""
+    unet, stored, path = load_trained(run_or_checkpoint, ema=ema, device=device)
     if stored.get("task") != TASK:
         raise UserError(f"{path}: checkpoint of task '{stored.get('task')}', not '{TASK}'")
     encoder = load_text_encoder(stored["text"]["encoder"], stored["text"]["max_length"])

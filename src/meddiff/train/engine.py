@@ -8,6 +8,11 @@ Exact resume: the data order is a pure function of (seed, position in the stream
 randomness (torch's global RNG for dropout and augmentation, the generator drawing noise and timesteps)
 is saved per process in the checkpoint, so an interrupted-then-resumed run computes the same losses as an
 uninterrupted one.
+
+Devices: accelerate places the model (one GPU per process under ``accelerate launch``, else the CPU) and
+supplies mixed precision (bf16 on CPU and GPU, fp16 with loss scaling on GPU). Batches and the EMA weights
+follow the model; random numbers are drawn on the CPU and moved (``meddiff.devices``), so a seed gives the
+same noise on every device and the generator's state can be checkpointed.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from typing import Literal
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list, gather_object
+from accelerate.utils import broadcast_object_list, gather_object, send_to_device
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from rich.console import Console
@@ -64,7 +69,7 @@ class TrainConfig:
     lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
     grad_clip: float = 1.0
     ema_decay: float = 0.999
-    mixed_precision: Literal["no", "bf16"] = "no"
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # fp16 (with loss scaling) needs a GPU
     seed: int = 0
     max_minutes: float | None = None  # stop cleanly (and checkpoint) after this much training time
     log_every: int = 10
@@ -146,18 +151,26 @@ class Trainer:
         if config.eval_every and eval_fn is None:
             raise UserError("train.eval_every is set but this task has no validation")
 
-    def _batch(self, micro_index: int, micro_batch: int, rank: int, world: int) -> dict:
-        """The ``rank``'s share of global micro-batch ``micro_index`` of the endless shuffled stream."""
+    def _batch(self, micro_index: int, micro_batch: int, rank: int, world: int, device: torch.device) -> dict:
+        """The ``rank``'s share of global micro-batch ``micro_index`` of the endless shuffled stream, on
+        ``device``.
+
+        Not a ``DataLoader`` through ``accelerator.prepare``: accelerate's loader reads one batch ahead, so
+        the augmentation of batch k+1 (torch's global RNG) would be drawn before step k and a resumed run
+        would augment differently; indexing the stream by position keeps resume exact at any step.
+        """
         n = len(self.dataset)
         start = (micro_index * world + rank) * micro_batch
         positions = range(start, start + micro_batch)
         indices = [int(_permutation(self.config.seed, n, p // n)[p % n]) for p in positions]
-        return default_collate([self.dataset[i] for i in indices])
+        return send_to_device(default_collate([self.dataset[i] for i in indices]), device)
 
     # -- main loop ----------------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> TrainResult:
         """Train to ``config.steps`` (or the time budget), resuming from the latest checkpoint if asked."""
         cfg = self.config
+        if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
+            raise UserError("train.mixed_precision fp16 needs a CUDA GPU; use bf16 on the CPU")
         # cpu=True when no GPU: lets `accelerate launch --multi_gpu` / torchrun start several CPU processes (gloo).
         accelerator = Accelerator(
             mixed_precision=cfg.mixed_precision,
@@ -182,17 +195,21 @@ class Trainer:
         )
         ema = EMAModel(model.parameters(), decay=cfg.ema_decay)
 
+        prepared_model, prepared_optimizer = accelerator.prepare(model, optimizer)
+        device = accelerator.device
+        ema.to(device)
         step, validation = 0, _Validation()
         if resume:
             checkpoints = list_checkpoints(self.run_dir)
             if checkpoints:
-                step, validation = self._restore(checkpoints[-1], model, optimizer, lr_scheduler, ema, generator, rank)
+                step, validation = self._restore(
+                    checkpoints[-1], model, optimizer, lr_scheduler, ema, generator, rank, device
+                )
                 if accelerator.is_main_process:
                     console.print(f"resuming from {checkpoints[-1]} (step {step})")
             elif accelerator.is_main_process:
                 console.print(f"--resume: no checkpoint in {self.run_dir / 'checkpoints'}, starting from step 0")
 
-        prepared_model, prepared_optimizer = accelerator.prepare(model, optimizer)
         logs = self.run_dir / "logs"
         writer = None
         if accelerator.is_main_process:
@@ -203,12 +220,13 @@ class Trainer:
         result = TrainResult(step=step)
         started = time.monotonic()
         last_saved = step if resume and step else None
-        with TrainProgress(cfg.steps, step, enabled=self.progress and accelerator.is_main_process) as bar:
+        budget = cfg.max_minutes * 60 if cfg.max_minutes is not None else None
+        with TrainProgress(cfg.steps, step, self.progress and accelerator.is_main_process, budget) as bar:
             while step < cfg.steps:
                 prepared_model.train()
-                total = torch.zeros(())
+                total = torch.zeros((), device=device)
                 for micro in range(cfg.grad_accum):
-                    batch = self._batch(step * cfg.grad_accum + micro, micro_batch, rank, world)
+                    batch = self._batch(step * cfg.grad_accum + micro, micro_batch, rank, world, device)
                     with accelerator.accumulate(prepared_model):
                         with accelerator.autocast():
                             loss = self.loss_fn(prepared_model, batch, generator)
@@ -344,13 +362,16 @@ class Trainer:
         validation: _Validation,
         name: str | None = None,
     ) -> Path:
-        rng_states = gather_object([(torch.get_rng_state(), generator.get_state())])
+        cuda_state = torch.cuda.get_rng_state() if accelerator.device.type == "cuda" else None
+        rng_states = gather_object([(torch.get_rng_state(), generator.get_state(), cuda_state)])
         path = self.run_dir / "checkpoints" / (name or checkpoint_name(step))
         if accelerator.is_main_process:
             names = [name for name, _ in model.named_parameters()]
             rng = {}
-            for rank, (global_state, gen_state) in enumerate(rng_states):
+            for rank, (global_state, gen_state, cuda_state) in enumerate(rng_states):
                 rng[f"global.{rank}"], rng[f"generator.{rank}"] = global_state, gen_state
+                if cuda_state is not None:  # dropout on a GPU draws from the GPU's generator
+                    rng[f"cuda.{rank}"] = cuda_state
             optimizer_tensors: dict[str, torch.Tensor] = {}
             optimizer_json = flatten_state(optimizer.state_dict(), optimizer_tensors)
             ema_scalars = {k: v for k, v in ema.state_dict().items() if k != "shadow_params"}
@@ -388,7 +409,9 @@ class Trainer:
         ema: EMAModel,
         generator: torch.Generator,
         rank: int,
+        device: torch.device,
     ) -> tuple[int, _Validation]:
+        """Load a checkpoint into the already placed model, optimizer and EMA (tensors go to ``device``)."""
         groups, state = load_checkpoint(path)
         saved_model = state.get("config", {}).get("model")
         if saved_model is not None and saved_model != self.run_config.get("model"):
@@ -401,10 +424,13 @@ class Trainer:
         lr_scheduler.load_state_dict(state["lr_scheduler"])
         names = [name for name, _ in model.named_parameters()]
         ema.load_state_dict({**state["ema"], "shadow_params": [groups["ema"][n].clone() for n in names]})
+        ema.to(device)
         rng = groups["rng"]
         if f"global.{rank}" in rng:
             torch.set_rng_state(rng[f"global.{rank}"])
             generator.set_state(rng[f"generator.{rank}"])
+        if f"cuda.{rank}" in rng and device.type == "cuda":
+            torch.cuda.set_rng_state(rng[f"cuda.{rank}"])
         return int(state["step"]), _Validation(**state.get("validation", {}))
 
 

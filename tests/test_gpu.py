@@ -1,0 +1,47 @@
+"""On a CUDA GPU: one real training step and one sampling call of each engine task (skipped elsewhere)."""
+
+import dataclasses
+
+import pytest
+import torch
+from tests.conftest import tiny_generate_config
+from tests.tasks.test_segmenter import _config as tiny_segmenter_config
+from tests.tasks.test_synthesize import tiny_synth_config
+
+import meddiff
+from meddiff.tasks import generate, segmenter, synthesize
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+
+@pytest.mark.parametrize("precision", ["no", "bf16", "fp16"])
+def test_generate_trains_and_samples_on_the_gpu(precision, tmp_path):
+    config = tiny_generate_config(steps=2, mixed_precision=precision)
+    result = generate.fit(config, tmp_path / "run", progress=False)
+    assert result.step == 2 and all(torch.isfinite(torch.tensor(list(result.losses.values()))))
+    model = meddiff.load(tmp_path / "run", device="cuda")
+    assert model.device.type == "cuda"
+    pairs = model.sample(2, steps=3, seed=0)
+    assert pairs.images.shape == (2, 1, 32, 32) and pairs.masks.shape == (2, 32, 32)
+
+
+def test_synthesize_trains_and_samples_on_the_gpu(tmp_path):
+    synthesize.fit(tiny_synth_config(steps=2), tmp_path / "run", progress=False)
+    model = meddiff.load(tmp_path / "run", device="cuda")
+    images = model.synthesize(torch.zeros(2, 32, 32, dtype=torch.long), steps=3)
+    assert images.shape == (2, 1, 32, 32) and images.device.type == "cpu"
+
+
+def test_segmenter_trains_and_segments_on_the_gpu(tmp_path):
+    segmenter.fit(tiny_segmenter_config(steps=3), tmp_path / "run", progress=False)
+    model = meddiff.load(tmp_path / "run", device="cuda")
+    assert model.segment(torch.zeros(2, 1, 40, 40)).shape == (2, 40, 40)
+
+
+def test_resume_on_the_gpu_is_exact(tmp_path):
+    config = tiny_generate_config(steps=6, checkpoint_every=3)
+    whole = generate.fit(config, tmp_path / "whole", progress=False)
+    first = dataclasses.replace(config, train=dataclasses.replace(config.train, steps=3))
+    generate.fit(first, tmp_path / "parts", progress=False)
+    resumed = generate.fit(config, tmp_path / "parts", resume=True, progress=False)
+    assert [resumed.losses[s] for s in (4, 5, 6)] == [whole.losses[s] for s in (4, 5, 6)]
