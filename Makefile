@@ -7,7 +7,7 @@ STAMP := $(VENV)/.meddiff-installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: demo test lint typecheck install clean-demo
+.PHONY: demo test test-fast lint typecheck install clean-demo
 
 install: $(STAMP)
 
@@ -21,7 +21,11 @@ demo: $(STAMP)
 	$(VENV)/bin/meddiff demo --out runs/demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
+
+# everything but the slow, GPU and real-data tests: the loop to run while editing (under 90 s here)
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not gpu and not data"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -1,6 +1,7 @@
 """Shared test settings: offline, few threads, and where the real data lives."""
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,12 +14,44 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+# Session fixtures that train a model for tens of seconds: every test using one is slow.
+SLOW_FIXTURES = {"trained_generator", "trained_textgen"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Derive the markers a test's fixtures imply, and skip gpu tests where no CUDA GPU is visible."""
+    cuda = torch.cuda.is_available()
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & SLOW_FIXTURES:
+            item.add_marker(pytest.mark.slow)
+        if "shared_data" in fixtures:
+            item.add_marker(pytest.mark.data)
+        if item.get_closest_marker("gpu") and not cuda:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
+
+
 @pytest.fixture
 def shared_data() -> Path:
     """``../shared/data`` beside the checkout; tests using it skip where it is absent."""
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data folder {SHARED_DATA} is absent")
     return SHARED_DATA
+
+
+@pytest.fixture
+def meddiff_main(monkeypatch, capsys):
+    """Run the command line's entry point in this process, error handling included (a subprocess spends
+    ~7 s importing torch, diffusers and accelerate): returns the exit code and what went to stderr."""
+    from meddiff.cli import main
+
+    def run(*args) -> tuple[int, str]:
+        monkeypatch.setattr(sys, "argv", ["meddiff", *map(str, args)])
+        with pytest.raises(SystemExit) as exit_:
+            main()
+        return exit_.value.code, capsys.readouterr().err
+
+    return run
 
 
 @pytest.fixture(autouse=True)

@@ -45,11 +45,11 @@ def _config(tmp_path, **changes):
         ({"sampler.name": "euler-a"}, "'sampler.name' must be one of"),
     ],
 )
-def test_a_bad_config_is_one_line_naming_file_and_key(tmp_path, change, message):
-    done = meddiff("train", _config(tmp_path, **change), "--out", tmp_path / "run")
-    assert done.returncode == 2
-    assert message in done.stderr and "config.yaml" in done.stderr
-    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+def test_a_bad_config_is_one_line_naming_file_and_key(tmp_path, meddiff_main, change, message):
+    code, err = meddiff_main("train", _config(tmp_path, **change), "--out", tmp_path / "run")
+    assert code == 2
+    assert message in err and "config.yaml" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()  # no partial output
 
 
@@ -60,6 +60,7 @@ def test_missing_config_file_and_debug_traceback(tmp_path):
     assert debug.returncode != 0 and "Traceback" in debug.stderr
 
 
+@pytest.mark.slow
 def test_train_then_sample_from_the_command_line(tmp_path):
     run = tmp_path / "run"
     trained = meddiff("train", _config(tmp_path), "--out", run)
@@ -71,10 +72,10 @@ def test_train_then_sample_from_the_command_line(tmp_path):
     assert bad.returncode == 2 and "--sampler 'euler-a'" in bad.stderr
 
 
-def test_sampling_a_pickle_is_refused(tmp_path):
+def test_sampling_a_pickle_is_refused(tmp_path, meddiff_main):
     (tmp_path / "model.pt").write_bytes(b"\x80\x04K\x01.")
-    done = meddiff("sample", tmp_path / "model.pt", "--out", tmp_path / "s")
-    assert done.returncode == 2 and "model.pt" in done.stderr
+    code, err = meddiff_main("sample", tmp_path / "model.pt", "--out", tmp_path / "s")
+    assert code == 2 and "model.pt" in err
 
 
 def test_inspect_exits_2_when_it_finds_problems(tmp_path):

@@ -11,7 +11,7 @@ from tests.tasks.test_synthesize import tiny_synth_config
 import meddiff
 from meddiff.tasks import generate, segmenter, synthesize
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+pytestmark = pytest.mark.gpu  # skipped where no CUDA GPU is visible (tests/conftest.py)
 
 
 @pytest.mark.parametrize("precision", ["no", "bf16", "fp16"])

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pydicom
+import pytest
 import yaml
 from pydicom.data import get_testdata_file
 from tests.conftest import tiny_generate_config
@@ -58,6 +59,7 @@ def _searchable_bytes(path: Path, needle_length: int) -> bytes:
     return data
 
 
+@pytest.mark.slow
 def test_no_identifier_reaches_any_output(tmp_path):
     values = _series(tmp_path / "series")
     inspected = meddiff("data", "inspect", tmp_path / "series")

@@ -31,7 +31,7 @@ def test_every_example_config_is_listed():
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
-def test_example_configs_build(path, shared, repo_cwd):
+def test_example_configs_build(path, shared_data, repo_cwd):
     config = load_config(DataConfig, path)
     small = {"size": 32} if config.short_side is None else {"size": 32, "short_side": 128}
     if config.split_file is not None:

@@ -40,9 +40,9 @@ def test_official_split_is_video_wise_and_disjoint():
 
 
 @pytest.mark.parametrize("task", TASKS)
-def test_remaps_on_real_label_maps(shared, task):
+def test_remaps_on_real_label_maps(shared_data, task):
     spec, remap = cadis_spec(task), cadis_remap(task)
-    files = sorted((shared / "cadis_relabelled_masks" / "masks").glob("*.png"))
+    files = sorted((shared_data / "cadis_relabelled_masks" / "masks").glob("*.png"))
     assert len(files) == 40
     for path in files[::4]:
         stored = read_mask(path)
@@ -57,14 +57,14 @@ def test_remaps_on_real_label_maps(shared, task):
             assert after[7] == before[7:36].sum()
 
 
-def test_original_rgb_and_rgba_label_maps_read_as_ids(shared):
-    folder = shared / "cadis_relabelled_masks"
+def test_original_rgb_and_rgba_label_maps_read_as_ids(shared_data):
+    folder = shared_data / "cadis_relabelled_masks"
     for name in sorted(os.listdir(folder / "masks"))[:6]:
         assert np.array_equal(read_mask(folder / "masks_original" / name), read_mask(folder / "masks" / name))
 
 
-def test_trafas_sample_task1_counts(shared):
-    path = shared / "cadis_sample_trafas" / "masks" / "sample.png"
+def test_trafas_sample_task1_counts(shared_data):
+    path = shared_data / "cadis_sample_trafas" / "masks" / "sample.png"
     before = _histogram(read_mask(path))
     expected = {0: 42973, 1: 158714, 2: 44121, 3: 13479, 4: 30721, 5: 97773, 6: 98417, 11: 22184, 16: 4152, 23: 5866}
     assert {k: int(v) for k, v in enumerate(before) if v} == expected  # SOURCE.md's data.csv row
@@ -74,15 +74,15 @@ def test_trafas_sample_task1_counts(shared):
     assert merged[[0, 1, 2, 3, 4, 255]].tolist() == [42973, 30721, 98417, 97773, 32202, 158714 + 44121 + 13479]
 
 
-def test_trafas_flat_layout_as_dataset(shared):
-    dataset = cadis_dataset(shared / "cadis_sample_trafas", "task2", fit=Fit(32))
+def test_trafas_flat_layout_as_dataset(shared_data):
+    dataset = cadis_dataset(shared_data / "cadis_sample_trafas", "task2", fit=Fit(32))
     assert len(dataset) == 1 and dataset.num_classes == 17 and dataset.in_channels == 3
     with pytest.raises(UserError, match="no CaDIS video number in the name"):
-        cadis_dataset(shared / "cadis_sample_trafas", split="train")
+        cadis_dataset(shared_data / "cadis_sample_trafas", split="train")
 
 
-def test_relabelled_masks_as_masks_only_dataset(shared):
-    folder = shared / "cadis_relabelled_masks" / "masks"
+def test_relabelled_masks_as_masks_only_dataset(shared_data):
+    folder = shared_data / "cadis_relabelled_masks" / "masks"
     dataset = cadis_label_maps(folder, "task1", fit=Fit(32))
     assert len(dataset) == 40 and dataset.in_channels == 0 and dataset.num_classes == 8
     assert set(dataset[0]) == {"mask", "name"} and dataset[0]["mask"].max() <= 7
@@ -102,8 +102,8 @@ def _official(root, video: int, frame: int, image: np.ndarray, ids: np.ndarray) 
     write_image(root / f"Video{video:02d}" / "Labels" / name, ids)
 
 
-def test_official_layout_and_splits(tmp_path, shared):
-    trafas = shared / "cadis_sample_trafas"
+def test_official_layout_and_splits(tmp_path, shared_data):
+    trafas = shared_data / "cadis_sample_trafas"
     for kind, src in (("Images", "images"), ("Labels", "masks")):  # link, never copy, the real frame
         (tmp_path / "Video01" / kind).mkdir(parents=True)
         os.symlink(trafas / src / "sample.png", tmp_path / "Video01" / kind / "Video1_frame000090.png")

@@ -164,48 +164,48 @@ def test_paired_folder_errors(tmp_path):
 # --- the real data beside the repository ---
 
 
-def test_cataract1k_instrument_masks(shared):
+def test_cataract1k_instrument_masks(shared_data):
     spec = label_spec(class_names=["background", "instrument"])
-    dataset = image_mask_folder(shared / "cataract1k_samples", spec, Fit(32), masks_dir="masks_L")
-    rgb_masks = image_mask_folder(shared / "cataract1k_samples", spec, Fit(32))  # RGB files with equal channels
+    dataset = image_mask_folder(shared_data / "cataract1k_samples", spec, Fit(32), masks_dir="masks_L")
+    rgb_masks = image_mask_folder(shared_data / "cataract1k_samples", spec, Fit(32))  # RGB files with equal channels
     assert len(dataset) == 15 and dataset.in_channels == 3
     assert torch.equal(dataset.masks, rgb_masks.masks) and set(dataset.masks.unique().tolist()) == {0, 1}
 
 
-def test_catinstseg(shared):
-    dataset = image_mask_folder(shared / "catinstseg_samples", fit=Fit(32))
+def test_catinstseg(shared_data):
+    dataset = image_mask_folder(shared_data / "catinstseg_samples", fit=Fit(32))
     assert len(dataset) == 5 and dataset.class_names == ["class 0", "class 1"]
 
 
-def test_cadis_samples_mt_has_one_lone_image_and_one_lone_mask(shared):
+def test_cadis_samples_mt_has_one_lone_image_and_one_lone_mask(shared_data):
     with pytest.raises(UserError, match=r"test_Video3_frame002820\.png: image has no mask .*\(1 more problem"):
-        image_mask_folder(shared / "cadis_samples_mt")
-    assert len(image_mask_folder(shared / "cadis_samples_mt", fit=Fit(16), unpaired="skip")) == 4
+        image_mask_folder(shared_data / "cadis_samples_mt")
+    assert len(image_mask_folder(shared_data / "cadis_samples_mt", fit=Fit(16), unpaired="skip")) == 4
 
 
-def test_isbi_membranes_remapped(shared):
+def test_isbi_membranes_remapped(shared_data):
     spec = label_spec(remap={0: [255], 1: [0]}, class_names=["cell interior", "membrane"])
-    dataset = image_mask_folder(shared / "isbi2012_em_membrane", spec, Fit(64, "random_crop", short_side=512))
+    dataset = image_mask_folder(shared_data / "isbi2012_em_membrane", spec, Fit(64, "random_crop", short_side=512))
     assert dataset.masks.shape == (30, 512, 512) and dataset[0]["mask"].shape == (64, 64)
     membrane = dataset.masks.float().mean().item()
     assert 0.2 < membrane < 0.24  # 0 (membrane) is 22% of the stored pixels
 
 
-def test_acdc_patient_wise_split(shared):
+def test_acdc_patient_wise_split(shared_data):
     spec = label_spec(class_names=["background", "RV", "myocardium", "LV"])
     dataset = image_mask_folder(
-        shared / "acdc", spec, Fit(32, "pad"), split_file=shared / "acdc" / "split.csv", split="val"
+        shared_data / "acdc", spec, Fit(32, "pad"), split_file=shared_data / "acdc" / "split.csv", split="val"
     )
     assert len(dataset) == 210 and dataset.in_channels == 1
     assert len({name.split("_")[0] for name in dataset.names}) == 10
     assert set(dataset.masks.unique().tolist()) == {0, 1, 2, 3, 255}  # 255 = square padding
 
 
-def test_harvard_mri_pet_pairs(shared):
-    dataset = paired_folder(shared / "harvard_fusion" / "MRI_PET", Fit(32), modalities=["MRI", "PET"])
+def test_harvard_mri_pet_pairs(shared_data):
+    dataset = paired_folder(shared_data / "harvard_fusion" / "MRI_PET", Fit(32), modalities=["MRI", "PET"])
     assert len(dataset) == 42 and dataset.in_channels == 1 and dataset.in_channels_b == 3
 
 
-def test_unlabelled_isbi_test_images(shared):
-    dataset = image_folder(shared / "isbi2012_em_membrane" / "test_images", Fit(32))
+def test_unlabelled_isbi_test_images(shared_data):
+    dataset = image_folder(shared_data / "isbi2012_em_membrane" / "test_images", Fit(32))
     assert len(dataset) == 30 and dataset.in_channels == 1 and dataset.masks is None

@@ -133,20 +133,20 @@ def test_missing_path_and_empty_folder(tmp_path):
 # --- the real data beside the repository ---
 
 
-def test_cadis_samples_mt(shared):
-    report = inspect_path(shared / "cadis_samples_mt")
+def test_cadis_samples_mt(shared_data):
+    report = inspect_path(shared_data / "cadis_samples_mt")
     assert report.counts == {"images": 5, "masks": 5, "pairs": 4} and set(report.class_histogram) == {0, 1}
     assert len(report.problems) == 2 and "002820.png: image has no mask" in report.problems[0]
 
 
-def test_isbi_binary_masks_get_a_remap_hint(shared):
-    report = inspect_path(shared / "isbi2012_em_membrane")
+def test_isbi_binary_masks_get_a_remap_hint(shared_data):
+    report = inspect_path(shared_data / "isbi2012_em_membrane")
     assert report.ok and report.counts["pairs"] == 30 and set(report.class_histogram) == {0, 255}
     assert any("data.remap" in note for note in report.notes)
 
 
-def test_cadis_relabelled_masks(shared):
-    report = inspect_path(shared / "cadis_relabelled_masks")
+def test_cadis_relabelled_masks(shared_data):
+    report = inspect_path(shared_data / "cadis_relabelled_masks")
     assert report.kind == "cadis" and report.counts == {"label maps": 40} and report.ok
     assert sorted(report.class_histogram) == [
         0,
@@ -175,13 +175,13 @@ def test_cadis_relabelled_masks(shared):
     assert report.class_names[35] == "Iris Hooks"
 
 
-def test_catinstseg_names_carry_dates(shared):
-    report = inspect_path(shared / "catinstseg_samples")
+def test_catinstseg_names_carry_dates(shared_data):
+    report = inspect_path(shared_data / "catinstseg_samples")
     assert report.ok and report.counts["pairs"] == 5 and any("contain a date" in w for w in report.privacy)
 
 
-def test_harvard_pairs(shared):
-    report = inspect_path(shared / "harvard_fusion" / "MRI_SPECT")
+def test_harvard_pairs(shared_data):
+    report = inspect_path(shared_data / "harvard_fusion" / "MRI_SPECT")
     assert report.kind == "paired_folder" and report.counts == {"pairs": 73} and report.ok
     assert report.notes == [
         "MRI: 73 grey (1 channel), 0 colour (3 channels) images",

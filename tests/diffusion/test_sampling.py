@@ -30,23 +30,39 @@ def _label_map(batch=2, size=16):
     return torch.nn.functional.one_hot(ids, 3).permute(0, 3, 1, 2).float()
 
 
-@pytest.mark.parametrize("name", SAMPLERS)
-@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
-def test_every_sampler_runs_and_stays_in_range(spade_model, name, prediction_type):
-    diffusion = Diffusion(NoiseConfig(prediction_type=prediction_type))
-    x = sample(
-        spade_model,
-        diffusion,
-        SamplerConfig(name=name, steps=5, guidance_scale=1.5),
+def _sample(model, prediction_type, **sampler):
+    return sample(
+        model,
+        Diffusion(NoiseConfig(prediction_type=prediction_type)),
+        SamplerConfig(steps=5, guidance_scale=1.5, **sampler),
         (2, 1, 16, 16),
         Conditioning(label_map=_label_map()),
         generator=torch.Generator().manual_seed(0),
+        progress=False,
     )
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_every_sampler_clips_its_predictions_into_the_data_range(spade_model, name, prediction_type):
+    # No final clamp in ``sample``: the range comes from each diffusers scheduler's own x0 clipping.
+    x = _sample(spade_model, prediction_type, name=name)
     assert x.shape == (2, 1, 16, 16) and torch.isfinite(x).all() and x.abs().max() <= 1
 
 
-def test_unknown_sampler_is_rejected():
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_without_clipping_an_untrained_epsilon_model_leaves_the_range(spade_model, name):
+    # the untrained model's x0 estimates at high noise are far outside [-1, 1]: clipping is what holds them
+    assert _sample(spade_model, "epsilon", name=name, clip_sample=False).abs().max() > 2
+
+
+def test_an_unknown_sampler_name_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match=r"unknown sampler 'euler'; choose one of ddpm, ddim"):
+        SamplerConfig(name="euler")  # type: ignore[arg-type]
+
+
+def test_fewer_than_one_step_is_refused():
+    with pytest.raises(ValueError, match="steps must be >= 1"):
         SamplerConfig(name="ddim", steps=0)
 
 

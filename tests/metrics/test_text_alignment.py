@@ -68,10 +68,15 @@ def test_domain_network_is_named_by_its_data_and_round_trips(squares_aligner, tm
     assert torch.allclose(loaded.score(images, vectors[:1]), net.score(images, vectors[:1]))
 
 
-def test_scores_have_clip_scores_range(squares_aligner):
+def test_scores_are_clip_scores_form_of_the_embeddings_cosine(squares_aligner):
     net, _, images, vectors = squares_aligner
-    scores = net.score(images, vectors[1:])
-    assert scores.shape == (24,) and (scores >= 0).all() and (scores <= 100).all()
+    tower = net.image_net
+    with torch.no_grad():
+        image = tower.projection(tower.encode(tower.prepare(images)))  # unnormalised embeddings
+        text = net.text_proj(vectors[1:])
+    cosine = torch.nn.functional.cosine_similarity(image, text.expand_as(image), dim=-1)
+    assert torch.allclose(net.score(images, vectors[1:]), (100 * cosine).clamp(min=0), atol=1e-4)
+    assert torch.allclose(net.similarity(images, vectors[1:]), 100 * cosine, atol=1e-4)  # the unclamped one
 
 
 def test_domain_network_needs_two_different_captions():
@@ -83,7 +88,13 @@ def test_clip_score_from_a_local_clip_folder(tmp_path):
     score = ClipScore(tiny_clip(tmp_path / "clip"))
     images = torch.rand(3, 1, 40, 40) * 2 - 1  # grey, any size: replicated to RGB, resized by the processor
     values = score(images, "an instrument at the centre")
-    assert values.shape == (3,) and (values >= 0).all() and (values <= 100).all()
+    # transformers' own logits are logit_scale * cos: CLIP score is max(100 * cos, 0) of the same pair
+    rgb = ((images + 1) * 127.5).round().to(torch.uint8).expand(-1, 3, -1, -1)
+    inputs = score.processor(text=["an instrument at the centre"], images=list(rgb), return_tensors="pt")
+    with torch.no_grad():
+        out = score.model(**inputs)
+    expected = (100 * out.logits_per_image[:, 0] / score.model.logit_scale.exp()).clamp(min=0)
+    assert values.shape == (3,) and torch.allclose(values, expected, atol=1e-4)
     assert torch.allclose(values, score(images, "an instrument at the centre"))
     assert score.measure == "CLIP score (clip)"
 

@@ -4,7 +4,6 @@ one line naming the problem."""
 
 import dataclasses
 import json
-import sys
 
 import numpy as np
 import pytest
@@ -13,30 +12,16 @@ import yaml
 from PIL import Image
 from tests.conftest import tiny_generate_config
 
-from meddiff.cli import main
 from meddiff.config import from_dict, to_dict
 from meddiff.data.build import DataConfig
 from meddiff.data.fit import Fit
 from meddiff.data.samples import brain_mri
 from meddiff.data.writers import write_pair_folder
 from meddiff.errors import UserError
+from meddiff.metrics.segmentation import segmentation_scores
 from meddiff.tasks import generate, segment
 
 CLASSES = ["background", "other", "grey", "white"]
-
-
-@pytest.fixture
-def meddiff(monkeypatch, capsys):
-    """Run the command line in this process (a subprocess would spend ~10 s importing torch and diffusers):
-    returns the exit code and what went to stderr."""
-
-    def run(*args) -> tuple[int, str]:
-        monkeypatch.setattr(sys, "argv", ["meddiff", *map(str, args)])
-        with pytest.raises(SystemExit) as exit_:
-            main()
-        return exit_.value.code, capsys.readouterr().err
-
-    return run
 
 
 @pytest.fixture(scope="module")
@@ -79,16 +64,16 @@ def _config(root, **changes) -> dict:
     return config
 
 
-def test_fit_and_predict_from_the_command_line_on_images_of_another_size(workspace, tmp_path, meddiff):
+def test_fit_and_predict_from_the_command_line_on_images_of_another_size(workspace, tmp_path, meddiff_main):
     config_file = tmp_path / "segment.yaml"
     config_file.write_text(yaml.safe_dump(_config(workspace)))
-    code, err = meddiff("segment", "fit", config_file, "--out", tmp_path / "run")
+    code, err = meddiff_main("segment", "fit", config_file, "--out", tmp_path / "run")
     assert code == 0, err
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["feature_dims"] == (32 + 16) * 2 and metrics["labelled_images"] == 6
     assert metrics["train_pixels"] == 1500 and metrics["val_pixels"] == 300
 
-    code, err = meddiff(
+    code, err = meddiff_main(
         "segment", "predict", tmp_path / "run", "--images", workspace / "new", "--out", tmp_path / "pred"
     )
     assert code == 0, err
@@ -101,20 +86,26 @@ def test_fit_and_predict_from_the_command_line_on_images_of_another_size(workspa
         assert np.array(Image.open(tmp_path / "pred" / kind / "n30.png")).shape == (40, 32)
     assert 0 <= manifest["files"][0]["mean_uncertainty"] <= 1
 
-    code, err = meddiff(
+    code, err = meddiff_main(
         "segment", "predict", tmp_path / "run", "--images", workspace / "new", "--out", tmp_path / "pred"
     )
     assert code == 2 and "not empty" in err
 
 
-def test_predictions_on_the_training_size_follow_the_labels(workspace, tmp_path):
+def test_predictions_on_the_training_size_beat_predicting_the_most_common_class(workspace, tmp_path):
     config = from_dict(segment.SegmentConfig, {k: v for k, v in _config(workspace).items() if k != "task"})
     segment.fit(config, tmp_path / "run", progress=False)
     classifier, _ = segment.load(tmp_path / "run")
     slices = brain_mri(24)
-    result = classifier.predict(slices.images[[50, 110]])
-    accuracy = (result.labels == slices.masks[[50, 110]]).float().mean()
-    assert accuracy > 0.6  # unseen slices, a 15-step diffusion model, 1500 pixels: far above chance (0.25)
+    truth = slices.masks[[50, 110]]  # unseen slices, 1152 pixels
+    predicted = classifier.predict(slices.images[[50, 110]]).labels
+    # the baseline a classifier must beat: the most common class of the 6 labelled slices, everywhere
+    majority = torch.bincount(slices.masks[[20, 40, 60, 80, 100, 120]].flatten(), minlength=4).argmax()
+    baseline = segmentation_scores(torch.full_like(truth, int(majority)), truth, 4, include_background=False)
+    scores = segmentation_scores(predicted, truth, 4, include_background=False)
+    # measured 0.77 against 0.55 (background is 55 % of these slices), foreground mIoU 0.28 against 0
+    assert (predicted == truth).float().mean() > (truth == majority).float().mean() + 0.1
+    assert scores.miou > baseline.miou + 0.15
     with pytest.raises(UserError, match="already holds"):
         segment.fit(config, tmp_path / "run", progress=False)
 
@@ -141,20 +132,20 @@ def test_a_joint_image_and_mask_generator_is_refused(tmp_path):
         segment.load_diffusion(tmp_path / "joint")
 
 
-def test_a_config_without_a_diffusion_model_is_one_line_and_writes_nothing(workspace, tmp_path, meddiff):
+def test_a_config_without_a_diffusion_model_is_one_line_and_writes_nothing(workspace, tmp_path, meddiff_main):
     config = _config(workspace)
     del config["diffusion"]
     config_file = tmp_path / "segment.yaml"
     config_file.write_text(yaml.safe_dump(config))
-    code, err = meddiff("segment", "fit", config_file, "--out", tmp_path / "run")
+    code, err = meddiff_main("segment", "fit", config_file, "--out", tmp_path / "run")
     assert code == 2 and "'diffusion' is required" in err and "segment.yaml" in err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
 
 
-def test_a_generate_config_is_refused_by_segment_fit(workspace, tmp_path, meddiff):
+def test_a_generate_config_is_refused_by_segment_fit(workspace, tmp_path, meddiff_main):
     config_file = tmp_path / "generate.yaml"
     config_file.write_text(yaml.safe_dump({"task": "generate", **to_dict(tiny_generate_config())}))
-    code, err = meddiff("segment", "fit", config_file)
+    code, err = meddiff_main("segment", "fit", config_file)
     assert code == 2 and "needs 'task: segment'" in err
 
 

@@ -82,6 +82,7 @@ def test_image_only_data_needs_a_captions_file(tmp_path):
     assert result.step == 1 and textgen.load(tmp_path / "run").codec.num_classes == 0
 
 
+@pytest.mark.slow
 def test_tone_words_train_the_model_and_its_alignment_network(tmp_path):
     config = tiny_textgen_config(steps=2, tone={"prob": 0.5}, alignment={"steps": 2})
     textgen.fit(config, tmp_path / "run", progress=False)

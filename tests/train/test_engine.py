@@ -89,6 +89,7 @@ def test_run_folder_layout(trained_generator):
     assert state["config"]["task"] == "generate" and state["step"] == 120
 
 
+@pytest.mark.slow
 def test_two_cpu_processes_through_accelerate_launch(tmp_path):
     config = tiny_generate_config(steps=3, batch_size=4, checkpoint_every=3)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({"task": "generate", **to_dict(config)}))

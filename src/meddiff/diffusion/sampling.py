@@ -76,7 +76,7 @@ def sample(
                 model, diffusion, scheduler.scale_model_input(x, t), t.to(device), cond, sampler.guidance_scale
             )
         x = scheduler.step(out.float(), t, x, **step_kwargs).prev_sample
-    return x.clamp(-1, 1) if sampler.clip_sample else x
+    return x
 
 
 @torch.no_grad()

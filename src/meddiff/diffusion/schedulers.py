@@ -50,6 +50,8 @@ class SamplerConfig:
     clip_sample: bool = True  # clip the predicted x0 to [-1, 1] (data range inside meddiff)
 
     def __post_init__(self):
+        if self.name not in SAMPLERS:
+            raise ValueError(f"unknown sampler '{self.name}'; choose one of {', '.join(SAMPLERS)}")
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
 

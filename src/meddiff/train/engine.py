@@ -286,6 +286,9 @@ class Trainer:
             self._sample(ema, model, step)
         if writer is not None:
             writer.close()
+        # Rank 0 may still be drawing the final sample grid; a rank that tears the process group down
+        # before then leaves rank 0 waiting forever in end_training's collective teardown.
+        accelerator.wait_for_everyone()
         accelerator.end_training()
         result.step, result.seconds = step, time.monotonic() - started
         return result
