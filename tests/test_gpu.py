@@ -5,11 +5,12 @@ import dataclasses
 import pytest
 import torch
 from tests.conftest import tiny_generate_config
+from tests.tasks.test_pix2pix import tiny_pix2pix_config
 from tests.tasks.test_segmenter import _config as tiny_segmenter_config
 from tests.tasks.test_synthesize import tiny_synth_config
 
 import meddiff
-from meddiff.tasks import generate, segmenter, synthesize
+from meddiff.tasks import generate, pix2pix, segmenter, synthesize
 
 pytestmark = pytest.mark.gpu  # skipped where no CUDA GPU is visible (tests/conftest.py)
 
@@ -32,6 +33,12 @@ def test_synthesize_trains_and_samples_on_the_gpu(tmp_path):
     assert images.shape == (2, 1, 32, 32) and images.device.type == "cpu"
 
 
+def test_pix2pix_trains_and_synthesizes_on_the_gpu(tmp_path):
+    pix2pix.fit(tiny_pix2pix_config(steps=2), tmp_path / "run", progress=False)
+    model = meddiff.load(tmp_path / "run", device="cuda")
+    assert model.synthesize(torch.zeros(2, 32, 32, dtype=torch.long)).shape == (2, 1, 32, 32)
+
+
 def test_segmenter_trains_and_segments_on_the_gpu(tmp_path):
     segmenter.fit(tiny_segmenter_config(steps=3), tmp_path / "run", progress=False)
     model = meddiff.load(tmp_path / "run", device="cuda")
@@ -45,3 +52,16 @@ def test_resume_on_the_gpu_is_exact(tmp_path):
     generate.fit(first, tmp_path / "parts", progress=False)
     resumed = generate.fit(config, tmp_path / "parts", resume=True, progress=False)
     assert [resumed.losses[s] for s in (4, 5, 6)] == [whole.losses[s] for s in (4, 5, 6)]
+
+
+def test_the_pixel_ensemble_trains_on_the_gpu_from_a_cpu_store():
+    from tests.segment.test_ensemble import _separable_store
+
+    from meddiff.segment.ensemble import EnsembleConfig, train_ensemble, vote
+
+    store = _separable_store(1200)
+    config = EnsembleConfig(members=3, hidden=[16, 8], eval_every=10, patience=3, max_epochs=20)
+    model, _ = train_ensemble(store, 1000, 3, config, seed=0, device="cuda")
+    held_out = torch.arange(1000, 1200)
+    labels = vote(model(store.read(held_out).cuda())).labels.cpu()
+    assert next(model.parameters()).device.type == "cuda" and (labels == store.labels[held_out]).float().mean() > 0.95

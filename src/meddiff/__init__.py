@@ -6,7 +6,7 @@ use so that ``import meddiff`` (and the CLI's start) stays fast.
 
 from typing import Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = ["__version__", "load"]
 
 

@@ -13,16 +13,16 @@ from pathlib import Path
 
 import torch
 
+from meddiff.checkpoint import STATE_FILE
 from meddiff.errors import UserError
+from meddiff.rundir import resolve_checkpoint
 from meddiff.tasks.runs import RunHandle
-from meddiff.train.checkpoint import STATE_FILE, resolve_checkpoint
 
 
 def run_task(path: str | Path) -> str:
     """The task that made a run or checkpoint folder, as its checkpoint records it."""
     path = Path(path)
-    classifier = path / "checkpoints" / "classifier" / STATE_FILE  # few-label segmentation runs
-    state_file = classifier if classifier.is_file() else resolve_checkpoint(path) / STATE_FILE
+    state_file = resolve_checkpoint(path) / STATE_FILE
     try:
         task = json.loads(state_file.read_text()).get("config", {}).get("task")
     except (json.JSONDecodeError, UnicodeDecodeError):

@@ -16,6 +16,7 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 import yaml
 
 from meddiff.errors import UserError
+from meddiff.files import atomic_write
 
 T = TypeVar("T")
 
@@ -132,4 +133,4 @@ def load_config(cls: type[T], path: str | Path) -> T:
 
 def save_config(obj: Any, path: str | Path) -> None:
     """Write a config dataclass as YAML (keys in declaration order)."""
-    Path(path).write_text(yaml.safe_dump(to_dict(obj), sort_keys=False))
+    atomic_write(path, yaml.safe_dump(to_dict(obj), sort_keys=False).encode())

@@ -46,7 +46,7 @@ def edit_run(user_folder, tmp_path_factory):
 
 def test_fit_writes_a_run_with_its_captions_and_alignment_network(edit_run):
     assert (edit_run / "captions.csv").read_text().splitlines()[1].split(",", 1)[1].startswith('"brain slice, ')
-    assert (edit_run / "text_alignment" / "aligner.json").is_file()
+    assert (edit_run / "text_alignment" / "state.json").is_file()
 
 
 def test_run_edits_an_image_and_its_mask_and_writes_outputs_grid_and_metrics(cli, edit_run, user_folder, tmp_path):

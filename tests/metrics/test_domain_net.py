@@ -1,15 +1,14 @@
 """The domain feature network: self-supervised training that learns, a name that pins data + settings,
-a safetensors + JSON round trip, and input handling for any channel count and size."""
+a round trip through the checkpoint format, and input handling for any channel count and size."""
 
 import json
 
 import pytest
 import torch
 
+from meddiff.checkpoint import STATE_FILE
 from meddiff.errors import UserError
 from meddiff.metrics.domain_net import (
-    CONFIG_FILE,
-    WEIGHTS_FILE,
     DomainCNN,
     DomainNetConfig,
     DomainTrainConfig,
@@ -50,8 +49,8 @@ def test_training_is_seeded_and_the_name_pins_data_and_seed(brain_slices):
 def test_save_load_round_trip_gives_identical_features(brain_slices, tmp_path):
     net, _ = _train(brain_slices, steps=2)
     save_domain_net(net, tmp_path / "net")
-    assert (tmp_path / "net" / WEIGHTS_FILE).is_file()
-    record = json.loads((tmp_path / "net" / CONFIG_FILE).read_text())
+    assert (tmp_path / "net" / "model.safetensors").is_file()
+    record = json.loads((tmp_path / "net" / STATE_FILE).read_text())
     assert record["name"] == net.name and record["training"]["steps"] == 2
     loaded = load_domain_net(tmp_path / "net")
     assert loaded.name == net.name
@@ -62,11 +61,16 @@ def test_loading_reports_the_missing_or_broken_file(tmp_path, random_feature_net
     with pytest.raises(UserError, match=str(tmp_path / "absent")):
         load_domain_net(tmp_path / "absent")
     save_domain_net(random_feature_net, tmp_path / "net")
-    (tmp_path / "net" / CONFIG_FILE).write_text("{not json")
-    with pytest.raises(UserError, match=CONFIG_FILE):
+    state = tmp_path / "net" / STATE_FILE
+    record = json.loads(state.read_text())
+    state.write_text("{not json")
+    with pytest.raises(UserError, match=STATE_FILE):
         load_domain_net(tmp_path / "net")
-    (tmp_path / "net" / CONFIG_FILE).write_text(json.dumps({"name": "x", "config": {"widths": [4, 8]}}))
-    with pytest.raises(UserError, match=WEIGHTS_FILE):
+    state.write_text(json.dumps({**record, "kind": "aligner"}))
+    with pytest.raises(UserError, match="not a domain feature network"):
+        load_domain_net(tmp_path / "net")
+    state.write_text(json.dumps({**record, "config": {**record["config"], "widths": [4, 8]}}))
+    with pytest.raises(UserError, match="weights do not fit"):
         load_domain_net(tmp_path / "net")
 
 

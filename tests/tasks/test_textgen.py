@@ -19,7 +19,7 @@ def test_a_run_holds_the_model_its_captions_and_its_alignment_network(trained_te
     with (trained_textgen / "captions.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) > 100 and rows[0]["caption"].startswith("T1-weighted brain MRI, axial slice, axial level 1/4")
-    assert (trained_textgen / "text_alignment" / "aligner.json").is_file()
+    assert (trained_textgen / "text_alignment" / "state.json").is_file()
     model = textgen.load(trained_textgen)
     assert model.unet.config.context_dim == 384 and model.unet.config.in_channels == 1 + 4
     assert model.class_names == ["background", "other brain tissue", "grey matter", "white matter"]
@@ -91,10 +91,12 @@ def test_tone_words_train_the_model_and_its_alignment_network(tmp_path):
 
 
 def test_a_run_saved_before_the_pooled_text_path_still_loads(trained_textgen, tmp_path):
-    from meddiff.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+    from meddiff.checkpoint import load_checkpoint, save_checkpoint
+    from meddiff.rundir import list_checkpoints
 
     groups, state = load_checkpoint(list_checkpoints(trained_textgen)[-1])
-    del state["config"]["model"]["context_pooled"]  # configs of older runs lack the field ...
+    state["meddiff_version"] = "0.1.0"
+    del state["config"]["model"]["context_pooled"]  # configs of 0.1 runs lack the field ...
     old = {g: {k: v for k, v in t.items() if not k.startswith("context_embed.")} for g, t in groups.items()}
     save_checkpoint(tmp_path / "step_0000001", old, state)  # ... and their weights the pooled path
     model = textgen.load(tmp_path / "step_0000001")

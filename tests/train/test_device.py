@@ -13,7 +13,8 @@ import dataclasses
 import pytest
 import torch
 from accelerate import Accelerator
-from tests.conftest import tiny_generate_config
+from tests.conftest import tiny_generate_config, tiny_textgen_config
+from tests.tasks.test_pix2pix import tiny_pix2pix_config
 from tests.tasks.test_segmenter import _config as tiny_segmenter_config
 from tests.tasks.test_synthesize import tiny_synth_config
 
@@ -21,7 +22,8 @@ from meddiff.data.arrays import ArrayDataset
 from meddiff.diffusion.objective import Diffusion
 from meddiff.diffusion.schedulers import NoiseConfig, SamplerConfig
 from meddiff.nets.unet import UNet, UNetConfig
-from meddiff.tasks import generate, segmenter, synthesize
+from meddiff.tasks import generate, pix2pix, segmenter, synthesize, textgen
+from meddiff.text.captions import Captioner
 from meddiff.train.engine import TrainConfig, Trainer
 
 META = torch.device("meta")
@@ -63,8 +65,9 @@ def meta_accelerator(monkeypatch):
     def prepare_and_watch(self, *objects, **kwargs):
         prepared = prepare(self, *objects, **kwargs)
         for obj in prepared if isinstance(prepared, tuple) else (prepared,):
-            if isinstance(obj, torch.nn.Module):
-                stop_at_the_model(obj)
+            if isinstance(obj, torch.nn.Module):  # a container (pix2pix's pair) is entered through its parts
+                for part in (obj, *obj.children()):
+                    stop_at_the_model(part)
         return prepared
 
     monkeypatch.setattr(Accelerator, "prepare", prepare_and_watch)
@@ -110,8 +113,8 @@ def test_the_engine_moves_batches_noise_and_conditioning_to_the_model_device(met
     assert seen["generator"] == torch.device("cpu")  # seeds give the same numbers on every device
 
 
-@pytest.mark.parametrize("task", ["generate", "synthesize", "segmenter"])
-def test_every_task_trains_with_its_inputs_on_the_model_device(task, meta_accelerator, tmp_path):
+@pytest.mark.parametrize("task", ["generate", "synthesize", "pix2pix", "textgen", "segmenter"])
+def test_every_task_trains_with_its_inputs_on_the_model_device(task, meta_accelerator, tmp_path, monkeypatch):
     run = tmp_path / "run"
     if task == "generate":
         config = dataclasses.replace(tiny_generate_config(steps=2), conditional=True)
@@ -119,6 +122,11 @@ def test_every_task_trains_with_its_inputs_on_the_model_device(task, meta_accele
         fit = generate.fit
     elif task == "synthesize":
         config, fit = tiny_synth_config(steps=2), synthesize.fit
+    elif task == "pix2pix":
+        config, fit = tiny_pix2pix_config(steps=2), pix2pix.fit
+    elif task == "textgen":  # captions read mask values, which meta tensors do not have; a GPU has them
+        monkeypatch.setattr(Captioner, "__call__", lambda self, batch: ["a brain slice"] * len(batch["name"]))
+        config, fit = tiny_textgen_config(steps=2), textgen.fit
     else:
         config, fit = tiny_segmenter_config(steps=2), segmenter.fit
     with pytest.raises(ReachedTheModel):

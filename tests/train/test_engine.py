@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -12,10 +13,11 @@ import yaml
 from diffusers.training_utils import EMAModel
 from tests.conftest import tiny_generate_config
 
+from meddiff.checkpoint import load_checkpoint
 from meddiff.config import from_dict, to_dict
 from meddiff.data.build import DataConfig
+from meddiff.rundir import list_checkpoints
 from meddiff.tasks import generate
-from meddiff.train.checkpoint import list_checkpoints, load_checkpoint
 
 
 def _resume_config():
@@ -142,3 +144,60 @@ def test_validation_keeps_the_best_checkpoint_and_stops_early(tmp_path):
     assert load_checkpoint(result.checkpoint)[1]["validation"] == {"best": 2.0, "best_step": 4, "bad": 2}
     logged = [json.loads(line) for line in (tmp_path / "logs" / "train.jsonl").read_text().splitlines()]
     assert [r["val"] for r in logged if "val" in r] == [3.0, 2.0, 2.5, 2.6]
+
+
+class _TwoParameters(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Parameter(torch.zeros(())), torch.nn.Parameter(torch.zeros(()))
+
+
+def _two_group_run(run_dir, loss_fn, steps=5, resume=False, **train):
+    """Train ``a`` (group ``first``) and ``b`` (group ``second``) from zero, with fresh seeds."""
+    from meddiff.data.arrays import ArrayDataset
+    from meddiff.train.engine import TrainConfig, Trainer
+
+    torch.manual_seed(0)
+    model = _TwoParameters()
+    dataset = ArrayDataset(torch.zeros(4, 1, 2, 2), None, ["0", "1", "2", "3"])
+    config = TrainConfig(steps=steps, batch_size=2, lr=0.1, warmup_steps=0, grad_clip=0.0, ema_decay=0.0, **train)
+    groups = {"first": [model.a], "second": [model.b]}
+    trainer = Trainer(run_dir, model, dataset, config, loss_fn, {}, progress=False, param_groups=groups)
+    return model, trainer.fit(resume=resume)
+
+
+def test_several_optimisers_step_in_turn_and_a_stepped_group_takes_no_later_gradient(tmp_path):
+    def pulls(model, batch, generator):
+        yield "first", (model.a - 1) ** 2
+        yield "second", (model.b - 2) ** 2 + 100 * model.a  # would drag `a` down if it reached it
+
+    def only_a(model, batch, generator):
+        yield "first", (model.a - 1) ** 2
+        yield "second", (model.b - 2) ** 2
+
+    both, result = _two_group_run(tmp_path / "two", pulls)
+    alone, _ = _two_group_run(tmp_path / "one", only_a)
+    assert torch.equal(both.a, alone.a) and both.a > 0  # the second loss never reached `a`
+    assert 0 < both.b < 2 and both.a.requires_grad and both.b.requires_grad
+    log = [json.loads(line) for line in (tmp_path / "two/logs/train.jsonl").read_text().splitlines()]
+    assert {"loss", "loss_second"} <= set(log[-1]) and log[-1]["loss"] == result.losses[5]
+    state = load_checkpoint(result.checkpoint)[1]
+    assert set(state["optimizers"]) == {"first", "second"} and "ema" not in state
+
+
+def test_a_run_with_several_optimisers_resumes_exactly(tmp_path):
+    def noisy(model, batch, generator):
+        yield "first", (model.a - torch.randn((), generator=generator)) ** 2
+        yield "second", (model.b - model.a.detach()) ** 2
+
+    _, full = _two_group_run(tmp_path / "full", noisy)
+    _two_group_run(tmp_path / "run", noisy, steps=2)
+    _, resumed = _two_group_run(tmp_path / "run", noisy, resume=True)
+    assert resumed.losses == {s: full.losses[s] for s in (3, 4, 5)}
+
+
+def test_runs_in_one_process_may_use_different_precisions(tmp_path):
+    for precision in ("no", "bf16", "no"):  # a notebook training one run after another
+        result = generate.fit(tiny_generate_config(steps=1, mixed_precision=precision), tmp_path / precision / "run")
+        assert result.step == 1
+        shutil.rmtree(tmp_path / precision)

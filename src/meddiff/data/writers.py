@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from meddiff.report.files import atomic_folder
+from meddiff.files import atomic_folder
 
 
 def write_pair_folder(

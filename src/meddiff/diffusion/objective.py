@@ -60,6 +60,7 @@ class Diffusion:
             time = 1000.0 * gamma.flatten()
         kwargs = {}
         if cond is not None:
+            cond = cond.to(x0.device)  # e.g. text tokens from an encoder that stays on the CPU
             if cond_drop_prob > 0:
                 keep = rand((b,), generator, x0.device) >= cond_drop_prob
                 cond = cond.drop(keep)

@@ -13,7 +13,7 @@ from meddiff.devices import model_device
 from meddiff.diffusion.conditioning import Conditioning
 from meddiff.diffusion.objective import Diffusion
 from meddiff.diffusion.schedulers import SamplerConfig, inverse_scheduler, make_scheduler
-from meddiff.train.progress import progress_bar
+from meddiff.progress import progress_bar
 
 
 def guided_prediction(

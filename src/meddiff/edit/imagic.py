@@ -27,8 +27,8 @@ from meddiff.diffusion.objective import Diffusion
 from meddiff.diffusion.sampling import sample
 from meddiff.diffusion.schedulers import SamplerConfig
 from meddiff.edit.interpolate import Interp, interpolate
+from meddiff.progress import progress_bar
 from meddiff.text.encoders import TextEncoding
-from meddiff.train.progress import progress_bar
 
 
 class EditableModel(Protocol):

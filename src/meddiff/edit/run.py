@@ -22,7 +22,6 @@ pixels sit at the ends of the range (<= 1/255 or >= 254/255).
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -40,10 +39,11 @@ from meddiff.data.writers import write_pair_folder
 from meddiff.edit.imagic import ImagicConfig, ImagicResult, imagic
 from meddiff.edit.stable_diffusion import SD_DEFAULTS, is_stable_diffusion
 from meddiff.errors import UserError
+from meddiff.files import check_new_folder
 from meddiff.metrics.image import psnr, ssim, to_unit_range
-from meddiff.report.files import check_new_folder
 from meddiff.report.grids import image_grid, pairs_grid, save_png
 from meddiff.report.plots import metric_curves
+from meddiff.rundir import RunDir
 from meddiff.tasks.runs import to_uint8
 
 COLLAPSE_STD = 0.02
@@ -300,4 +300,4 @@ def _write(
         title=f"'{metrics['prompt'][:60]}' ({metrics['interp']})",
         ylabel="SSIM to the input",
     )
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    RunDir(out).write_metrics(metrics)

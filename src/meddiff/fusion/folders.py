@@ -20,7 +20,7 @@ from PIL import Image
 from meddiff.data.imagefiles import read_image
 from meddiff.data.validate import check_same_size, list_images, pair_files, require_dir
 from meddiff.errors import UserError
-from meddiff.report.files import atomic_folder, check_new_folder
+from meddiff.files import atomic_folder, check_new_folder
 
 Pair = tuple[str, Path, Path]
 LUMA_DIR = "y"  # sub-folder of a fused folder with the fused Y of its colour images

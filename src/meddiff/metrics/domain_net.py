@@ -35,15 +35,15 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 
+from meddiff import __version__
+from meddiff.checkpoint import STATE_FILE, load_checkpoint, save_checkpoint
 from meddiff.config import from_dict, to_dict
 from meddiff.errors import UserError
 from meddiff.metrics.features import FeatureNet, match_channels, match_size
 
-WEIGHTS_FILE = "domain_net.safetensors"
-CONFIG_FILE = "domain_net.json"
+KIND = "domain_net"  # recorded in the checkpoint's state.json
 
 
 @dataclass
@@ -225,41 +225,36 @@ def train_domain_net(
 
 
 def save_domain_net(net: DomainCNN, directory: str | Path) -> Path:
-    """Write ``domain_net.safetensors`` and ``domain_net.json`` (name, architecture, training record)
-    into ``directory``; returns the directory."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous() for k, v in net.state_dict().items()}
-    save_file(state, str(directory / WEIGHTS_FILE), metadata={"name": net.name})
-    record = {"name": net.name, "config": to_dict(net.config), "training": net.training_record}
-    (directory / CONFIG_FILE).write_text(json.dumps(record, indent=2) + "\n")
-    return directory
+    """Write the network as a checkpoint folder (``meddiff.checkpoint``: ``model.safetensors`` and
+    ``state.json`` with its name, architecture and training record) at ``directory``; returns it."""
+    record = {
+        "kind": KIND,
+        "meddiff_version": __version__,
+        "name": net.name,
+        "config": to_dict(net.config),
+        "training": net.training_record,
+    }
+    return save_checkpoint(Path(directory), {"model": net.state_dict()}, record)
 
 
 def load_domain_net(directory: str | Path) -> DomainCNN:
     """Read a network written by ``save_domain_net`` (in eval mode, with its original name)."""
     directory = Path(directory)
-    config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
-    for path in (config_path, weights_path):
-        if not path.is_file():
-            raise UserError(f"{path}: domain feature network file not found (train one with train_domain_net)")
-    try:
-        record = json.loads(config_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{config_path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    if not isinstance(record, dict) or not isinstance(record.get("name"), str):
-        raise UserError(f"{config_path}: missing the network 'name'")
+    if not (directory / STATE_FILE).is_file():
+        raise UserError(f"{directory}: no domain feature network here (train one with train_domain_net)")
+    groups, record = load_checkpoint(directory)
+    if record.get("kind") != KIND or not isinstance(record.get("name"), str) or "model" not in groups:
+        raise UserError(f"{directory / STATE_FILE}: not a domain feature network (no '{KIND}' record with a name)")
     try:
         config = from_dict(DomainNetConfig, record.get("config"), "config.")
     except UserError as exc:
-        raise UserError(f"{config_path}: {exc}") from None
+        raise UserError(f"{directory / STATE_FILE}: {exc}") from None
     net = DomainCNN(config, name=record["name"])
     try:
-        net.load_state_dict(load_file(str(weights_path)))
-    except Exception as exc:  # safetensors and load_state_dict raise several types for a foreign file
+        net.load_state_dict(groups["model"])
+    except RuntimeError as exc:
         raise UserError(
-            f"{weights_path}: does not hold the weights of the network in {config_path.name} "
-            f"({str(exc).splitlines()[0]})"
+            f"{directory}: the weights do not fit the network its state.json describes ({str(exc).splitlines()[0]})"
         ) from None
     net.training_record = record.get("training")
     return net.eval()
@@ -274,7 +269,7 @@ def train_or_load_domain_net(
     """The domain network for ``images`` and these settings: loaded from ``cache_dir/<name>`` when it was
     trained before, else trained and saved there."""
     directory = Path(cache_dir) / domain_net_name(images, net_config, train_config)
-    if (directory / WEIGHTS_FILE).is_file():
+    if (directory / STATE_FILE).is_file():
         return load_domain_net(directory)
     net, _ = train_domain_net(images, net_config, train_config)
     save_domain_net(net, directory)

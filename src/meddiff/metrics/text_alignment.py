@@ -27,16 +27,17 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 
+from meddiff import __version__
+from meddiff.checkpoint import STATE_FILE, load_checkpoint, save_checkpoint
 from meddiff.config import from_dict, to_dict
 from meddiff.errors import UserError
 from meddiff.metrics.domain_net import DomainCNN, DomainNetConfig, augment
-from meddiff.train.progress import progress_bar
+from meddiff.progress import progress_bar
 
 ALIGNMENT_DIR = "text_alignment"
-_WEIGHTS, _RECORD = "aligner.safetensors", "aligner.json"
+KIND = "text_aligner"  # recorded in the checkpoint's state.json
 
 
 @dataclass
@@ -165,34 +166,43 @@ def retrieval_top1(net: DomainTextAligner, images: torch.Tensor, pooled: torch.T
 
 
 def save_aligner(net: DomainTextAligner, folder: Path) -> Path:
-    """Write ``aligner.safetensors`` and ``aligner.json`` into ``folder``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous() for k, v in net.state_dict().items()}, str(folder / _WEIGHTS))
+    """Write the network as a checkpoint folder (``meddiff.checkpoint``) at ``folder``; returns it."""
     record = {
+        "kind": KIND,
+        "meddiff_version": __version__,
         "name": net.name,
         "in_channels": net.image_net.config.in_channels,
         "pooled_dim": net.pooled_dim,
         "config": to_dict(net.config),
-        **net.record,
+        "record": net.record,
     }
-    (folder / _RECORD).write_text(json.dumps(record, indent=1) + "\n")
-    return folder
+    return save_checkpoint(Path(folder), {"model": net.state_dict()}, record)
+
+
+def has_aligner(folder: Path) -> bool:
+    """Whether ``folder`` holds a network written by ``save_aligner``."""
+    return (Path(folder) / STATE_FILE).is_file()
 
 
 def load_aligner(folder: Path) -> DomainTextAligner:
     """Read a network written by ``save_aligner`` (eval mode)."""
+    folder = Path(folder)
+    if not has_aligner(folder):
+        raise UserError(f"{folder}: no text-alignment network here")
+    groups, record = load_checkpoint(folder)
     try:
-        record = json.loads((folder / _RECORD).read_text())
+        if record.get("kind") != KIND:
+            raise KeyError(f"kind is {record.get('kind')!r}, not {KIND!r}")
         net = DomainTextAligner(
             record["in_channels"],
             record["pooled_dim"],
             from_dict(AlignmentTrainConfig, record["config"], "config."),
             record["name"],
         )
-        net.load_state_dict(load_file(str(folder / _WEIGHTS)))
-    except (OSError, KeyError, json.JSONDecodeError, RuntimeError) as exc:
+        net.load_state_dict(groups["model"])
+    except (KeyError, RuntimeError) as exc:
         raise UserError(f"{folder}: not a readable text-alignment network ({str(exc).splitlines()[0]})") from None
-    net.record = {k: v for k, v in record.items() if k not in ("name", "in_channels", "pooled_dim", "config")}
+    net.record = record.get("record", {})
     return net.eval()
 
 

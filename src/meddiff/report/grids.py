@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from meddiff.data.labels import IGNORE_INDEX, palette
-from meddiff.report.files import atomic_write
+from meddiff.files import atomic_write
 
 ArrayLike = np.ndarray | torch.Tensor
 

@@ -25,10 +25,11 @@ from PIL import Image, UnidentifiedImageError
 from meddiff import __version__
 from meddiff.config import read_yaml
 from meddiff.errors import UserError
-from meddiff.report.files import atomic_write
+from meddiff.files import atomic_write
 from meddiff.report.grids import encode_png
 from meddiff.report.plots import loss_curve, loss_points, smooth
 from meddiff.report.run import by_step, flatten, pngs, read_json, read_jsonl, step_of
+from meddiff.rundir import RunDir
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MIN_DISPLAY_WIDTH = 320  # px; smaller images are enlarged by a whole factor (at most 4) to be visible
@@ -197,7 +198,7 @@ def _note(message: str) -> str:
 
 def _summary(run: Path) -> str:
     cards: dict[str, str] = {}
-    log = run / "logs" / "train.jsonl"
+    log = RunDir(run).log_file
     if log.is_file():
         records = read_jsonl(log)
         steps, loss = loss_points(records)
@@ -210,7 +211,7 @@ def _summary(run: Path) -> str:
         lrs = [r["lr"] for r in records if _is_number(r.get("lr"))]
         if lrs:
             cards["learning rate (last)"] = f"{lrs[-1]:.3g}"
-    checkpoints = [p for p in (run / "checkpoints").glob("*") if p.is_dir()]
+    checkpoints = [p for p in RunDir(run).checkpoints.glob("*") if p.is_dir()]
     if checkpoints:
         cards["checkpoints"] = f"{len(checkpoints)} (latest {by_step(checkpoints)[0].name})"
     parts = []
@@ -223,7 +224,7 @@ def _summary(run: Path) -> str:
             )
             + "</div>"
         )
-    config_path = run / "config.yaml"
+    config_path = RunDir(run).config_file
     if config_path.is_file():
         try:
             config = read_yaml(config_path)
@@ -238,7 +239,7 @@ def _summary(run: Path) -> str:
 
 
 def _loss(run: Path) -> str:
-    log = run / "logs" / "train.jsonl"
+    log = RunDir(run).log_file
     records = read_jsonl(log) if log.is_file() else []
     if loss_points(records)[0].size == 0:
         return ""
@@ -249,7 +250,7 @@ def _loss(run: Path) -> str:
 
 
 def _samples(run: Path, count: int) -> str:
-    latest = by_step(pngs(run / "samples"))[:count]
+    latest = by_step(pngs(RunDir(run).samples))[:count]
     figures = []
     for path in latest:
         name, step = f"samples/{path.name}", step_of(path)
@@ -299,7 +300,7 @@ def _is_plain(value: Any) -> bool:
 
 
 def _metrics(run: Path) -> str:
-    path = run / "metrics.json"
+    path = RunDir(run).metrics_file
     return metrics_html(read_json(path)) if path.is_file() else ""
 
 

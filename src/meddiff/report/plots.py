@@ -22,7 +22,7 @@ from scipy.signal import lfilter
 
 from meddiff.data.labels import palette
 from meddiff.errors import UserError
-from meddiff.report.files import atomic_write
+from meddiff.files import atomic_write
 from meddiff.report.run import read_jsonl
 
 Table = Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Any]]

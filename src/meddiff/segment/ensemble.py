@@ -160,15 +160,16 @@ def _val_loss(
     model: MLPEnsemble, store: PixelStore, rows: np.ndarray, weights: torch.Tensor | None, rows_per_read: int
 ) -> torch.Tensor:
     model.eval()
+    device = next(model.parameters()).device
     total = torch.zeros(model.members, dtype=torch.float64)
     norm = torch.zeros(model.members, dtype=torch.float64)
     for start in range(0, len(rows), rows_per_read):
         part = rows[start : start + rows_per_read]
-        logits = model(store.read(part))
-        labels = store.labels[torch.from_numpy(part)].expand(model.members, -1)
+        logits = model(store.read(part).to(device))
+        labels = store.labels[torch.from_numpy(part)].to(device).expand(model.members, -1)
         loss, weight = _weighted_ce(logits, labels, weights)
-        total += loss.double()
-        norm += weight.double()
+        total += loss.double().cpu()
+        norm += weight.double().cpu()
     model.train()
     return total / norm.clamp(min=1e-12)
 
@@ -181,8 +182,10 @@ def train_ensemble(
     seed: int,
     class_weights: torch.Tensor | None = None,
     progress: Callable[[int, float, list[float]], None] | None = None,
+    device: str | torch.device = "cpu",
 ) -> tuple[MLPEnsemble, TrainReport]:
-    """Train on store rows ``0:train_rows``, stop early on the held-out rows ``train_rows:``.
+    """Train on store rows ``0:train_rows``, stop early on the held-out rows ``train_rows:``, on ``device``
+    (the feature rows stay in the store and stream there one shuffle buffer at a time).
 
     Each epoch reads the training rows in a fresh random order, one shuffle buffer of ``buffer_mb`` at a
     time; within a buffer every member draws its own batches. ``seed`` drives initialisation and shuffling.
@@ -196,7 +199,11 @@ def train_ensemble(
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = MLPEnsemble(config.members, store.dims, config.hidden, num_classes)
-    generator = torch.Generator().manual_seed(seed + 1)
+    device = torch.device(device)
+    model.to(device)
+    if class_weights is not None:
+        class_weights = class_weights.to(device)
+    generator = torch.Generator().manual_seed(seed + 1)  # shuffles are drawn on the CPU, then moved
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     rows_per_read = max(config.batch_size, config.buffer_mb * 2**20 // (4 * store.dims))
     members = config.members
@@ -227,9 +234,10 @@ def train_ensemble(
         order = torch.randperm(train_rows, generator=generator).numpy()
         for start in range(0, train_rows, rows_per_read):
             part = order[start : start + rows_per_read]
-            features, labels = store.read(part), store.labels[torch.from_numpy(part)]
+            features = store.read(part).to(device)
+            labels = store.labels[torch.from_numpy(part)].to(device)
             count = len(part)
-            shuffles = torch.argsort(torch.rand(members, count, generator=generator), dim=1)
+            shuffles = torch.argsort(torch.rand(members, count, generator=generator), dim=1).to(device)
             # Full batches only (BatchNorm needs more than one pixel); a buffer smaller than a batch is one batch.
             for first in range(0, max(count - config.batch_size, 0) + 1, config.batch_size):
                 batch = shuffles[:, first : first + config.batch_size]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from meddiff.devices import model_device
 from meddiff.segment.ensemble import EnsembleConfig, MLPEnsemble, TrainReport, Vote, predict_maps, train_ensemble
 from meddiff.segment.features import FeatureExtractor
 from meddiff.segment.pixels import PixelConfig, PixelSample, PixelStore, balanced_sample, held_out_pixels
@@ -80,7 +81,8 @@ def fit_classifier(
 ) -> FitOutcome:
     """Train the pixel classifier on labelled working-size ``images`` ``[N, C, H, W]`` / ``masks``
     ``[N, H, W]``. ``pixels.storage == "disk"`` puts the feature rows in a file under ``scratch`` (deleted
-    afterwards). The held-out pixels are ``held_out_pixels(masks, pixels.val_fraction, seed)``."""
+    afterwards). The held-out pixels are ``held_out_pixels(masks, pixels.val_fraction, seed)``. The ensemble
+    trains on the diffusion model's device."""
     held = held_out_pixels(masks, pixels.val_fraction, seed)
     images, masks, held = flip_views(images, masks, hflip, vflip, held)
     generator = torch.Generator().manual_seed(seed)
@@ -97,7 +99,8 @@ def fit_classifier(
     try:
         fill_store(extractor, images, [train, val], store)
         weights = train.class_weights if pixels.reweight else None
-        model, report = train_ensemble(store, len(train), num_classes, ensemble, seed, weights, progress)
+        device = model_device(extractor.model)
+        model, report = train_ensemble(store, len(train), num_classes, ensemble, seed, weights, progress, device)
     finally:
         store.close()
     return FitOutcome(model, report, train.class_weights.tolist(), store.nbytes)

@@ -11,7 +11,6 @@ slices), while level conditioning with guidance 2 gives recognisable slices from
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
@@ -25,8 +24,10 @@ from meddiff.data.labels import IGNORE_INDEX
 from meddiff.data.samples import BRAIN_CLASSES
 from meddiff.diffusion.schedulers import NoiseConfig, SamplerConfig
 from meddiff.errors import UserError
+from meddiff.files import write_json
 from meddiff.nets.unet import UNetConfig
 from meddiff.report import Section, pairs_grid, save_png, write_report
+from meddiff.rundir import RunDir
 from meddiff.tasks import generate
 from meddiff.train.engine import TrainConfig
 
@@ -69,7 +70,7 @@ def _fresh_run_dir(out: Path) -> None:
             raise UserError(f"{out}: folder exists and was not written by `meddiff demo`; choose another --out")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).write_text(json.dumps({"written_by": "meddiff demo"}))
+    write_json(out / MARKER, {"written_by": "meddiff demo"})
 
 
 def _class_fractions(masks: torch.Tensor, num_classes: int) -> list[float]:
@@ -120,7 +121,7 @@ def run_demo(out: Path, minutes: float = 6.0) -> Path:
             )
         ],
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    RunDir(out).write_metrics(metrics)
     sections = [
         Section(
             "Generated labelled pairs",

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from meddiff.checkpoint import STATE_FILE
 from meddiff.config import from_dict
 from meddiff.data.arrays import ArrayDataset
 from meddiff.data.build import DataConfig, build_dataset
@@ -42,19 +43,19 @@ from meddiff.diffusion.objective import Diffusion
 from meddiff.diffusion.sampling import sample
 from meddiff.diffusion.schedulers import NoiseConfig, SamplerConfig
 from meddiff.errors import UserError
+from meddiff.files import atomic_write
 from meddiff.fusion.colour import colourise, luma, merged_chroma
 from meddiff.fusion.folders import FusedFolder, list_pairs, match_fused, read_source
 from meddiff.fusion.prior import fusion_prior
 from meddiff.fusion.rules import RULES
 from meddiff.metrics.fusion import METRICS, OutputRange, fusion_scores, read_gray, to_uint8
 from meddiff.nets.restormer import FusionDenoiser, FusionNetConfig
-from meddiff.report.files import atomic_write
+from meddiff.progress import progress_bar
 from meddiff.report.grids import image_grid, save_png
-from meddiff.tasks.runs import RunHandle, load_trained, prepare_run_dir, run_config
+from meddiff.rundir import RunDir, resolve_checkpoint
+from meddiff.tasks.runs import RunHandle, load_trained, run_config
 from meddiff.tasks.runs import to_uint8 as unit_to_uint8
-from meddiff.train.checkpoint import STATE_FILE, resolve_checkpoint
 from meddiff.train.engine import TrainConfig, Trainer, TrainResult, seed_everything
-from meddiff.train.progress import progress_bar
 
 TASK = "fuse"
 # The protocol's metrics plus Wang-style SSIM under its own name (what `meddiff fuse eval` reports).
@@ -201,7 +202,7 @@ def fit(config: FuseConfig, run_dir: Path, resume: bool = False, progress: bool 
     _check(config)
     source = build_dataset(config.data)
     dataset, prior = training_set(source, config.prior_rules)
-    prepare_run_dir(run_dir, config, resume)
+    RunDir(run_dir).prepare(config, resume)
     atomic_write(Path(run_dir) / "prior.json", json.dumps(prior, indent=1).encode())
     seed_everything(config.train.seed)
     model = FusionDenoiser(config.model)

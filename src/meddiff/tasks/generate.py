@@ -29,10 +29,11 @@ from meddiff.diffusion.objective import Diffusion
 from meddiff.diffusion.sampling import sample
 from meddiff.diffusion.schedulers import NoiseConfig, SamplerConfig
 from meddiff.errors import UserError
+from meddiff.files import check_new_folder
 from meddiff.nets.unet import UNet, UNetConfig
-from meddiff.report.files import check_new_folder
 from meddiff.report.grids import image_grid, pairs_grid, save_png
-from meddiff.tasks.runs import RunHandle, load_trained, prepare_run_dir, run_config, to_uint8
+from meddiff.rundir import RunDir
+from meddiff.tasks.runs import RunHandle, load_trained, run_config, to_uint8
 from meddiff.train.engine import TrainConfig, Trainer, TrainResult, seed_everything
 
 TASK = "generate"
@@ -127,7 +128,7 @@ def fit(config: GenerateConfig, run_dir: Path, resume: bool = False, progress: b
             config.model, in_channels=codec.channels, out_channels=codec.channels, num_classes=num_attributes
         ),
     )
-    prepare_run_dir(run_dir, config, resume)
+    RunDir(run_dir).prepare(config, resume)
     seed_everything(config.train.seed)
     model = UNet(config.model)
     diffusion = Diffusion(config.noise)

@@ -3,27 +3,24 @@ dataset folders as the diffusion model, so every table has a GAN row beside it.
 
 Loss (Isola et al. 2017): the generator minimises ``BCE(D(m, G(m)), real) + l1_weight * |G(m) - x|``, the
 discriminator ``(BCE(D(m, x), real) + BCE(D(m, G(m)), fake)) / 2``; Adam with lr 2e-4 and betas
-(0.5, 0.999). Two networks with two optimisers updated in turn do not fit ``train.engine.Trainer`` (one
-model, one loss), so this module has its own small single-process loop with the same bookkeeping: a
-time budget, ``logs/train.jsonl``, sample grids, atomic safetensors checkpoints (``train.checkpoint``)
-holding both networks, both optimisers and every RNG state, and exact resume.
+(0.5, 0.999), no warm-up, clipping or EMA. The shared engine (``train.engine.Trainer``) trains both
+networks with two optimisers stepped in turn (discriminator first, then the generator against the updated
+discriminator, as in the authors' code), so pix2pix runs have the same run folder, checkpoints, time
+budget, devices and exact resume as every other task.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import shutil
-import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import default_collate
+from torch import nn
 
-from meddiff import __version__
+from meddiff.checkpoint import load_checkpoint
 from meddiff.config import from_dict
 from meddiff.data.build import DataConfig, build_dataset
 from meddiff.data.cadis import CadisTask
@@ -31,22 +28,13 @@ from meddiff.data.labels import one_hot
 from meddiff.data.mask_sources import MaskAugment
 from meddiff.devices import model_device, resolve_device
 from meddiff.errors import UserError
+from meddiff.files import check_new_folder
 from meddiff.nets.pix2pix import Discriminator, Generator, Pix2PixNetConfig
-from meddiff.report.files import check_new_folder
 from meddiff.report.grids import save_png
-from meddiff.tasks.runs import RunHandle, prepare_run_dir, run_config
+from meddiff.rundir import RunDir, resolve_checkpoint
+from meddiff.tasks.runs import RunHandle, run_config
 from meddiff.tasks.synthesize import comparison_grid, export, grid_indices, plan, read_masks
-from meddiff.train.checkpoint import (
-    checkpoint_name,
-    flatten_state,
-    list_checkpoints,
-    load_checkpoint,
-    resolve_checkpoint,
-    save_checkpoint,
-    unflatten_state,
-)
-from meddiff.train.engine import TrainResult, console, seed_everything
-from meddiff.train.progress import TrainProgress
+from meddiff.train.engine import TrainConfig, Trainer, TrainResult, seed_everything
 
 TASK = "pix2pix"
 
@@ -62,6 +50,7 @@ class Pix2PixTrainConfig:
     l1_weight: float = 100.0
     seed: int = 0
     max_minutes: float | None = None  # stop cleanly (and checkpoint) after this much training time
+    mixed_precision: Literal["no", "bf16"] = "no"
     log_every: int = 10
     sample_every: int = 500
     checkpoint_every: int = 500
@@ -73,6 +62,25 @@ class Pix2PixTrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0 or self.l1_weight < 0:
             raise ValueError("lr must be > 0 and l1_weight >= 0")
+
+    def engine_config(self) -> TrainConfig:
+        """These settings as the shared engine's config (no warm-up, clipping or EMA)."""
+        return TrainConfig(
+            steps=self.steps,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            adam_beta1=self.beta1,
+            warmup_steps=0,
+            grad_clip=0.0,
+            ema_decay=0.0,
+            seed=self.seed,
+            max_minutes=self.max_minutes,
+            mixed_precision=self.mixed_precision,
+            log_every=self.log_every,
+            sample_every=self.sample_every,
+            checkpoint_every=self.checkpoint_every,
+            keep_checkpoints=self.keep_checkpoints,
+        )
 
 
 @dataclass
@@ -106,11 +114,20 @@ class Pix2Pix(RunHandle):
         return translate(self.generator, masks, len(self.class_names), list(range(seed, seed + masks.shape[0])))
 
 
-def _networks(stored: dict) -> tuple[Generator, Discriminator]:
+class Pix2PixPair(nn.Module):
+    """The generator and discriminator trained together (their weights are ``generator.*`` and
+    ``discriminator.*`` of the checkpoint's ``model`` group)."""
+
+    def __init__(self, generator: Generator, discriminator: Discriminator):
+        super().__init__()
+        self.generator, self.discriminator = generator, discriminator
+
+
+def _networks(stored: dict) -> Pix2PixPair:
     info = stored["synth"]
     net = from_dict(Pix2PixNetConfig, stored["model"], "model.")
     k, c = len(info["class_names"]), info["image_channels"]
-    return Generator(k, c, net), Discriminator(k, c, net)
+    return Pix2PixPair(Generator(k, c, net), Discriminator(k, c, net))
 
 
 def translate(generator: Generator, masks: torch.Tensor, num_classes: int, seeds: list[int]) -> torch.Tensor:
@@ -133,148 +150,49 @@ def fit(config: Pix2PixConfig, run_dir: Path, resume: bool = False, progress: bo
         raise UserError(
             "pix2pix needs images with masks (data.kind image_mask_folder, cadis, nifti with labels or brain_mri)"
         )
-    run_dir = Path(run_dir)
-    prepare_run_dir(run_dir, config, resume)
-    cfg, k = config.train, dataset.num_classes
+    RunDir(run_dir).prepare(config, resume)
+    k = dataset.num_classes
     stored = run_config(TASK, config)
     stored["synth"] = {"image_channels": dataset.in_channels, "class_names": list(dataset.class_names)}
-    seed_everything(cfg.seed)
-    generator, discriminator = _networks(stored)
-    opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
-    opt_d = torch.optim.Adam(discriminator.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
-    data_rng = torch.Generator().manual_seed(cfg.seed)
-    step = 0
-    if resume and list_checkpoints(run_dir):
-        step = _restore(list_checkpoints(run_dir)[-1], stored, generator, discriminator, opt_g, opt_d, data_rng)
-        console.print(f"resuming from {list_checkpoints(run_dir)[-1]} (step {step})")
-    logs = run_dir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    _truncate_log(logs / "train.jsonl", step)
+    seed_everything(config.train.seed)
+    pair = _networks(stored)
     grid = grid_indices(len(dataset), config.grid_samples)
 
-    def sample_grid(at: int) -> None:
-        fake = translate(generator, dataset.masks[grid], k, list(range(len(grid))))
-        save_png(
-            comparison_grid(fake, dataset.masks[grid].long(), k, dataset.images[grid]),
-            run_dir / "samples" / f"{checkpoint_name(at)}.png",
+    def loss_fn(model: Pix2PixPair, batch: dict, _noise: torch.Generator) -> Iterator[tuple[str, torch.Tensor]]:
+        label_map, image = one_hot(batch["mask"], k), batch["image"]
+        fake = model.generator(label_map)
+        real_logits = model.discriminator(label_map, image)
+        fake_logits = model.discriminator(label_map, fake.detach())
+        yield (
+            "discriminator",
+            0.5
+            * (
+                F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+                + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+            ),
         )
+        fooled = model.discriminator(label_map, fake)
+        adversarial = F.binary_cross_entropy_with_logits(fooled, torch.ones_like(fooled))
+        yield "generator", adversarial + config.train.l1_weight * F.l1_loss(fake, image)
 
-    result = TrainResult(step=step)
-    started, last_saved = time.monotonic(), step if step else None
-    budget = cfg.max_minutes * 60 if cfg.max_minutes is not None else None
-    with TrainProgress(cfg.steps, step, progress, budget) as bar:
-        while step < cfg.steps:
-            index = torch.randint(0, len(dataset), (cfg.batch_size,), generator=data_rng)
-            batch = default_collate([dataset[int(i)] for i in index])
-            losses = _step(
-                generator, discriminator, opt_g, opt_d, one_hot(batch["mask"], k), batch["image"], cfg.l1_weight
-            )
-            step += 1
-            if not all(math.isfinite(v) for v in losses.values()):
-                raise RuntimeError(f"loss became {losses} at step {step}; lower train.lr or check the data")
-            result.losses[step] = losses["loss"]
-            elapsed = time.monotonic() - started
-            bar.update(step, losses["loss"])
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                with open(logs / "train.jsonl", "a") as f:
-                    f.write(json.dumps({"step": step, **losses, "elapsed_s": round(elapsed, 3)}) + "\n")
-            if step % cfg.sample_every == 0:
-                sample_grid(step)
-            out_of_time = cfg.max_minutes is not None and elapsed > cfg.max_minutes * 60
-            if step % cfg.checkpoint_every == 0 or out_of_time or step == cfg.steps:
-                result.checkpoint = _save(
-                    run_dir, step, stored, generator, discriminator, opt_g, opt_d, data_rng, cfg.keep_checkpoints
-                )
-                last_saved = step
-            if out_of_time:
-                result.stopped_by_budget = True
-                console.print(f"time budget of {cfg.max_minutes} min reached at step {step}; saved")
-                break
-    if last_saved != step:
-        result.checkpoint = _save(
-            run_dir, step, stored, generator, discriminator, opt_g, opt_d, data_rng, cfg.keep_checkpoints
-        )
-    if step % cfg.sample_every:
-        sample_grid(step)
-    result.step, result.seconds = step, time.monotonic() - started
-    return result
+    def sample_fn(model: Pix2PixPair, path: Path) -> None:
+        masks = dataset.masks[grid]
+        fake = translate(model.generator, masks, k, list(range(len(grid))))
+        save_png(comparison_grid(fake, masks.long(), k, dataset.images[grid]), path)
 
-
-def _step(
-    generator: Generator,
-    discriminator: Discriminator,
-    opt_g,
-    opt_d,
-    label_map: torch.Tensor,
-    image: torch.Tensor,
-    l1_weight: float,
-) -> dict[str, float]:
-    """One discriminator update, then one generator update, on a batch."""
-    generator.train()
-    discriminator.train()
-    fake = generator(label_map)
-    real_logits = discriminator(label_map, image)
-    fake_logits = discriminator(label_map, fake.detach())
-    d_loss = 0.5 * (
-        F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
-        + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+    groups = {"generator": list(pair.generator.parameters()), "discriminator": list(pair.discriminator.parameters())}
+    trainer = Trainer(
+        run_dir,
+        pair,
+        dataset,
+        config.train.engine_config(),
+        loss_fn,
+        stored,
+        sample_fn,
+        progress,
+        param_groups=groups,
     )
-    opt_d.zero_grad(set_to_none=True)
-    d_loss.backward()
-    opt_d.step()
-    fooled = discriminator(label_map, fake)
-    adversarial = F.binary_cross_entropy_with_logits(fooled, torch.ones_like(fooled))
-    l1 = F.l1_loss(fake, image)
-    g_loss = adversarial + l1_weight * l1
-    opt_g.zero_grad(set_to_none=True)
-    g_loss.backward()
-    opt_g.step()
-    return {"loss": g_loss.item(), "l1": l1.item(), "g_adv": adversarial.item(), "d": d_loss.item()}
-
-
-def _save(
-    run_dir: Path, step: int, stored: dict, generator, discriminator, opt_g, opt_d, data_rng: torch.Generator, keep: int
-) -> Path:
-    optimizers: dict[str, dict] = {}
-    tensors: dict[str, dict[str, torch.Tensor]] = {"opt_g": {}, "opt_d": {}}
-    for name, opt in (("opt_g", opt_g), ("opt_d", opt_d)):
-        optimizers[name] = flatten_state(opt.state_dict(), tensors[name])
-    path = save_checkpoint(
-        run_dir / "checkpoints" / checkpoint_name(step),
-        {
-            "generator": generator.state_dict(),
-            "discriminator": discriminator.state_dict(),
-            **tensors,
-            "rng": {"global": torch.get_rng_state(), "data": data_rng.get_state()},
-        },
-        {"step": step, "meddiff_version": __version__, "config": stored, "optimizers": optimizers},
-    )
-    for old in list_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return path
-
-
-def _restore(path: Path, stored: dict, generator, discriminator, opt_g, opt_d, data_rng: torch.Generator) -> int:
-    groups, state = load_checkpoint(path)
-    if state.get("config", {}).get("model") != stored["model"]:
-        raise UserError(
-            f"{path}: the checkpoint's model config differs from this run's config; resume with "
-            "the run's own config.yaml"
-        )
-    generator.load_state_dict(groups["generator"])
-    discriminator.load_state_dict(groups["discriminator"])
-    opt_g.load_state_dict(unflatten_state(state["optimizers"]["opt_g"], groups["opt_g"]))
-    opt_d.load_state_dict(unflatten_state(state["optimizers"]["opt_d"], groups["opt_d"]))
-    torch.set_rng_state(groups["rng"]["global"])
-    data_rng.set_state(groups["rng"]["data"])
-    return int(state["step"])
-
-
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop log lines past the resumed step (they belong to the interrupted attempt)."""
-    if path.exists():
-        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        path.write_text("".join(line + "\n" for line in kept))
+    return trainer.fit(resume=resume)
 
 
 def load(run_or_checkpoint: Path, device: str | torch.device = "cpu") -> Pix2Pix:
@@ -284,11 +202,11 @@ def load(run_or_checkpoint: Path, device: str | torch.device = "cpu") -> Pix2Pix
     stored = state.get("config", {})
     if stored.get("task") != TASK:
         raise UserError(f"{path}: checkpoint of task '{stored.get('task')}', not '{TASK}'")
-    generator, _ = _networks(stored)
-    generator.load_state_dict(groups["generator"])
-    generator.to(resolve_device(device))
+    pair = _networks(stored)
+    pair.load_state_dict(groups["model"])
+    generator = pair.generator.requires_grad_(False).to(resolve_device(device))
     info = stored["synth"]
-    return Pix2Pix(generator.requires_grad_(False), info["image_channels"], tuple(info["class_names"]), stored, path)
+    return Pix2Pix(generator, info["image_channels"], tuple(info["class_names"]), stored, path)
 
 
 def run(

@@ -10,24 +10,14 @@ from typing import Any, ClassVar, Self, TypeVar
 import torch
 from torch import nn
 
-from meddiff.config import save_config, to_dict
+from meddiff.checkpoint import load_checkpoint
+from meddiff.config import to_dict
 from meddiff.devices import model_device, resolve_device
 from meddiff.errors import UserError
 from meddiff.nets.unet import UNet, UNetConfig
-from meddiff.train.checkpoint import list_checkpoints, load_checkpoint, resolve_checkpoint
+from meddiff.rundir import resolve_checkpoint
 
 T = TypeVar("T")
-
-
-def prepare_run_dir(run_dir: Path, config: Any, resume: bool) -> None:
-    """Create ``run_dir`` and write ``config.yaml``; refuse to train over an existing run unless resuming."""
-    run_dir = Path(run_dir)
-    if list_checkpoints(run_dir) and not resume:
-        raise UserError(
-            f"{run_dir}: already holds a trained run; pass --resume to continue it or choose another output folder"
-        )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, run_dir / "config.yaml")
 
 
 def run_config(task: str, config: Any) -> dict:
@@ -53,12 +43,7 @@ def load_trained(
     config = state.get("config", {})
     if "model" not in config:
         raise UserError(f"{path}: checkpoint has no model config")
-    # runs saved before UNetConfig.context_pooled existed had no pooled text path
-    model = (
-        build(config["model"])
-        if build
-        else UNet(from_dict(UNetConfig, {"context_pooled": False, **config["model"]}, "model."))
-    )
+    model = build(config["model"]) if build else UNet(from_dict(UNetConfig, config["model"], "model."))
     weights = groups["ema"] if ema and "ema" in groups else groups["model"]
     missing = set(model.state_dict()) - set(weights)
     if missing:

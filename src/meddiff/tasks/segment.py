@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from rich.console import Console
 
+from meddiff import __version__
+from meddiff.checkpoint import load_checkpoint, save_checkpoint
 from meddiff.config import from_dict, save_config
 from meddiff.data.arrays import ArrayDataset, pad_to_square, resize_image, resize_mask
 from meddiff.data.build import DataConfig, build_dataset
@@ -32,11 +34,12 @@ from meddiff.data.validate import list_images
 from meddiff.devices import model_device
 from meddiff.diffusion.objective import Diffusion
 from meddiff.errors import UserError
+from meddiff.files import atomic_folder, atomic_write, check_new_folder, write_json
 from meddiff.metrics.segmentation import SegmentationMeter
 from meddiff.nets.unet import UNet
-from meddiff.report.files import atomic_folder, check_new_folder
 from meddiff.report.grids import overlay, save_png
 from meddiff.report.plots import heatmap
+from meddiff.rundir import RunDir, resolve_checkpoint
 from meddiff.segment.ensemble import EnsembleConfig, MLPEnsemble, Vote, train_ensemble, vote
 from meddiff.segment.features import FeatureConfig, FeatureExtractor
 from meddiff.segment.pipeline import PixelClassifier, fill_store, fit_classifier, flip_views
@@ -44,11 +47,9 @@ from meddiff.segment.pixels import PixelConfig, PixelStore, balanced_sample, hel
 from meddiff.tasks import generate
 from meddiff.tasks.runs import RunHandle, run_config
 from meddiff.tasks.segmenter import select_images
-from meddiff.train.checkpoint import load_checkpoint, save_checkpoint
 from meddiff.train.engine import TrainResult
 
 TASK = "segment"
-CLASSIFIER = "classifier"  # checkpoints/<this>: the ensemble weights and everything needed to predict
 console = Console(stderr=True)
 
 
@@ -153,28 +154,23 @@ def _peak_rss_mb() -> float:
 
 # -- fit -----------------------------------------------------------------------------------------------------
 def fit(config: SegmentConfig, run_dir: Path, resume: bool = False, progress: bool = True) -> TrainResult:
-    """Train the pixel classifier; writes config.yaml, checkpoints/classifier, logs/train.jsonl and
-    metrics.json under ``run_dir``."""
+    """Train the pixel classifier; writes config.yaml, the classifier's checkpoint (``checkpoints/step_N``,
+    N the ensemble's training steps), logs/train.jsonl and metrics.json under ``run_dir``."""
     if resume:
         raise UserError("segment fit does not resume (it retrains in minutes); choose a new output folder")
-    run_dir = Path(run_dir)
-    if (run_dir / "checkpoints" / CLASSIFIER).exists():
-        raise UserError(f"{run_dir}: already holds a trained classifier; choose another output folder")
+    run = RunDir(run_dir)
+    if run.list_checkpoints():
+        raise UserError(f"{run.root}: already holds a trained classifier; choose another output folder")
     started = time.monotonic()
     model, diffusion, stored = load_diffusion(config.diffusion)
     dataset = labelled_dataset(config.data, config.images, stored["codec"]["image_channels"])
     extractor = make_extractor(model, diffusion, config.features)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, run_dir / "config.yaml")
-    logs = run_dir / "logs"
-    logs.mkdir(exist_ok=True)
-    log_file = logs / "train.jsonl"
-    log_file.write_text("")
+    run.prepare(config, resume=False)
+    run.start_log(0)
 
     def log(step: int, train_loss: float, val_losses: list[float]) -> None:
         record = {"step": step, "loss": train_loss, "val": float(np.mean(val_losses))}
-        with open(log_file, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        run.log(record)
         if progress:
             console.print(f"step {step}: training loss {train_loss:.4f}, held-out loss {record['val']:.4f}")
 
@@ -188,13 +184,13 @@ def fit(config: SegmentConfig, run_dir: Path, resume: bool = False, progress: bo
         config.pixels,
         config.ensemble,
         config.seed,
-        scratch=run_dir / "scratch",
+        scratch=run.root / "scratch",
         hflip=dataset.hflip,
         vflip=dataset.vflip,
         progress=log,
     )
-    if (run_dir / "scratch").is_dir():
-        (run_dir / "scratch").rmdir()
+    if (run.root / "scratch").is_dir():
+        (run.root / "scratch").rmdir()
     report = dataclasses.asdict(outcome.report)
     state = {
         **run_config(TASK, config),
@@ -205,7 +201,9 @@ def fit(config: SegmentConfig, run_dir: Path, resume: bool = False, progress: bo
         "report": report,
     }
     checkpoint = save_checkpoint(
-        run_dir / "checkpoints" / CLASSIFIER, {"ensemble": outcome.ensemble.state_dict()}, {"config": state}
+        run.checkpoint(outcome.report.steps),
+        {"ensemble": outcome.ensemble.state_dict()},
+        {"step": outcome.report.steps, "meddiff_version": __version__, "config": state},
     )
     seconds = time.monotonic() - started
     metrics = {
@@ -218,7 +216,7 @@ def fit(config: SegmentConfig, run_dir: Path, resume: bool = False, progress: bo
         "peak_rss_mb": _peak_rss_mb(),
         **report,
     }
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    run.write_metrics(metrics)
     return TrainResult(
         step=outcome.report.steps,
         seconds=seconds,
@@ -231,10 +229,7 @@ def fit(config: SegmentConfig, run_dir: Path, resume: bool = False, progress: bo
 
 def load(run: Path, device: str | torch.device = "cpu") -> tuple[PixelClassifier, dict]:
     """A trained classifier (with its diffusion feature extractor, both on ``device``) and its stored state."""
-    run = Path(run)
-    path = run if (run / "state.json").is_file() else run / "checkpoints" / CLASSIFIER
-    if not (path / "state.json").is_file():
-        raise UserError(f"{run}: not a segment run (no checkpoints/{CLASSIFIER}); train one with `meddiff segment fit`")
+    path = resolve_checkpoint(Path(run))
     groups, state = load_checkpoint(path)
     stored = state["config"]
     if stored.get("task") != TASK or "ensemble" not in groups:
@@ -468,7 +463,7 @@ def run_sweep(
     for t in s.timesteps:
         make_extractor(model, diffusion, replace(config.features, blocks=blocks, timesteps=[t]))  # validates
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, out_dir / "config.yaml")
+    save_config(config, RunDir(out_dir).config_file)
 
     num_classes = train_set.num_classes
     held = held_out_pixels(train_set.masks, config.pixels.val_fraction, config.seed)
@@ -572,7 +567,7 @@ def _write_sweep(
         f"{s.top_blocks} best blocks by mean over timesteps, the {s.top_timesteps} best timesteps by mean "
         "over blocks).\n\n![sweep](figures/sweep.png)\n"
     )
-    (out_dir / "sweep.md").write_text(body)
+    atomic_write(out_dir / "sweep.md", body.encode())
     result = {
         "blocks": blocks,
         "block_info": [list(info[b]) for b in blocks],
@@ -584,5 +579,5 @@ def _write_sweep(
         "seconds": seconds,
         "recommended": {"blocks": best_blocks, "timesteps": best_steps},
     }
-    (out_dir / "sweep.json").write_text(json.dumps(result, indent=1))
+    write_json(out_dir / "sweep.json", result)
     return out_dir / "sweep.md"

@@ -20,15 +20,16 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from meddiff.checkpoint import load_checkpoint
 from meddiff.data.arrays import ArrayDataset
 from meddiff.data.build import DataConfig, build_dataset
 from meddiff.data.labels import IGNORE_INDEX
 from meddiff.devices import model_device, resolve_device
 from meddiff.errors import UserError
 from meddiff.nets.segnet import SegNet, SegNetConfig
+from meddiff.rundir import RunDir, resolve_checkpoint
 from meddiff.segment.pixels import held_out_pixels
-from meddiff.tasks.runs import RunHandle, prepare_run_dir, run_config
-from meddiff.train.checkpoint import load_checkpoint, resolve_checkpoint
+from meddiff.tasks.runs import RunHandle, run_config
 from meddiff.train.engine import TrainConfig, Trainer, TrainResult, seed_everything
 
 TASK = "segmenter"
@@ -134,7 +135,7 @@ def fit_dataset(
     config = replace(
         config, model=replace(config.model, in_channels=dataset.in_channels, num_classes=dataset.num_classes)
     )
-    prepare_run_dir(run_dir, config, resume)
+    RunDir(run_dir).prepare(config, resume)
     seed_everything(config.train.seed)
     model = SegNet(config.model)
     stored = {**run_config(TASK, config), "class_names": dataset.class_names}
@@ -160,7 +161,7 @@ def load(run_or_checkpoint: Path, device: str | torch.device = "cpu") -> tuple[S
     """The trained segmenter (EMA weights of ``checkpoints/best`` when the run has one, on ``device``) and its
     stored config."""
     path = Path(run_or_checkpoint)
-    best = path / "checkpoints" / "best"
+    best = RunDir(path).best
     groups, state = load_checkpoint(best if best.is_dir() else resolve_checkpoint(path))
     stored = state.get("config", {})
     if stored.get("task") != TASK:

@@ -34,11 +34,11 @@ from meddiff.diffusion.objective import Diffusion
 from meddiff.diffusion.sampling import sample
 from meddiff.diffusion.schedulers import NoiseConfig, SamplerConfig
 from meddiff.errors import UserError
+from meddiff.files import check_new_folder
 from meddiff.nets.unet import UNet, UNetConfig
-from meddiff.report.files import check_new_folder
 from meddiff.report.grids import pairs_grid, save_png
-from meddiff.tasks.runs import RunHandle, load_trained, prepare_run_dir, run_config, to_uint8
-from meddiff.train.checkpoint import list_checkpoints
+from meddiff.rundir import RunDir, list_checkpoints
+from meddiff.tasks.runs import RunHandle, load_trained, run_config, to_uint8
 from meddiff.train.engine import TrainConfig, Trainer, TrainResult, seed_everything
 
 TASK = "synthesize"
@@ -144,7 +144,7 @@ def fit(config: SynthesizeConfig, run_dir: Path, resume: bool = False, progress:
         raise UserError(f"{config.data.root}: masks-only data; synthesis training needs images with their masks")
     num_classes, mode = dataset.num_classes, config.mask_conditioning
     config = replace(config, model=model_config(config, dataset.in_channels, num_classes))
-    prepare_run_dir(run_dir, config, resume)
+    RunDir(run_dir).prepare(config, resume)
     seed_everything(config.train.seed)
     model = UNet(config.model)
     diffusion = Diffusion(config.noise)

@@ -17,6 +17,7 @@ a small image encoder matched contrastively to the caption embeddings of the tra
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -31,18 +32,21 @@ from meddiff.diffusion.objective import Diffusion
 from meddiff.diffusion.sampling import sample
 from meddiff.diffusion.schedulers import NoiseConfig, SamplerConfig
 from meddiff.errors import UserError
+from meddiff.files import atomic_write
 from meddiff.metrics.text_alignment import (
     ALIGNMENT_DIR,
     AlignmentTrainConfig,
     DomainTextAligner,
+    has_aligner,
     load_aligner,
     save_aligner,
     train_aligner,
 )
 from meddiff.nets.unet import UNet, UNetConfig
 from meddiff.report.grids import image_grid, pairs_grid, save_png
+from meddiff.rundir import RunDir
 from meddiff.tasks.generate import PairCodec
-from meddiff.tasks.runs import RunHandle, load_trained, prepare_run_dir, run_config
+from meddiff.tasks.runs import RunHandle, load_trained, run_config
 from meddiff.text.captions import CaptionConfig, Captioner
 from meddiff.text.encoders import MINILM, TextEncoder, TextEncoding, load_text_encoder
 from meddiff.text.tone import ToneConfig, all_variants, tone_variants
@@ -165,7 +169,7 @@ def fit(config: TextGenConfig, run_dir: Path, resume: bool = False, progress: bo
             num_classes=0,
         ),
     )
-    prepare_run_dir(run_dir, config, resume)
+    RunDir(run_dir).prepare(config, resume)
     captions = dataset_captions(captioner, dataset)
     _write_captions(Path(run_dir) / CAPTIONS_FILE, dataset.names, captions)
     seed_everything(config.train.seed)
@@ -198,7 +202,7 @@ def fit(config: TextGenConfig, run_dir: Path, resume: bool = False, progress: bo
 
     result = Trainer(run_dir, model, dataset, config.train, loss_fn, stored, sample_fn, progress).fit(resume=resume)
     alignment_dir = Path(run_dir) / ALIGNMENT_DIR
-    if config.alignment.steps and not (resume and (alignment_dir / "aligner.json").is_file()):
+    if config.alignment.steps and not (resume and has_aligner(alignment_dir)):
         images = dataset.images
         if config.tone.prob:
             images, captions = all_variants(images, captions, config.tone)
@@ -210,10 +214,11 @@ def fit(config: TextGenConfig, run_dir: Path, resume: bool = False, progress: bo
 
 
 def _write_captions(path: Path, names: list[str], captions: list[str]) -> None:
-    with path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["name", "caption"])
-        writer.writerows(zip(names, captions, strict=True))
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["name", "caption"])
+    writer.writerows(zip(names, captions, strict=True))
+    atomic_write(path, text.getvalue().encode("utf-8"))
 
 
 def _grid(images: torch.Tensor, masks: torch.Tensor | None, codec: PairCodec):
@@ -259,12 +264,7 @@ def load(run_or_checkpoint: Path, ema: bool = True, device: str | torch.device =
     return TextModel(unet, diffusion, codec, encoder, encoder.encode([""]), stored, path)
 
 
-def run_folder(checkpoint: Path) -> Path:
-    """The run folder of a checkpoint (``RUN/checkpoints/<name>`` -> ``RUN``)."""
-    return checkpoint.parent.parent if checkpoint.parent.name in ("checkpoints",) else checkpoint.parent
-
-
 def load_run_aligner(model: TextModel) -> DomainTextAligner | None:
     """The run's text-alignment network, or None when the run has none (``alignment.steps: 0``)."""
-    folder = run_folder(model.checkpoint) / ALIGNMENT_DIR
-    return load_aligner(folder) if (folder / "aligner.json").is_file() else None
+    folder = RunDir.of_checkpoint(model.checkpoint).root / ALIGNMENT_DIR
+    return load_aligner(folder) if has_aligner(folder) else None

@@ -9,6 +9,11 @@ randomness (torch's global RNG for dropout and augmentation, the generator drawi
 is saved per process in the checkpoint, so an interrupted-then-resumed run computes the same losses as an
 uninterrupted one.
 
+Several optimisers (pix2pix's generator and discriminator): ``param_groups`` names each optimiser's
+parameters and ``loss_fn`` yields ``(name, loss)`` pairs in turn; each loss is back-propagated and its
+optimiser stepped before the next loss is computed, and a group already stepped takes no gradient from the
+later losses of the step (its ``requires_grad`` is off until the step ends). Such runs use one process.
+
 Devices: accelerate places the model (one GPU per process under ``accelerate launch``, else the CPU) and
 supplies mixed precision (bf16 on CPU and GPU, fp16 with loss scaling on GPU). Batches and the EMA weights
 follow the model; random numbers are drawn on the CPU and moved (``meddiff.devices``), so a seed gives the
@@ -18,11 +23,9 @@ same noise on every device and the generator's state can be checkpointed.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -30,6 +33,7 @@ from typing import Literal
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import broadcast_object_list, gather_object, send_to_device
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
@@ -39,18 +43,13 @@ from torch.utils.data import Dataset, default_collate
 from torch.utils.tensorboard import SummaryWriter
 
 from meddiff import __version__
+from meddiff.checkpoint import flatten_state, load_checkpoint, save_checkpoint, unflatten_state
 from meddiff.errors import UserError
-from meddiff.train.checkpoint import (
-    checkpoint_name,
-    flatten_state,
-    list_checkpoints,
-    load_checkpoint,
-    save_checkpoint,
-    unflatten_state,
-)
-from meddiff.train.progress import TrainProgress
+from meddiff.progress import TrainProgress
+from meddiff.rundir import RunDir
 
-LossFn = Callable[[nn.Module, dict, torch.Generator], torch.Tensor]
+# One optimiser: the loss. Several (``param_groups``): ``(group name, loss)`` pairs, stepped in turn.
+LossFn = Callable[[nn.Module, dict, torch.Generator], torch.Tensor | Iterator[tuple[str, torch.Tensor]]]
 SampleFn = Callable[[nn.Module, Path], None]
 EvalFn = Callable[[nn.Module], float]  # a validation score of the (EMA) model; lower is better
 console = Console(stderr=True)
@@ -67,8 +66,10 @@ class TrainConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 100
     lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    grad_clip: float = 1.0  # 0: no clipping
+    ema_decay: float = 0.999  # 0: no EMA (samples and validation then use the training weights)
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # fp16 (with loss scaling) needs a GPU
     seed: int = 0
     max_minutes: float | None = None  # stop cleanly (and checkpoint) after this much training time
@@ -97,6 +98,8 @@ class TrainConfig:
             raise ValueError("patience needs eval_every > 0")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
 
 
 @dataclass
@@ -129,7 +132,11 @@ def seed_everything(seed: int) -> None:
 
 class Trainer:
     """Trains ``model`` on ``dataset`` with ``loss_fn(model, batch, generator)``; writes everything under
-    ``run_dir`` (config.yaml is written by the caller; checkpoints/, samples/, logs/ here)."""
+    ``run_dir`` (config.yaml is written by the caller, ``RunDir.prepare``; checkpoints/, samples/, logs/ here).
+
+    ``param_groups`` (default: one group ``model`` of every parameter) names the optimisers; the first
+    group's loss is the one logged as ``loss``, the others as ``loss_<name>``.
+    """
 
     def __init__(
         self,
@@ -142,8 +149,11 @@ class Trainer:
         sample_fn: SampleFn | None = None,
         progress: bool = True,
         eval_fn: EvalFn | None = None,
+        param_groups: dict[str, list[nn.Parameter]] | None = None,
     ):
         self.run_dir, self.model, self.dataset, self.config = Path(run_dir), model, dataset, config
+        self.run = RunDir(self.run_dir)
+        self.param_groups = param_groups or {"model": list(model.parameters())}
         self.loss_fn, self.sample_fn, self.run_config, self.progress = loss_fn, sample_fn, run_config, progress
         self.eval_fn = eval_fn
         if len(dataset) == 0:
@@ -171,6 +181,7 @@ class Trainer:
         cfg = self.config
         if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
             raise UserError("train.mixed_precision fp16 needs a CUDA GPU; use bf16 on the CPU")
+        _forget_other_precision(cfg.mixed_precision)
         # cpu=True when no GPU: lets `accelerate launch --multi_gpu` / torchrun start several CPU processes (gloo).
         accelerator = Accelerator(
             mixed_precision=cfg.mixed_precision,
@@ -184,38 +195,45 @@ class Trainer:
                 f"train.batch_size {cfg.batch_size} must be divisible by grad_accum x processes = {per_step}"
             )
         micro_batch = cfg.batch_size // per_step
+        if world > 1 and len(self.param_groups) > 1:
+            raise UserError("runs with several optimisers (pix2pix) train in one process; launch without accelerate")
 
         torch.manual_seed(cfg.seed + rank)
         generator = torch.Generator().manual_seed(cfg.seed * 7919 + rank + 1)
         model = self.model
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizers = {
+            name: torch.optim.AdamW(
+                params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay
+            )
+            for name, params in self.param_groups.items()
+        }
         schedule = "constant_with_warmup" if cfg.lr_schedule == "constant" else cfg.lr_schedule
-        lr_scheduler = get_scheduler(
-            schedule, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.steps
-        )
-        ema = EMAModel(model.parameters(), decay=cfg.ema_decay)
+        lr_schedulers = {
+            name: get_scheduler(schedule, opt, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.steps)
+            for name, opt in optimizers.items()
+        }
+        ema = EMAModel(model.parameters(), decay=cfg.ema_decay) if cfg.ema_decay else None
 
-        prepared_model, prepared_optimizer = accelerator.prepare(model, optimizer)
+        prepared_model, *prepared = accelerator.prepare(model, *optimizers.values())
+        prepared_optimizers = dict(zip(optimizers, prepared, strict=True))
         device = accelerator.device
-        ema.to(device)
+        if ema is not None:
+            ema.to(device)
+        state = _State(optimizers, lr_schedulers, ema, generator)
         step, validation = 0, _Validation()
         if resume:
-            checkpoints = list_checkpoints(self.run_dir)
+            checkpoints = self.run.list_checkpoints()
             if checkpoints:
-                step, validation = self._restore(
-                    checkpoints[-1], model, optimizer, lr_scheduler, ema, generator, rank, device
-                )
+                step, validation = self._restore(checkpoints[-1], model, state, rank, device)
                 if accelerator.is_main_process:
                     console.print(f"resuming from {checkpoints[-1]} (step {step})")
             elif accelerator.is_main_process:
-                console.print(f"--resume: no checkpoint in {self.run_dir / 'checkpoints'}, starting from step 0")
+                console.print(f"--resume: no checkpoint in {self.run.checkpoints}, starting from step 0")
 
-        logs = self.run_dir / "logs"
         writer = None
         if accelerator.is_main_process:
-            logs.mkdir(parents=True, exist_ok=True)
-            self._truncate_log(logs / "train.jsonl", step)
-            writer = SummaryWriter(str(logs))
+            self.run.start_log(step)
+            writer = SummaryWriter(str(self.run.logs))
 
         result = TrainResult(step=step)
         started = time.monotonic()
@@ -224,44 +242,46 @@ class Trainer:
         with TrainProgress(cfg.steps, step, self.progress and accelerator.is_main_process, budget) as bar:
             while step < cfg.steps:
                 prepared_model.train()
-                total = torch.zeros((), device=device)
+                totals = {name: torch.zeros((), device=device) for name in optimizers}
                 for micro in range(cfg.grad_accum):
                     batch = self._batch(step * cfg.grad_accum + micro, micro_batch, rank, world, device)
                     with accelerator.accumulate(prepared_model):
-                        with accelerator.autocast():
-                            loss = self.loss_fn(prepared_model, batch, generator)
-                        accelerator.backward(loss)
-                        if accelerator.sync_gradients and cfg.grad_clip > 0:
-                            accelerator.clip_grad_norm_(prepared_model.parameters(), cfg.grad_clip)
-                        prepared_optimizer.step()
-                        prepared_optimizer.zero_grad(set_to_none=True)
-                    total += loss.detach().float() / cfg.grad_accum
-                lr_scheduler.step()
-                ema.step(model.parameters())
+                        for name, loss in self._losses(accelerator, prepared_model, batch, generator):
+                            accelerator.backward(loss)
+                            if accelerator.sync_gradients and cfg.grad_clip > 0:
+                                accelerator.clip_grad_norm_(self.param_groups[name], cfg.grad_clip)
+                            prepared_optimizers[name].step()
+                            prepared_optimizers[name].zero_grad(set_to_none=True)
+                            totals[name] += loss.detach().float() / cfg.grad_accum
+                for lr_scheduler in lr_schedulers.values():
+                    lr_scheduler.step()
+                if ema is not None:
+                    ema.step(model.parameters())
                 step += 1
-                step_loss = accelerator.reduce(total, reduction="mean").item() if world > 1 else total.item()
-                if not math.isfinite(step_loss):
-                    raise RuntimeError(f"loss became {step_loss} at step {step}; lower train.lr or check the data")
+                losses = {
+                    name: accelerator.reduce(total, reduction="mean").item() if world > 1 else total.item()
+                    for name, total in totals.items()
+                }
+                step_loss = next(iter(losses.values()))
+                if not all(math.isfinite(v) for v in losses.values()):
+                    raise RuntimeError(f"loss became {losses} at step {step}; lower train.lr or check the data")
                 result.losses[step] = step_loss
                 elapsed = time.monotonic() - started
                 if accelerator.is_main_process:
                     bar.update(step, step_loss)
                     if step % cfg.log_every == 0 or step == cfg.steps:
-                        self._log(logs, writer, step, step_loss, lr_scheduler.get_last_lr()[0], elapsed)
+                        lr = next(iter(lr_schedulers.values())).get_last_lr()[0]
+                        self._log(writer, step, losses, lr, elapsed)
                     if self.sample_fn is not None and step % cfg.sample_every == 0:
                         self._sample(ema, model, step)
                 stop_early = False
                 if cfg.eval_every and step % cfg.eval_every == 0:
-                    stop_early = self._validate(
-                        accelerator, step, model, optimizer, lr_scheduler, ema, generator, validation, logs, writer
-                    )
+                    stop_early = self._validate(accelerator, step, model, state, validation, writer)
                 out_of_time = cfg.max_minutes is not None and elapsed > cfg.max_minutes * 60
                 if world > 1:
                     out_of_time = broadcast_object_list([out_of_time])[0]
                 if step % cfg.checkpoint_every == 0 or out_of_time or stop_early or step == cfg.steps:
-                    result.checkpoint = self._save(
-                        accelerator, step, model, optimizer, lr_scheduler, ema, generator, validation
-                    )
+                    result.checkpoint = self._save(accelerator, step, model, state, validation)
                     last_saved = step
                 if stop_early:
                     result.stopped_early = True
@@ -277,9 +297,7 @@ class Trainer:
                         console.print(f"time budget of {cfg.max_minutes} min reached at step {step}; saved")
                     break
         if last_saved != step:
-            result.checkpoint = self._save(
-                accelerator, step, model, optimizer, lr_scheduler, ema, generator, validation
-            )
+            result.checkpoint = self._save(accelerator, step, model, state, validation)
         if cfg.eval_every and validation.best_step:
             result.best_step, result.best_score = validation.best_step, validation.best
         if accelerator.is_main_process and self.sample_fn is not None and step % cfg.sample_every:
@@ -294,61 +312,78 @@ class Trainer:
         return result
 
     # -- helpers ------------------------------------------------------------------------------------------
-    def _log(self, logs: Path, writer: SummaryWriter, step: int, loss: float, lr: float, elapsed: float) -> None:
-        with open(logs / "train.jsonl", "a") as f:
-            f.write(json.dumps({"step": step, "loss": loss, "lr": lr, "elapsed_s": round(elapsed, 3)}) + "\n")
-        writer.add_scalar("train/loss", loss, step)
+    def _losses(
+        self, accelerator: Accelerator, model: nn.Module, batch: dict, generator: torch.Generator
+    ) -> Iterator[tuple[str, torch.Tensor]]:
+        """The step's ``(group, loss)`` pairs, each computed under autocast after the previous group was
+        stepped; a stepped group takes no gradient from the later losses."""
+        with accelerator.autocast():
+            losses = self.loss_fn(model, batch, generator)
+        if isinstance(losses, torch.Tensor):
+            yield next(iter(self.param_groups)), losses
+            return
+        frozen: list[nn.Parameter] = []
+        try:
+            while True:
+                with accelerator.autocast():
+                    pair = next(losses, None)
+                if pair is None:
+                    return
+                yield pair
+                for p in self.param_groups[pair[0]]:
+                    if p.requires_grad:
+                        p.requires_grad_(False)
+                        frozen.append(p)
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
+
+    def _log(self, writer: SummaryWriter, step: int, losses: dict[str, float], lr: float, elapsed: float) -> None:
+        names = list(losses)
+        record = {"step": step, "loss": losses[names[0]], **{f"loss_{n}": losses[n] for n in names[1:]}}
+        self.run.log({**record, "lr": lr, "elapsed_s": round(elapsed, 3)})
+        for key, value in record.items():
+            if key != "step":
+                writer.add_scalar(f"train/{key}", value, step)
         writer.add_scalar("train/lr", lr, step)
 
     @staticmethod
-    def _truncate_log(path: Path, step: int) -> None:
-        """Drop log lines past the resumed step (they belong to the interrupted attempt)."""
-        if not path.exists():
-            return
-        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        path.write_text("".join(line + "\n" for line in kept))
-
-    @staticmethod
-    def _with_ema(ema: EMAModel, model: nn.Module, fn: Callable[[], object]) -> object:
-        """Run ``fn`` with the EMA weights in ``model`` (eval mode), then put the training weights back."""
-        ema.store(model.parameters())
-        ema.copy_to(model.parameters())
+    def _with_ema(ema: EMAModel | None, model: nn.Module, fn: Callable[[], object]) -> object:
+        """Run ``fn`` with the EMA weights (if any) in ``model`` (eval mode), then put the training weights
+        back."""
+        if ema is not None:
+            ema.store(model.parameters())
+            ema.copy_to(model.parameters())
         model.eval()
         try:
             with torch.no_grad():
                 return fn()
         finally:
-            ema.restore(model.parameters())
+            if ema is not None:
+                ema.restore(model.parameters())
             model.train()
 
-    def _sample(self, ema: EMAModel, model: nn.Module, step: int) -> None:
+    def _sample(self, ema: EMAModel | None, model: nn.Module, step: int) -> None:
         """Write a sample grid with the EMA weights, leaving the training weights and RNGs untouched."""
-        self._with_ema(
-            ema, model, lambda: self.sample_fn(model, self.run_dir / "samples" / f"{checkpoint_name(step)}.png")
-        )
+        self._with_ema(ema, model, lambda: self.sample_fn(model, self.run.sample_png(step)))
 
     def _validate(
         self,
         accelerator: Accelerator,
         step: int,
         model: nn.Module,
-        optimizer,
-        lr_scheduler,
-        ema: EMAModel,
-        generator: torch.Generator,
+        state: _State,
         validation: _Validation,
-        logs: Path,
         writer: SummaryWriter | None,
     ) -> bool:
         """Score the EMA model; keep the best in checkpoints/best; True when patience has run out."""
-        score = float(self._with_ema(ema, model, lambda: self.eval_fn(model)))
+        score = float(self._with_ema(state.ema, model, lambda: self.eval_fn(model)))
         if accelerator.is_main_process:
-            with open(logs / "train.jsonl", "a") as f:
-                f.write(json.dumps({"step": step, "val": score}) + "\n")
+            self.run.log({"step": step, "val": score})
             writer.add_scalar("val/score", score, step)
         if score < validation.best:
             validation.best, validation.best_step, validation.bad = score, step, 0
-            self._save(accelerator, step, model, optimizer, lr_scheduler, ema, generator, validation, name="best")
+            self._save(accelerator, step, model, state, validation, path=self.run.best)
         else:
             validation.bad += 1
         return bool(self.config.patience) and validation.bad >= self.config.patience
@@ -358,83 +393,98 @@ class Trainer:
         accelerator: Accelerator,
         step: int,
         model: nn.Module,
-        optimizer,
-        lr_scheduler,
-        ema: EMAModel,
-        generator: torch.Generator,
+        state: _State,
         validation: _Validation,
-        name: str | None = None,
+        path: Path | None = None,
     ) -> Path:
         cuda_state = torch.cuda.get_rng_state() if accelerator.device.type == "cuda" else None
-        rng_states = gather_object([(torch.get_rng_state(), generator.get_state(), cuda_state)])
-        path = self.run_dir / "checkpoints" / (name or checkpoint_name(step))
+        rng_states = gather_object([(torch.get_rng_state(), state.generator.get_state(), cuda_state)])
+        path = path or self.run.checkpoint(step)
         if accelerator.is_main_process:
-            names = [name for name, _ in model.named_parameters()]
             rng = {}
             for rank, (global_state, gen_state, cuda_state) in enumerate(rng_states):
                 rng[f"global.{rank}"], rng[f"generator.{rank}"] = global_state, gen_state
                 if cuda_state is not None:  # dropout on a GPU draws from the GPU's generator
                     rng[f"cuda.{rank}"] = cuda_state
-            optimizer_tensors: dict[str, torch.Tensor] = {}
-            optimizer_json = flatten_state(optimizer.state_dict(), optimizer_tensors)
-            ema_scalars = {k: v for k, v in ema.state_dict().items() if k != "shadow_params"}
-            state = {
+            groups: dict[str, dict[str, torch.Tensor]] = {"model": model.state_dict(), "rng": rng}
+            optimizers = {}
+            for name, optimizer in state.optimizers.items():
+                groups[f"optimizer_{name}"] = {}
+                optimizers[name] = flatten_state(optimizer.state_dict(), groups[f"optimizer_{name}"])
+            record = {
                 "step": step,
                 "meddiff_version": __version__,
                 "processes": accelerator.num_processes,
                 "config": self.run_config,
-                "optimizer": optimizer_json,
-                "lr_scheduler": lr_scheduler.state_dict(),
-                "ema": ema_scalars,
+                "optimizers": optimizers,
+                "lr_schedulers": {name: sched.state_dict() for name, sched in state.lr_schedulers.items()},
                 "validation": dataclasses.asdict(validation),
             }
-            save_checkpoint(
-                path,
-                {
-                    "model": model.state_dict(),
-                    "ema": dict(zip(names, ema.shadow_params, strict=True)),
-                    "optimizer": optimizer_tensors,
-                    "rng": rng,
-                },
-                state,
-            )
-            for old in list_checkpoints(self.run_dir)[: -self.config.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
+            if state.ema is not None:
+                names = [name for name, _ in model.named_parameters()]
+                groups["ema"] = dict(zip(names, state.ema.shadow_params, strict=True))
+                record["ema"] = {k: v for k, v in state.ema.state_dict().items() if k != "shadow_params"}
+            save_checkpoint(path, groups, record)
+            self.run.prune(self.config.keep_checkpoints)
         accelerator.wait_for_everyone()
         return path
 
     def _restore(
-        self,
-        path: Path,
-        model: nn.Module,
-        optimizer,
-        lr_scheduler,
-        ema: EMAModel,
-        generator: torch.Generator,
-        rank: int,
-        device: torch.device,
+        self, path: Path, model: nn.Module, state: _State, rank: int, device: torch.device
     ) -> tuple[int, _Validation]:
-        """Load a checkpoint into the already placed model, optimizer and EMA (tensors go to ``device``)."""
-        groups, state = load_checkpoint(path)
-        saved_model = state.get("config", {}).get("model")
+        """Load a checkpoint into the already placed model, optimizers and EMA (tensors go to ``device``)."""
+        groups, record = load_checkpoint(path)
+        saved_model = record.get("config", {}).get("model")
         if saved_model is not None and saved_model != self.run_config.get("model"):
             raise UserError(
                 f"{path}: the checkpoint's model config differs from this run's config; "
                 "resume with the run's own config.yaml"
             )
+        if "optimizers" not in record:
+            raise UserError(f"{path}: written by meddiff {record.get('meddiff_version')}, whose layout cannot resume")
+        if set(record["optimizers"]) != set(state.optimizers):
+            raise UserError(f"{path}: the checkpoint's optimisers {sorted(record['optimizers'])} are not this run's")
         model.load_state_dict(groups["model"])
-        optimizer.load_state_dict(unflatten_state(state["optimizer"], groups["optimizer"]))
-        lr_scheduler.load_state_dict(state["lr_scheduler"])
-        names = [name for name, _ in model.named_parameters()]
-        ema.load_state_dict({**state["ema"], "shadow_params": [groups["ema"][n].clone() for n in names]})
-        ema.to(device)
+        for name, optimizer in state.optimizers.items():
+            optimizer.load_state_dict(unflatten_state(record["optimizers"][name], groups[f"optimizer_{name}"]))
+            state.lr_schedulers[name].load_state_dict(record["lr_schedulers"][name])
+        if state.ema is not None:
+            if "ema" not in groups:
+                raise UserError(f"{path}: the checkpoint has no EMA weights; resume with the run's own config.yaml")
+            names = [name for name, _ in model.named_parameters()]
+            shadow = [groups["ema"][n].clone() for n in names]
+            state.ema.load_state_dict({**record["ema"], "shadow_params": shadow})
+            state.ema.to(device)
         rng = groups["rng"]
         if f"global.{rank}" in rng:
             torch.set_rng_state(rng[f"global.{rank}"])
-            generator.set_state(rng[f"generator.{rank}"])
+            state.generator.set_state(rng[f"generator.{rank}"])
         if f"cuda.{rank}" in rng and device.type == "cuda":
             torch.cuda.set_rng_state(rng[f"cuda.{rank}"])
-        return int(state["step"]), _Validation(**state.get("validation", {}))
+        return int(record["step"]), _Validation(**record.get("validation", {}))
+
+
+@dataclass
+class _State:
+    """What a checkpoint restores besides the model: optimisers and schedules by group, EMA, noise RNG."""
+
+    optimizers: dict[str, torch.optim.Optimizer]
+    lr_schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler]
+    ema: EMAModel | None
+    generator: torch.Generator
+
+
+def _forget_other_precision(mixed_precision: str) -> None:
+    """Let a second run in the same process (a notebook, a benchmark) use another precision.
+
+    accelerate keeps one process-wide ``AcceleratorState`` and refuses a new ``Accelerator`` whose mixed
+    precision differs; it has no public call to change it, so its own reset (also what its tests use) drops
+    the per-run state. The process-level ``PartialState`` (devices, process group) is kept.
+    """
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision") != mixed_precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
+        GradientState._reset_state()
 
 
 @lru_cache(maxsize=4)

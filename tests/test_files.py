@@ -6,7 +6,7 @@ import os
 import pytest
 
 from meddiff.errors import UserError
-from meddiff.report.files import atomic_folder, atomic_write
+from meddiff.files import atomic_folder, atomic_write
 
 
 def test_writes_bytes_and_creates_parent_folders(tmp_path):

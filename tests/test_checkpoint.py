@@ -1,4 +1,4 @@
-"""Checkpoints: nothing pickled, never half-written, resolvable from a run folder."""
+"""Checkpoints: nothing pickled, never half-written."""
 
 import json
 import os
@@ -7,8 +7,9 @@ import pickle
 import pytest
 import torch
 
+from meddiff import checkpoint as ckpt
 from meddiff.errors import UserError
-from meddiff.train import checkpoint as ckpt
+from meddiff.rundir import list_checkpoints, resolve_checkpoint
 
 
 def _save(path, value=1.0):
@@ -32,7 +33,7 @@ def test_save_then_load(tmp_path):
     path = _save(tmp_path / "checkpoints" / "step_0000001")
     groups, state = ckpt.load_checkpoint(path)
     assert torch.equal(groups["model"]["w"], torch.ones(2, 2)) and state["step"] == 1
-    assert ckpt.resolve_checkpoint(tmp_path) == path
+    assert resolve_checkpoint(tmp_path) == path
 
 
 def test_a_crash_mid_save_leaves_the_previous_checkpoint_loadable(tmp_path, monkeypatch):
@@ -44,8 +45,8 @@ def test_a_crash_mid_save_leaves_the_previous_checkpoint_loadable(tmp_path, monk
     monkeypatch.setattr(ckpt, "save_file", crash)
     with pytest.raises(OSError):
         _save(tmp_path / "checkpoints" / "step_0000002", 2.0)
-    assert ckpt.list_checkpoints(tmp_path) == [first]  # the half-written folder is hidden and ignored
-    assert ckpt.resolve_checkpoint(tmp_path) == first
+    assert list_checkpoints(tmp_path) == [first]  # the half-written folder is hidden and ignored
+    assert resolve_checkpoint(tmp_path) == first
     assert ckpt.load_checkpoint(first)[1]["step"] == 1
 
 
@@ -77,10 +78,3 @@ def test_a_pickle_crafted_to_run_code_is_refused_not_run(tmp_path):
     with pytest.raises(UserError, match=r"evil\.pt"):
         ckpt.load_tensors(tmp_path / "evil.pt")
     assert not marker.exists()
-
-
-def test_resolve_names_the_problem(tmp_path):
-    with pytest.raises(UserError, match="no such run"):
-        ckpt.resolve_checkpoint(tmp_path / "missing")
-    with pytest.raises(UserError, match="no complete checkpoint"):
-        ckpt.resolve_checkpoint(tmp_path)

@@ -1,7 +1,8 @@
 """Checkpoints that are safe to load and never half-written.
 
-A checkpoint is a folder ``checkpoints/step_NNNNNNN/`` holding ``*.safetensors`` tensor groups (model,
-EMA, optimizer moments, RNG states) and ``state.json`` (everything else: step, config, scalars). Nothing
+A checkpoint is a folder (in a run, ``checkpoints/step_NNNNNNN/``: see ``meddiff.rundir``) holding
+``*.safetensors`` tensor groups (model, EMA, optimizer moments, RNG states) and ``state.json`` (everything
+else: step, config, scalars). Every network meddiff trains is stored this way, auxiliary ones too. Nothing
 is pickled, so loading a checkpoint cannot execute code. The folder is written under a hidden temporary
 name and renamed into place, so a kill at any moment leaves either the complete new checkpoint or none.
 """
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -20,8 +20,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from meddiff.errors import UserError
+from meddiff.migrations import migrate
 
-_STEP_DIR = re.compile(r"^step_(\d+)$")
 STATE_FILE = "state.json"
 
 
@@ -89,7 +89,8 @@ def save_checkpoint(path: Path, tensor_groups: dict[str, dict[str, torch.Tensor]
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
-    """Read a checkpoint folder: ``({group: tensors}, state)``. Refuses anything that is not safetensors."""
+    """Read a checkpoint folder: ``({group: tensors}, state)`` in the current layout (older versions are
+    migrated, ``meddiff.migrations``). Refuses anything that is not safetensors."""
     path = Path(path)
     state_file = path / STATE_FILE
     if not state_file.is_file():
@@ -101,6 +102,7 @@ def load_checkpoint(path: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dic
     groups = {}
     for file in sorted(path.glob("*.safetensors")):
         groups[file.stem] = load_tensors(file)
+    migrate(groups, state)
     return groups, state
 
 
@@ -113,33 +115,3 @@ def load_tensors(file: Path) -> dict[str, torch.Tensor]:
             f"{file}: not a valid safetensors file ({exc}); meddiff does not load pickled "
             "checkpoints because unpickling can execute code"
         ) from None
-
-
-def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first (temporary folders are ignored)."""
-    folder = Path(run_dir) / "checkpoints"
-    if not folder.is_dir():
-        return []
-    found = [
-        (int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP_DIR.match(p.name)) and (p / STATE_FILE).is_file()
-    ]
-    return [p for _, p in sorted(found)]
-
-
-def resolve_checkpoint(run_or_checkpoint: Path) -> Path:
-    """A run folder resolves to its latest checkpoint; a checkpoint folder to itself."""
-    path = Path(run_or_checkpoint)
-    if (path / STATE_FILE).is_file():
-        return path
-    if path.is_file():
-        raise UserError(f"{path}: expected a run folder or a checkpoint folder, got a file")
-    if not path.exists():
-        raise UserError(f"{path}: no such run or checkpoint folder")
-    checkpoints = list_checkpoints(path)
-    if not checkpoints:
-        raise UserError(f"{path}: no complete checkpoint found under {path / 'checkpoints'}")
-    return checkpoints[-1]
-
-
-def checkpoint_name(step: int) -> str:
-    return f"step_{step:07d}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -30,6 +31,11 @@ def atomic_write(path: str | Path, data: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_json(path: str | Path, data: object) -> Path:
+    """Write ``data`` as indented JSON to ``path`` atomically (see ``atomic_write``)."""
+    return atomic_write(path, (json.dumps(data, indent=1) + "\n").encode())
 
 
 def check_new_folder(out_dir: str | Path) -> None:

@@ -4,7 +4,7 @@ import io
 
 from rich.console import Console
 
-from meddiff.train.progress import TrainProgress
+from meddiff.progress import TrainProgress
 
 
 def _plain_console() -> tuple[Console, io.StringIO]:
@@ -24,7 +24,7 @@ def test_a_plain_log_gets_a_line_every_tenth_of_the_steps():
 
 def test_the_eta_under_a_time_budget_comes_from_the_budget(monkeypatch):
     clock = iter(range(0, 10_000, 1)).__next__
-    monkeypatch.setattr("meddiff.train.progress.time.monotonic", lambda: float(clock()))
+    monkeypatch.setattr("meddiff.progress.time.monotonic", lambda: float(clock()))
     console, _ = _plain_console()
     bar = TrainProgress(100_000, budget_seconds=360, console=console)  # starts at t = 0
     # 10 steps in 1 s: the 99,990 steps left would take 9,999 s; the budget has 360 - 1 s left
