@@ -65,3 +65,16 @@ def test_the_pixel_ensemble_trains_on_the_gpu_from_a_cpu_store():
     held_out = torch.arange(1000, 1200)
     labels = vote(model(store.read(held_out).cuda())).labels.cpu()
     assert next(model.parameters()).device.type == "cuda" and (labels == store.labels[held_out]).float().mean() > 0.95
+
+
+def test_the_domain_network_and_text_aligner_train_on_the_gpu_as_on_the_cpu():
+    from meddiff.metrics.domain_net import DomainTrainConfig, train_domain_net
+    from meddiff.metrics.text_alignment import AlignmentTrainConfig, train_aligner
+
+    images, pooled = torch.rand(8, 1, 32, 32) * 2 - 1, torch.randn(8, 16)
+    config = DomainTrainConfig(steps=3, batch_size=4)
+    (_, on_cpu), (net, on_gpu) = (train_domain_net(images, train_config=config, device=d) for d in ("cpu", "cuda"))
+    assert next(net.parameters()).device.type == "cpu" and on_gpu == pytest.approx(on_cpu, rel=1e-3)
+    captions, aligner_config = ["a", "b"] * 4, AlignmentTrainConfig(steps=3, batch_size=4)
+    on_cpu, on_gpu = (train_aligner(images, pooled, captions, aligner_config, device=d)[1] for d in ("cpu", "cuda"))
+    assert on_gpu == pytest.approx(on_cpu, rel=1e-3)

@@ -144,3 +144,33 @@ def test_sampling_puts_noise_and_conditioning_on_the_model_device():
     generators = [torch.Generator().manual_seed(i) for i in range(2)]
     with pytest.raises(ReachedTheModel):
         sample(model, Diffusion(NoiseConfig()), sampler, (2, 1, 16, 16), cond, generator=generators)
+
+
+def _stop_at_the_encoder(monkeypatch) -> None:
+    """Make ``DomainCNN.encode`` check that its input shares the network's device, then stop the run."""
+    from meddiff.metrics.domain_net import DomainCNN
+
+    def encode(self, prepared):
+        device = next(self.parameters()).device
+        assert prepared.device == device, f"views on {prepared.device}, the network on {device}"
+        raise ReachedTheModel
+
+    monkeypatch.setattr(DomainCNN, "encode", encode)
+
+
+def test_the_domain_network_trains_with_its_views_on_its_device(monkeypatch):
+    from meddiff.metrics.domain_net import DomainTrainConfig, train_domain_net
+
+    _stop_at_the_encoder(monkeypatch)
+    images = torch.rand(4, 1, 16, 16) * 2 - 1
+    with pytest.raises(ReachedTheModel):
+        train_domain_net(images, train_config=DomainTrainConfig(steps=1, batch_size=2), device=META)
+
+
+def test_the_text_aligner_trains_with_its_views_and_texts_on_its_device(monkeypatch):
+    from meddiff.metrics.text_alignment import AlignmentTrainConfig, train_aligner
+
+    _stop_at_the_encoder(monkeypatch)
+    images, pooled = torch.rand(4, 1, 16, 16) * 2 - 1, torch.randn(4, 8)
+    with pytest.raises(ReachedTheModel):
+        train_aligner(images, pooled, ["a", "b", "a", "b"], AlignmentTrainConfig(steps=1, batch_size=2), device=META)

@@ -111,7 +111,7 @@ def reconstruction_loss(
     model: EditableModel, x0: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor, draws: int = 16, seed: int = 12345
 ) -> float:
     """The denoising loss of ``x0`` under embedding ``tokens`` on ``draws`` fixed (timestep, noise) draws."""
-    generator = torch.Generator(x0.device).manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)  # on the CPU: meddiff.devices
     cond = _conditioning(model, tokens, mask, draws)
     return model.diffusion.loss(model.unet, x0.expand(draws, -1, -1, -1), cond, generator).item()
 
@@ -218,7 +218,7 @@ def imagic(
     seconds = {}
     x0 = model.encode_input(image, mask)
     target = model.encode_prompt(prompt)
-    generator = torch.Generator(x0.device).manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)  # on the CPU: meddiff.devices
     model.unet.eval()
     before = reconstruction_loss(model, x0, target.tokens, target.mask)
     start = time.perf_counter()

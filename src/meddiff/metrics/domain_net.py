@@ -40,6 +40,7 @@ from torch import nn
 from meddiff import __version__
 from meddiff.checkpoint import STATE_FILE, load_checkpoint, save_checkpoint
 from meddiff.config import from_dict, to_dict
+from meddiff.devices import rand, randn, resolve_device
 from meddiff.errors import UserError
 from meddiff.metrics.features import FeatureNet, match_channels, match_size
 
@@ -118,23 +119,24 @@ def augment(
     hflip: bool = True,
     intensity_jitter: float = 0.0,
 ) -> torch.Tensor:
-    """One random view per image of ``[N, C, S, S]`` images in [-1, 1] (same size out).
+    """One random view per image of ``[N, C, S, S]`` images in [-1, 1] (same size out, same device).
 
     Hand-written because torchvision's transforms are not available: one batched affine resampling
     does crop (area fraction in [min_crop_area, 1], aspect 3/4..4/3), resize and flip for all images.
+    The draws come from the CPU ``generator`` (``meddiff.devices``), so a seed gives the same views anywhere.
     """
-    n = images.shape[0]
+    n, device = images.shape[0], images.device
 
     def u(lo: float, hi: float) -> torch.Tensor:
-        return lo + (hi - lo) * torch.rand(n, generator=generator)
+        return lo + (hi - lo) * rand((n,), generator, device)
 
     area = u(min_crop_area, 1.0)
     aspect = torch.exp(u(math.log(3 / 4), math.log(4 / 3)))
     sx = (area * aspect).sqrt().clamp(max=1.0)
     sy = (area / aspect).sqrt().clamp(max=1.0)
     tx, ty = u(-1, 1) * (1 - sx), u(-1, 1) * (1 - sy)
-    flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0) if hflip else torch.ones(n)
-    theta = torch.zeros(n, 2, 3)
+    flip = torch.where(rand((n,), generator, device) < 0.5, -1.0, 1.0) if hflip else torch.ones(n, device=device)
+    theta = torch.zeros(n, 2, 3, device=device)
     theta[:, 0, 0], theta[:, 0, 2] = sx * flip, tx
     theta[:, 1, 1], theta[:, 1, 2] = sy, ty
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
@@ -145,7 +147,7 @@ def augment(
     j, shape = intensity_jitter, (n, 1, 1, 1)
     unit = ((views + 1) / 2).clamp(0, 1) ** torch.exp(u(-0.4 * j, 0.4 * j)).view(shape)
     unit = unit * u(1 - 0.2 * j, 1 + 0.2 * j).view(shape) + u(-0.1 * j, 0.1 * j).view(shape)
-    unit = unit + u(0.0, 0.03 * j).view(shape) * torch.randn(views.shape, generator=generator)
+    unit = unit + u(0.0, 0.03 * j).view(shape) * randn(tuple(views.shape), generator, device)
     return unit.clamp(0, 1) * 2 - 1
 
 
@@ -182,10 +184,14 @@ def domain_net_name(
 
 
 def train_domain_net(
-    images: torch.Tensor, net_config: DomainNetConfig | None = None, train_config: DomainTrainConfig | None = None
+    images: torch.Tensor,
+    net_config: DomainNetConfig | None = None,
+    train_config: DomainTrainConfig | None = None,
+    device: str | torch.device = "cpu",
 ) -> tuple[DomainCNN, list[float]]:
-    """Train a ``DomainCNN`` on real ``images`` ``[N, C, H, W]`` in [-1, 1] (N >= 2); returns the network
-    (in eval mode, named ``domain-cnn-<12 hex>``) and the loss of every step.
+    """Train a ``DomainCNN`` on real ``images`` ``[N, C, H, W]`` in [-1, 1] (N >= 2) on ``device`` (the
+    images stay where they are; each batch is moved); returns the network (in eval mode, on the CPU, named
+    ``domain-cnn-<12 hex>``) and the loss of every step.
 
     Deterministic for a given seed and thread count, and leaves torch's global RNG untouched.
     ``net_config.in_channels`` is replaced by the images' channel count.
@@ -195,6 +201,8 @@ def train_domain_net(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(train_config.seed)
         net = DomainCNN(net_config, name=name)
+    device = resolve_device(device)
+    net.to(device)
     generator = torch.Generator().manual_seed(train_config.seed)
     data = net.prepare(images)
     batch = min(train_config.batch_size, data.shape[0])
@@ -204,7 +212,7 @@ def train_domain_net(
     for _ in range(train_config.steps):
         if cursor + batch > len(order):
             order, cursor = torch.randperm(data.shape[0], generator=generator), 0
-        x = data[order[cursor : cursor + batch]]
+        x = data[order[cursor : cursor + batch]].to(device)
         cursor += batch
         views = [
             augment(x, generator, train_config.min_crop_area, train_config.hflip, train_config.intensity_jitter)
@@ -221,7 +229,7 @@ def train_domain_net(
         "num_images": images.shape[0],
         "final_loss": losses[-1] if losses else None,
     }
-    return net.eval(), losses
+    return net.cpu().eval(), losses
 
 
 def save_domain_net(net: DomainCNN, directory: str | Path) -> Path:
@@ -265,12 +273,13 @@ def train_or_load_domain_net(
     cache_dir: str | Path,
     net_config: DomainNetConfig | None = None,
     train_config: DomainTrainConfig | None = None,
+    device: str | torch.device = "cpu",
 ) -> DomainCNN:
-    """The domain network for ``images`` and these settings: loaded from ``cache_dir/<name>`` when it was
-    trained before, else trained and saved there."""
+    """The domain network for ``images`` and these settings (on the CPU): loaded from ``cache_dir/<name>``
+    when it was trained before, else trained on ``device`` and saved there."""
     directory = Path(cache_dir) / domain_net_name(images, net_config, train_config)
     if (directory / STATE_FILE).is_file():
         return load_domain_net(directory)
-    net, _ = train_domain_net(images, net_config, train_config)
+    net, _ = train_domain_net(images, net_config, train_config, device)
     save_domain_net(net, directory)
     return net

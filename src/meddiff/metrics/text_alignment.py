@@ -32,6 +32,7 @@ from torch import nn
 from meddiff import __version__
 from meddiff.checkpoint import STATE_FILE, load_checkpoint, save_checkpoint
 from meddiff.config import from_dict, to_dict
+from meddiff.devices import resolve_device
 from meddiff.errors import UserError
 from meddiff.metrics.domain_net import DomainCNN, DomainNetConfig, augment
 from meddiff.progress import progress_bar
@@ -113,11 +114,12 @@ def train_aligner(
     captions: Sequence[str],
     config: AlignmentTrainConfig | None = None,
     progress: bool = False,
+    device: str | torch.device = "cpu",
 ) -> tuple[DomainTextAligner, list[float]]:
-    """Train the domain text-alignment network on ``images`` ``[N, C, H, W]`` in [-1, 1] with their
-    captions' pooled embeddings ``[N, P]``. Leaves torch's global RNG untouched; returns the network (eval
-    mode; ``record`` holds the settings and its top-1 caption retrieval accuracy on the training images)
-    and the loss of every step."""
+    """Train the domain text-alignment network on ``device`` on ``images`` ``[N, C, H, W]`` in [-1, 1] with
+    their captions' pooled embeddings ``[N, P]`` (both stay where they are; each batch is moved). Leaves
+    torch's global RNG untouched; returns the network (eval mode, on the CPU; ``record`` holds the settings
+    and its top-1 caption retrieval accuracy on the training images) and the loss of every step."""
     config = config or AlignmentTrainConfig()
     if images.shape[0] != pooled.shape[0] or images.shape[0] != len(captions) or images.shape[0] < 2:
         raise UserError("text alignment needs at least 2 images with one caption each")
@@ -127,6 +129,8 @@ def train_aligner(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         net = DomainTextAligner(images.shape[1], pooled.shape[1], config, name)
+    device = resolve_device(device)
+    net.to(device)
     generator = torch.Generator().manual_seed(config.seed)
     ids = torch.tensor([{c: i for i, c in enumerate(dict.fromkeys(captions))}[c] for c in captions])
     data = net.image_net.prepare(images)
@@ -136,16 +140,15 @@ def train_aligner(
     net.train()
     for _ in progress_bar(range(config.steps), description="text-alignment network", enabled=progress):
         index = torch.randperm(data.shape[0], generator=generator)[:batch]
-        views = augment(data[index], generator, config.min_crop_area, hflip=False)
+        views = augment(data[index].to(device), generator, config.min_crop_area, hflip=False)
         image_emb = F.normalize(net.image_net.projection(net.image_net.encode(views)), dim=-1)
-        loss = _contrastive_loss(
-            image_emb, net.text_embeddings(pooled[index]), ids[index, None] == ids[None, index], net.logit_scale
-        )
+        same = (ids[index, None] == ids[None, index]).to(device)
+        loss = _contrastive_loss(image_emb, net.text_embeddings(pooled[index].to(device)), same, net.logit_scale)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
         losses.append(loss.item())
-    net.eval()
+    net.cpu().eval()
     net.record = {
         "training": to_dict(config),
         "num_images": images.shape[0],

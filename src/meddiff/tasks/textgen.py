@@ -27,6 +27,7 @@ import torch
 
 from meddiff.config import from_dict
 from meddiff.data.build import DataConfig, build_dataset
+from meddiff.devices import model_device
 from meddiff.diffusion.conditioning import Conditioning
 from meddiff.diffusion.objective import Diffusion
 from meddiff.diffusion.sampling import sample
@@ -206,9 +207,8 @@ def fit(config: TextGenConfig, run_dir: Path, resume: bool = False, progress: bo
         images = dataset.images
         if config.tone.prob:
             images, captions = all_variants(images, captions, config.tone)
-        aligner, _ = train_aligner(
-            images, encoder.encode(captions).pooled, captions, config.alignment, progress=progress
-        )
+        pooled = encoder.encode(captions).pooled
+        aligner, _ = train_aligner(images, pooled, captions, config.alignment, progress, model_device(model))
         save_aligner(aligner, alignment_dir)
     return result
 
