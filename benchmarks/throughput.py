@@ -1,8 +1,10 @@
-"""Training and sampling speed at 64x64 on this CPU: meddiff's UNet vs a diffusers UNet2DModel of about the
-same parameter count, fp32 and bf16 autocast, measured side by side in one run (rounds interleave the four
-configurations so a noisy neighbour affects all of them alike).
+"""Training and sampling speed at 64x64 on this CPU: meddiff's UNets (today's demo UNet and the UNet of the
+new recipe, ``benchmarks.convergence`` recipe c) vs a diffusers ``UNet2DModel`` of the new UNet's parameter
+count, fp32 and bf16 autocast, measured side by side in one run (rounds interleave the configurations so a
+noisy neighbour affects all of them alike), with the model FLOP utilisation against this CPU's measured
+matmul peak.
 
-    .venv/bin/python -m benchmarks.throughput [--rounds 3] [--batch 16]
+    .venv/bin/python -m benchmarks.throughput [--rounds 3] [--batch 8]
 """
 
 from __future__ import annotations
@@ -37,32 +39,46 @@ class DiffusersAdapter(nn.Module):
         return self.model(x, t).sample
 
 
+def diffusers_layout(width: int, channels: int = CHANNELS) -> UNet2DModel:
+    """diffusers' unconditional-example layout at 4 levels (2 layers per block, attention in the two lowest
+    levels) with channels ``width``-``2 width``-``2 width``-``4 width``."""
+    return UNet2DModel(
+        sample_size=SIZE,
+        in_channels=channels,
+        out_channels=channels,
+        block_out_channels=(width, 2 * width, 2 * width, 4 * width),
+        layers_per_block=2,
+        attention_head_dim=32,
+        norm_num_groups=8,
+        down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+    )
+
+
+def matched_diffusers(parameters: int) -> DiffusersAdapter:
+    """The diffusers layout whose parameter count is closest to ``parameters`` (widths in steps of 8)."""
+    counts = {w: sum(p.numel() for p in diffusers_layout(w).parameters()) for w in range(8, 129, 8)}
+    width = min(counts, key=lambda w: abs(counts[w] - parameters))
+    torch.manual_seed(0)
+    return DiffusersAdapter(diffusers_layout(width))
+
+
 def models() -> dict[str, nn.Module]:
-    meddiff = UNet(
-        UNetConfig(
-            in_channels=CHANNELS,
-            out_channels=CHANNELS,
-            base_channels=32,
-            channel_mults=[1, 2, 2, 4],
-            attention_levels=[2, 3],
-        )
-    )
-    diffusers = DiffusersAdapter(
-        UNet2DModel(
-            sample_size=SIZE,
-            in_channels=CHANNELS,
-            out_channels=CHANNELS,
-            block_out_channels=(32, 64, 64, 128),
-            layers_per_block=2,
-            attention_head_dim=32,
-            down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
-            up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
-        )
-    )
-    return {"meddiff UNet": meddiff, "diffusers UNet2DModel": diffusers}
+    from benchmarks.convergence import candidates
+
+    recipes = candidates("bf16")
+    nets: dict[str, nn.Module] = {}
+    for label, name in (("a", "meddiff UNet, today's (a)"), ("c", "meddiff UNet, new recipe (c)")):
+        config = recipes[label].model  # type: ignore[attr-defined]
+        torch.manual_seed(0)
+        nets[name] = UNet(UNetConfig(**{**config.__dict__, "in_channels": CHANNELS, "out_channels": CHANNELS}))
+    new = sum(p.numel() for p in nets["meddiff UNet, new recipe (c)"].parameters())
+    nets["diffusers UNet2DModel (params of c)"] = matched_diffusers(new)
+    return nets
 
 
 def flops(model: nn.Module) -> int:
+    """FLOPs of one image's forward pass (torch's counter: 2 per multiply-add)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
@@ -70,14 +86,21 @@ def flops(model: nn.Module) -> int:
     return counter.get_total_flops()
 
 
+def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of ``torch.matmul`` on two ``n x n`` matrices of ``dtype`` (median of ``repeats``)."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    seconds = median_seconds(lambda: torch.matmul(a, b), repeats=repeats, warmup=2)
+    return 2 * n**3 / seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--sample-steps", type=int, default=20)
     args = parser.parse_args()
     started = time.monotonic()
-    torch.manual_seed(0)
+    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
     diffusion = Diffusion(NoiseConfig())
     nets = models()
     optimizers = {name: torch.optim.AdamW(net.parameters(), lr=1e-4) for name, net in nets.items()}
@@ -114,47 +137,53 @@ def main() -> None:
                     median_seconds(functools.partial(sample_batch, name, bf16), repeats=1, warmup=0)
                 )
 
+    sample_key = f"sample img/s ({sampler.name} {sampler.steps})"
+    base_name = "diffusers UNet2DModel (params of c)"
     rows = []
     for name, net in nets.items():
+        fwd = flops(net)
         for precision in ("fp32", "bf16"):
             train_s = statistics.median(timings[(name, precision, "train")])
             sample_s = statistics.median(timings[(name, precision, "sample")])
+            img_s = args.batch / train_s
             rows.append(
                 {
                     "model": name,
                     "precision": precision,
                     "params (M)": sum(p.numel() for p in net.parameters()) / 1e6,
-                    "GFLOP/img fwd": flops(net) / 1e9,
-                    "train steps/s": 1 / train_s,
-                    "train img/s": args.batch / train_s,
-                    f"sample img/s ({sampler.name} {sampler.steps})": args.batch / sample_s,
+                    "GFLOP/img fwd": fwd / 1e9,
+                    "train img/s": img_s,
+                    sample_key: args.batch / sample_s,
+                    # a training step costs about 3 forward passes (forward, and backward twice as much)
+                    "train MFU": 3 * fwd * img_s / peaks[precision],
                 }
             )
-    base = {r["precision"]: r for r in rows if r["model"] == "diffusers UNet2DModel"}
+    base = {r["precision"]: r for r in rows if r["model"] == base_name}
     fp32 = {r["model"]: r for r in rows if r["precision"] == "fp32"}
-    sample_key = f"sample img/s ({sampler.name} {sampler.steps})"
     for r in rows:
-        r["train vs diffusers"] = r["train steps/s"] / base[r["precision"]]["train steps/s"]
+        r["train vs diffusers"] = r["train img/s"] / base[r["precision"]]["train img/s"]
         r["sample vs diffusers"] = r[sample_key] / base[r["precision"]][sample_key]
-        r["bf16 gain train"] = r["train steps/s"] / fp32[r["model"]]["train steps/s"]
-        r["bf16 gain sample"] = r[sample_key] / fp32[r["model"]][sample_key]
+        r["bf16 gain train"] = r["train img/s"] / fp32[r["model"]]["train img/s"]
     columns = [
         "model",
         "precision",
         "params (M)",
         "GFLOP/img fwd",
-        "train steps/s",
         "train img/s",
         sample_key,
+        "train MFU",
         "train vs diffusers",
         "sample vs diffusers",
         "bf16 gain train",
-        "bf16 gain sample",
     ]
     body = (
         f"Batch {args.batch}, {CHANNELS} channels at {SIZE}x{SIZE} (the demo's joint image+label model), "
         f"AdamW, v-prediction loss; sampling = a full {sampler.name} {sampler.steps}-step run. Medians of "
-        f"{args.rounds} interleaved rounds (each training number is itself a median of 3 steps).\n\n"
+        f"{args.rounds} interleaved rounds (each training number is itself a median of 3 steps). The diffusers "
+        "model is the unconditional example's layout (2 layers per block, attention in the two lowest levels) "
+        "at the width whose parameter count is closest to the new UNet's.\n\n"
+        f"Matmul peak of this CPU (2048 x 2048, this process's threads): fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, "
+        f"bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s. Train MFU = 3 x forward FLOPs x images/s / that peak.\n\n"
         + markdown_table(rows, columns)
     )
     write_result(
@@ -164,7 +193,7 @@ def main() -> None:
         seed=0,
         wall_seconds=time.monotonic() - started,
         body=body,
-        numbers={"rows": rows},
+        numbers={"rows": rows, "matmul_peak_flops": peaks},
     )
 
 

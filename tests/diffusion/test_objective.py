@@ -51,3 +51,51 @@ def test_model_time_is_the_step_or_the_scaled_noise_level():
     assert torch.equal(Diffusion(NoiseConfig(time_input="timestep")).model_time(t), t)
     levels = Diffusion(NoiseConfig(time_input="noise_level")).model_time(t)
     assert levels[0] > 999.0 and levels[1] > levels[2] > 0
+
+
+class ZeroGuesser(nn.Module):
+    """Believes x0 is 0: predicts the target (epsilon, v or x0) that follows from that belief, and records
+    the times it was asked about, so the error of each sample in x0 space is exactly ``mean(x0 ** 2)``."""
+
+    def __init__(self, diffusion: Diffusion):
+        super().__init__()
+        self.diffusion, self.seen = diffusion, None
+
+    def forward(self, x_t, time):
+        self.seen = time
+        config = self.diffusion.config
+        gamma = _gamma(self.diffusion, time).view(-1, 1, 1, 1)
+        sigma = (1 - gamma**2).sqrt()
+        eps = x_t / sigma  # x_t = gamma * 0 + sigma * eps
+        return {"epsilon": eps, "v_prediction": gamma * eps, "sample": torch.zeros_like(x_t)}[config.prediction_type]
+
+
+def _gamma(diffusion: Diffusion, time: torch.Tensor) -> torch.Tensor:
+    if diffusion.config.time_input == "timestep":
+        return diffusion.alphas_cumprod[time.long()].sqrt()
+    return time / 1000.0
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+@pytest.mark.parametrize("time_input", ["timestep", "noise_level"])
+def test_min_snr_weighting_is_min_snr_gamma_times_the_x0_error(prediction_type, time_input):
+    """Hang et al. 2023 define the weighting in x0 space: loss = mean over samples of min(SNR, gamma) times the
+    sample's x0 error, whatever the network predicts."""
+    diffusion = Diffusion(
+        NoiseConfig(prediction_type=prediction_type, time_input=time_input, loss_weighting="min_snr", snr_gamma=5.0)
+    )
+    x0 = torch.rand(256, 1, 4, 4) * 2 - 1
+    model = ZeroGuesser(diffusion)
+    loss = diffusion.loss(model, x0, None, torch.Generator().manual_seed(0))
+    gamma = _gamma(diffusion, model.seen)
+    snr = gamma**2 / (1 - gamma**2)
+    expected = (snr.clamp(max=5.0) * x0.pow(2).mean(dim=(1, 2, 3))).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-4)
+    assert snr.max() > 5.0 > snr.min()  # the clipping was exercised
+
+
+def test_without_weighting_the_loss_is_the_plain_mse_of_the_target():
+    diffusion = Diffusion(NoiseConfig(prediction_type="sample"))
+    x0 = torch.rand(16, 1, 4, 4) * 2 - 1
+    loss = diffusion.loss(ZeroGuesser(diffusion), x0, None, torch.Generator().manual_seed(0))
+    assert loss.item() == pytest.approx(x0.pow(2).mean().item(), rel=1e-5)

@@ -201,3 +201,8 @@ def test_runs_in_one_process_may_use_different_precisions(tmp_path):
         result = generate.fit(tiny_generate_config(steps=1, mixed_precision=precision), tmp_path / precision / "run")
         assert result.step == 1
         shutil.rmtree(tmp_path / precision)
+
+
+def test_a_negative_ema_power_is_refused():
+    with pytest.raises(ValueError, match="ema_power"):
+        dataclasses.replace(tiny_generate_config(steps=1).train, ema_power=-1.0)

@@ -1,9 +1,11 @@
-"""The training objective: noise an image, predict epsilon or v, mean squared error."""
+"""The training objective: noise an image, predict epsilon, v or x0, mean squared error (optionally
+min-SNR-gamma weighted)."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from diffusers.training_utils import compute_snr
 from torch import nn
 
 from meddiff.devices import rand, randint, randn
@@ -45,6 +47,7 @@ class Diffusion:
             if target is None:
                 target = self.scheduler.get_velocity(x0, noise, t)
             time = t
+            snr = compute_snr(self.scheduler, t)
         else:
             # SR3's continuous noise level, drawn between neighbouring discrete levels: diffusers' add_noise
             # only takes integer steps, so the two-line interpolation is written here.
@@ -58,6 +61,7 @@ class Diffusion:
             targets = {"epsilon": noise, "sample": x0, "v_prediction": gamma * noise - sigma * x0}
             target = targets[self.config.prediction_type]
             time = 1000.0 * gamma.flatten()
+            snr = (gamma**2 / sigma**2).flatten().float()
         kwargs = {}
         if cond is not None:
             cond = cond.to(x0.device)  # e.g. text tokens from an encoder that stays on the CPU
@@ -66,4 +70,14 @@ class Diffusion:
                 cond = cond.drop(keep)
             kwargs = cond.model_kwargs()
         prediction = model(x_t, time, **kwargs)
-        return F.mse_loss(prediction.float(), target.float())
+        if self.config.loss_weighting == "none":
+            return F.mse_loss(prediction.float(), target.float())
+        per_sample = (prediction.float() - target.float()).pow(2).mean(dim=tuple(range(1, x0.dim())))
+        return (per_sample * self.min_snr_weight(snr)).mean()
+
+    def min_snr_weight(self, snr: torch.Tensor) -> torch.Tensor:
+        """min-SNR-gamma weight of each sample for this prediction target: ``min(SNR, gamma)`` divided by the
+        SNR weighting the target already implies (epsilon: SNR, v: SNR + 1, x0: 1)."""
+        clipped = snr.clamp(max=self.config.snr_gamma)
+        implied = {"epsilon": snr, "v_prediction": snr + 1, "sample": torch.ones_like(snr)}
+        return clipped / implied[self.config.prediction_type]

@@ -37,6 +37,14 @@ class NoiseConfig:
     # "timestep": the UNet sees the integer t; "noise_level": it sees 1000*sqrt(alpha_bar), sampled
     # continuously between neighbouring steps in training (SR3).
     time_input: Literal["timestep", "noise_level"] = "timestep"
+    # "min_snr": weight each sample's loss by min(SNR, snr_gamma) relative to the target's own weighting
+    # (Hang et al. 2023, min-SNR-gamma), so the many nearly noise-free steps stop dominating training.
+    loss_weighting: Literal["none", "min_snr"] = "none"
+    snr_gamma: float = 5.0
+
+    def __post_init__(self):
+        if self.snr_gamma <= 0:
+            raise ValueError(f"snr_gamma must be > 0, got {self.snr_gamma}")
 
 
 @dataclass

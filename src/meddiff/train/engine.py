@@ -70,6 +70,9 @@ class TrainConfig:
     adam_beta2: float = 0.999
     grad_clip: float = 1.0  # 0: no clipping
     ema_decay: float = 0.999  # 0: no EMA (samples and validation then use the training weights)
+    # > 0: EMA warm-up, decay 1 - (1 + step) ** -ema_power capped at ema_decay, so that a short run's EMA
+    # forgets its random start (diffusers' EMAModel warm-up; 2/3 to 3/4 in the literature); 0: constant decay
+    ema_power: float = 0.0
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # fp16 (with loss scaling) needs a GPU
     seed: int = 0
     max_minutes: float | None = None  # stop cleanly (and checkpoint) after this much training time
@@ -100,6 +103,8 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.ema_power < 0:
+            raise ValueError(f"ema_power must be >= 0, got {self.ema_power}")
 
 
 @dataclass
@@ -212,7 +217,10 @@ class Trainer:
             name: get_scheduler(schedule, opt, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.steps)
             for name, opt in optimizers.items()
         }
-        ema = EMAModel(model.parameters(), decay=cfg.ema_decay) if cfg.ema_decay else None
+        ema = None
+        if cfg.ema_decay:
+            warmup = dict(use_ema_warmup=True, inv_gamma=1.0, power=cfg.ema_power) if cfg.ema_power else {}
+            ema = EMAModel(model.parameters(), decay=cfg.ema_decay, **warmup)
 
         prepared_model, *prepared = accelerator.prepare(model, *optimizers.values())
         prepared_optimizers = dict(zip(optimizers, prepared, strict=True))
