@@ -47,8 +47,16 @@ from diffusers import UNet2DModel
 from torch import nn
 
 from benchmarks.common import RESULTS, markdown_table, write_result
-from benchmarks.samplers import miou_per_image, pair_folder, train_judge
-from benchmarks.segmentation import Setting, _subset, acdc, brain, choose_labels, fit_diffusion_features
+from benchmarks.samplers import miou_per_image, pair_folder, split, train_judge
+from benchmarks.segmentation import (
+    Setting,
+    _subset,
+    _write_pngs,
+    acdc,
+    brain,
+    choose_labels,
+    fit_diffusion_features,
+)
 from benchmarks.throughput import DiffusersAdapter
 from meddiff.config import from_dict
 from meddiff.data.arrays import ArrayDataset
@@ -66,11 +74,13 @@ from meddiff.segment.features import FeatureConfig
 from meddiff.segment.pixels import PixelConfig
 from meddiff.tasks import generate, segmenter
 from meddiff.tasks.generate import PairCodec
-from meddiff.tasks.runs import load_trained, to_uint8
+from meddiff.tasks.runs import load_trained
 from meddiff.train.engine import TrainConfig, Trainer, TrainResult
 
 SAMPLER = SamplerConfig(name="dpm++", steps=20)
 SEED = 0
+# every recipe runs to a time budget: no step cap, no grids, a checkpoint only where the budget stops it
+BUDGET_RUN = dict(steps=1_000_000, sample_every=1_000_000, checkpoint_every=1_000_000, keep_checkpoints=1, log_every=50)
 
 
 # -- data -------------------------------------------------------------------------------------------------
@@ -88,7 +98,7 @@ class Data:
 
 def brain_data(quick: bool) -> Data:
     setting = brain(quick)
-    train = _subset_union(setting)
+    train = split().train  # the training side: pool and sweep-validation slices, never the test bands
     return Data(
         "brain",
         f"MNI152 T1 axial slices (nilearn) at 64 px, joint image + 4-class label map; {len(train)} training "
@@ -98,15 +108,6 @@ def brain_data(quick: bool) -> Data:
         True,
         setting,
     )
-
-
-def _subset_union(setting: Setting) -> ArrayDataset:
-    """The brain training side: pool and sweep-validation slices (never the test bands)."""
-    from meddiff.data.samples import brain_mri
-    from meddiff.tasks.segmenter import select_images
-
-    names = sorted([*setting.pool.names, *setting.sweep_val.names])
-    return select_images(brain_mri(64, hflip=True), names)
 
 
 def acdc_data(size: int, quick: bool) -> Data:
@@ -128,11 +129,7 @@ def data_config(data: Data, folder: Path) -> DataConfig:
     """Write the training images (and masks) to ``folder`` and return the config that reads them."""
     if data.joint:
         return pair_folder(data.train, folder)
-    from PIL import Image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, image in zip(data.train.names, to_uint8(data.train.images)[:, 0].numpy(), strict=True):
-        Image.fromarray(image).save(folder / f"{name}.png")
+    _write_pngs(data.train.images, folder)
     size = int(data.train.images.shape[-1])
     return from_dict(DataConfig, {"kind": "image_folder", "root": str(folder), "size": size})
 
@@ -210,7 +207,6 @@ class DiffusersRecipe(Recipe):
 
     def __init__(self, mixed_precision: str):
         self.train = TrainConfig(
-            steps=1_000_000,
             batch_size=16,
             lr=1e-4,
             adam_beta1=0.95,
@@ -219,10 +215,7 @@ class DiffusersRecipe(Recipe):
             ema_decay=0.9999,
             ema_power=0.75,
             mixed_precision=mixed_precision,  # type: ignore[arg-type]
-            sample_every=1_000_000,
-            checkpoint_every=1_000_000,
-            keep_checkpoints=1,
-            log_every=50,
+            **BUDGET_RUN,
         )
 
     def fit(self, data: DataConfig, joint: bool, run: Path, minutes: float, resume: bool, seed: int) -> TrainResult:
@@ -260,16 +253,12 @@ def todays_recipe(mixed_precision: str) -> MeddiffRecipe:
         UNetConfig(base_channels=32, channel_mults=[1, 2, 2, 4], blocks_per_level=1, attention_levels=[2, 3]),
         NoiseConfig(beta_schedule="cosine", prediction_type="v_prediction"),
         TrainConfig(
-            steps=1_000_000,
             batch_size=8,
             lr=1e-3,
             warmup_steps=50,
             ema_decay=0.995,
             mixed_precision=mixed_precision,  # type: ignore[arg-type]
-            sample_every=1_000_000,
-            checkpoint_every=1_000_000,
-            keep_checkpoints=1,
-            log_every=50,
+            **BUDGET_RUN,
         ),
     )
 
@@ -417,18 +406,9 @@ def time_to_quality(curves: dict[str, list[tuple[float, float]]], new: str, old:
 
 
 # -- main -------------------------------------------------------------------------------------------------
-def bf16_pays(seconds: float = 3.0) -> tuple[bool, float]:
+def bf16_pays() -> tuple[bool, float]:
     """Whether bf16 autocast trains recipe (a)'s UNet faster than fp32 on this CPU (ratio of step times)."""
-    net = UNet(
-        UNetConfig(
-            in_channels=5,
-            out_channels=5,
-            base_channels=32,
-            channel_mults=[1, 2, 2, 4],
-            blocks_per_level=1,
-            attention_levels=[2, 3],
-        )
-    )
+    net = UNet(dataclasses.replace(todays_recipe("bf16").model, in_channels=5, out_channels=5))
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
     diffusion = Diffusion(NoiseConfig())
     x0 = torch.rand(8, 5, 64, 64) * 2 - 1

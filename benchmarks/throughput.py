@@ -10,6 +10,7 @@ matmul peak.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import statistics
 import time
@@ -23,7 +24,7 @@ from benchmarks.common import markdown_table, median_seconds, write_result
 from meddiff.diffusion.objective import Diffusion
 from meddiff.diffusion.sampling import sample
 from meddiff.diffusion.schedulers import NoiseConfig, SamplerConfig
-from meddiff.nets.unet import UNet, UNetConfig
+from meddiff.nets.unet import UNet
 
 CHANNELS, SIZE = 5, 64  # the demo's joint generator: 1 image + 4 label channels
 
@@ -56,8 +57,9 @@ def diffusers_layout(width: int, channels: int = CHANNELS) -> UNet2DModel:
 
 
 def matched_diffusers(parameters: int) -> DiffusersAdapter:
-    """The diffusers layout whose parameter count is closest to ``parameters`` (widths in steps of 8)."""
-    counts = {w: sum(p.numel() for p in diffusers_layout(w).parameters()) for w in range(8, 129, 8)}
+    """The diffusers layout whose parameter count is closest to ``parameters`` (widths 16..128 in steps of 8;
+    below 16 its attention blocks would get no heads of 32 channels)."""
+    counts = {w: sum(p.numel() for p in diffusers_layout(w).parameters()) for w in range(16, 129, 8)}
     width = min(counts, key=lambda w: abs(counts[w] - parameters))
     torch.manual_seed(0)
     return DiffusersAdapter(diffusers_layout(width))
@@ -71,7 +73,7 @@ def models() -> dict[str, nn.Module]:
     for label, name in (("a", "meddiff UNet, today's (a)"), ("c", "meddiff UNet, new recipe (c)")):
         config = recipes[label].model  # type: ignore[attr-defined]
         torch.manual_seed(0)
-        nets[name] = UNet(UNetConfig(**{**config.__dict__, "in_channels": CHANNELS, "out_channels": CHANNELS}))
+        nets[name] = UNet(dataclasses.replace(config, in_channels=CHANNELS, out_channels=CHANNELS))
     new = sum(p.numel() for p in nets["meddiff UNet, new recipe (c)"].parameters())
     nets["diffusers UNet2DModel (params of c)"] = matched_diffusers(new)
     return nets
@@ -138,6 +140,7 @@ def main() -> None:
                 )
 
     sample_key = f"sample img/s ({sampler.name} {sampler.steps})"
+    params = {name: sum(p.numel() for p in net.parameters()) for name, net in nets.items()}
     base_name = "diffusers UNet2DModel (params of c)"
     rows = []
     for name, net in nets.items():
@@ -150,7 +153,7 @@ def main() -> None:
                 {
                     "model": name,
                     "precision": precision,
-                    "params (M)": sum(p.numel() for p in net.parameters()) / 1e6,
+                    "params (M)": params[name] / 1e6,
                     "GFLOP/img fwd": fwd / 1e9,
                     "train img/s": img_s,
                     sample_key: args.batch / sample_s,
@@ -181,7 +184,9 @@ def main() -> None:
         f"AdamW, v-prediction loss; sampling = a full {sampler.name} {sampler.steps}-step run. Medians of "
         f"{args.rounds} interleaved rounds (each training number is itself a median of 3 steps). The diffusers "
         "model is the unconditional example's layout (2 layers per block, attention in the two lowest levels) "
-        "at the width whose parameter count is closest to the new UNet's.\n\n"
+        "at the width whose parameter count is closest to the new UNet's "
+        f"({params[base_name] / 1e6:.2f} M vs {params['meddiff UNet, new recipe (c)'] / 1e6:.2f} M: the width "
+        "moves in steps of 8, so the match is not exact).\n\n"
         f"Matmul peak of this CPU (2048 x 2048, this process's threads): fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, "
         f"bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s. Train MFU = 3 x forward FLOPs x images/s / that peak.\n\n"
         + markdown_table(rows, columns)

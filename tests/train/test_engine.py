@@ -203,6 +203,22 @@ def test_runs_in_one_process_may_use_different_precisions(tmp_path):
         shutil.rmtree(tmp_path / precision)
 
 
+@pytest.mark.parametrize("power", [0.0, 0.75])
+def test_ema_warm_up_follows_the_configured_power(power, tmp_path, monkeypatch):
+    """ema_power 0: diffusers' default warm-up (1 + s) / (10 + s); > 0: 1 - (1 + s) ** -power; both capped."""
+    decays, real_step = [], EMAModel.step
+
+    def recording_step(self, parameters):
+        real_step(self, parameters)
+        decays.append(self.cur_decay_value)
+
+    monkeypatch.setattr(EMAModel, "step", recording_step)
+    config = tiny_generate_config(steps=4, ema_decay=0.9, ema_power=power)
+    generate.fit(config, tmp_path / "run", progress=False)
+    warm = [(1 + s) / (10 + s) for s in (1, 2, 3)] if power == 0 else [1 - (1 + s) ** -power for s in (1, 2, 3)]
+    assert decays == pytest.approx([0.0, *(min(d, 0.9) for d in warm)])
+
+
 def test_a_negative_ema_power_is_refused():
     with pytest.raises(ValueError, match="ema_power"):
         dataclasses.replace(tiny_generate_config(steps=1).train, ema_power=-1.0)

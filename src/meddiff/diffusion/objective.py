@@ -38,7 +38,7 @@ class Diffusion:
         """Denoising loss for a batch ``x0`` in [-1, 1]. ``cond_drop_prob`` of the samples get the null
         conditioning (classifier-free guidance training). All randomness comes from ``generator``
         (a CPU generator; the draws move to ``x0``'s device, see ``meddiff.devices``)."""
-        b = x0.shape[0]
+        b, weighted = x0.shape[0], self.config.loss_weighting != "none"
         t = randint(self.config.num_train_timesteps, (b,), generator, x0.device)
         noise = randn(tuple(x0.shape), generator, x0.device, x0.dtype)
         if self.config.time_input == "timestep":
@@ -47,7 +47,7 @@ class Diffusion:
             if target is None:
                 target = self.scheduler.get_velocity(x0, noise, t)
             time = t
-            snr = compute_snr(self.scheduler, t)
+            snr = compute_snr(self.scheduler, t) if weighted else None
         else:
             # SR3's continuous noise level, drawn between neighbouring discrete levels: diffusers' add_noise
             # only takes integer steps, so the two-line interpolation is written here.
@@ -61,7 +61,7 @@ class Diffusion:
             targets = {"epsilon": noise, "sample": x0, "v_prediction": gamma * noise - sigma * x0}
             target = targets[self.config.prediction_type]
             time = 1000.0 * gamma.flatten()
-            snr = (gamma**2 / sigma**2).flatten().float()
+            snr = (gamma**2 / sigma**2).flatten().float() if weighted else None
         kwargs = {}
         if cond is not None:
             cond = cond.to(x0.device)  # e.g. text tokens from an encoder that stays on the CPU
@@ -70,7 +70,7 @@ class Diffusion:
                 cond = cond.drop(keep)
             kwargs = cond.model_kwargs()
         prediction = model(x_t, time, **kwargs)
-        if self.config.loss_weighting == "none":
+        if snr is None:
             return F.mse_loss(prediction.float(), target.float())
         per_sample = (prediction.float() - target.float()).pow(2).mean(dim=tuple(range(1, x0.dim())))
         return (per_sample * self.min_snr_weight(snr)).mean()

@@ -70,8 +70,8 @@ class TrainConfig:
     adam_beta2: float = 0.999
     grad_clip: float = 1.0  # 0: no clipping
     ema_decay: float = 0.999  # 0: no EMA (samples and validation then use the training weights)
-    # > 0: EMA warm-up, decay 1 - (1 + step) ** -ema_power capped at ema_decay, so that a short run's EMA
-    # forgets its random start (diffusers' EMAModel warm-up; 2/3 to 3/4 in the literature); 0: constant decay
+    # EMA decay at step s, capped at ema_decay: 1 - (1 + s) ** -ema_power when > 0 (diffusers' EMAModel
+    # warm-up; 2/3 to 3/4 in the literature), else diffusers' default warm-up (1 + s) / (10 + s)
     ema_power: float = 0.0
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # fp16 (with loss scaling) needs a GPU
     seed: int = 0
@@ -219,7 +219,7 @@ class Trainer:
         }
         ema = None
         if cfg.ema_decay:
-            warmup = dict(use_ema_warmup=True, inv_gamma=1.0, power=cfg.ema_power) if cfg.ema_power else {}
+            warmup = dict(use_ema_warmup=True, power=cfg.ema_power) if cfg.ema_power else {}
             ema = EMAModel(model.parameters(), decay=cfg.ema_decay, **warmup)
 
         prepared_model, *prepared = accelerator.prepare(model, *optimizers.values())
