@@ -46,7 +46,7 @@ import torch
 from diffusers import UNet2DModel
 from torch import nn
 
-from benchmarks.common import RESULTS, markdown_table, write_result
+from benchmarks.common import RESULTS, command_line, markdown_table, write_result
 from benchmarks.samplers import miou_per_image, pair_folder, split, train_judge
 from benchmarks.segmentation import (
     Setting,
@@ -203,13 +203,14 @@ class DiffusersRecipe(Recipe):
 
     label = "b"
     description = "diffusers' reference (UNet2DModel, DDPM epsilon, AdamW 1e-4, warm-up 500, EMA warm-up)"
-    noise = NoiseConfig(beta_schedule="linear", prediction_type="epsilon")
+    noise = NoiseConfig(beta_schedule="linear", prediction_type="epsilon", loss_weighting="none")
 
     def __init__(self, mixed_precision: str):
         self.train = TrainConfig(
             batch_size=16,
             lr=1e-4,
             adam_beta1=0.95,
+            adam_beta2=0.999,
             weight_decay=1e-6,
             warmup_steps=500,
             ema_decay=0.9999,
@@ -246,15 +247,17 @@ class DiffusersRecipe(Recipe):
 
 
 def todays_recipe(mixed_precision: str) -> MeddiffRecipe:
-    """(a): the demo's and configs/brain_image.yaml's settings."""
+    """(a): the demo's and configs/brain_image.yaml's settings with meddiff 0.2's defaults (unweighted
+    loss, Adam beta2 0.999), spelled out so that later defaults do not change it."""
     return MeddiffRecipe(
         "a",
         "today's (demo UNet 32-[1,2,2,4], v-prediction cosine, AdamW 1e-3 batch 8, EMA 0.995)",
         UNetConfig(base_channels=32, channel_mults=[1, 2, 2, 4], blocks_per_level=1, attention_levels=[2, 3]),
-        NoiseConfig(beta_schedule="cosine", prediction_type="v_prediction"),
+        NoiseConfig(beta_schedule="cosine", prediction_type="v_prediction", loss_weighting="none"),
         TrainConfig(
             batch_size=8,
             lr=1e-3,
+            adam_beta2=0.999,
             warmup_steps=50,
             ema_decay=0.995,
             mixed_precision=mixed_precision,  # type: ignore[arg-type]
@@ -274,6 +277,7 @@ def candidates(mixed_precision: str) -> dict[str, Recipe]:
         return MeddiffRecipe(label, description, model, noise, train)
 
     min_snr = {"loss_weighting": "min_snr"}
+    beta2 = {"adam_beta2": 0.99}
     recipes: list[Recipe] = [
         a,
         DiffusersRecipe(mixed_precision),
@@ -288,7 +292,7 @@ def candidates(mixed_precision: str) -> dict[str, Recipe]:
         variant("wide-low", "(a) with channels 32-[1,2,4,8]", model={"channel_mults": [1, 2, 4, 8]}),
         variant("small", "(a) with base 24", model={"base_channels": 24}),
         variant("fp32", "(a) in fp32", train={"mixed_precision": "no"}),
-        variant("minsnr-b2", "min-SNR + Adam beta2 0.99", noise=min_snr, train={"adam_beta2": 0.99}),
+        variant("minsnr-b2", "min-SNR + Adam beta2 0.99", noise=min_snr, train=beta2),
         variant("minsnr-eps", "min-SNR with epsilon prediction", noise={**min_snr, "prediction_type": "epsilon"}),
         variant("minsnr-g2", "min-SNR-2", noise={**min_snr, "snr_gamma": 2.0}),
         variant("minsnr-small", "min-SNR with base 24", noise=min_snr, model={"base_channels": 24}),
@@ -296,9 +300,18 @@ def candidates(mixed_precision: str) -> dict[str, Recipe]:
             "c",
             "new: (a) + min-SNR-5 loss weighting + Adam beta2 0.99 (convergence_study.md)",
             noise=min_snr,
-            train={"adam_beta2": 0.99},
+            train=beta2,
         ),
         variant("minsnr-ema", "min-SNR + EMA 0.999", noise=min_snr, train={"ema_decay": 0.999}),
+        variant("b2", "(a) + Adam beta2 0.99", train=beta2),
+        variant("minsnr-g20", "min-SNR-20 + Adam beta2 0.99", noise={**min_snr, "snr_gamma": 20.0}, train=beta2),
+        variant("floor1", "(c) with the SNR weight floored at 1", noise={**min_snr, "snr_floor": 1.0}, train=beta2),
+        variant(
+            "floor1-g10",
+            "(c) with the SNR weight clamped to [1, 10]",
+            noise={**min_snr, "snr_floor": 1.0, "snr_gamma": 10.0},
+            train=beta2,
+        ),
     ]
     return {r.label: r for r in recipes}
 
@@ -399,10 +412,21 @@ def time_to_quality(curves: dict[str, list[tuple[float, float]]], new: str, old:
     reached = minutes_to_reach(target, curves[new])
     needed_by_old = minutes_to_reach(target, curves[old]) or old_minutes
     if reached is None:
-        return f"< 1x ({new} does not reach {old}'s {target:.2f} within {curves[new][-1][0]:g} min)"
+        return f"< 1x ({new} does not reach {old}'s {target:.2f} within {curves[new][-1][0]:.1f} min)"
     if reached <= first and curves[new][0][1] <= target:
-        return f"> {needed_by_old / first:.0f}x ({new} is there at the first budget, {first:g} min)"
+        return f"> {needed_by_old / first:.0f}x ({new} is there at the first budget, {first:.2f} min)"
     return f"{needed_by_old / reached:.2f}x"
+
+
+def segmentation_goal(rows: list[dict], budgets: list[float]) -> list[str]:
+    """The issue's segmentation goal: (c)'s few-label mIoU at the second budget against (a)'s at the last."""
+    miou = {(r["recipe"], r["budget (min)"]): r.get("seg mIoU (5 labels)") for r in rows}
+    early, late = budgets[min(1, len(budgets) - 1)], budgets[-1]
+    new, old = miou.get(("c", early)), miou.get(("a", late))
+    if new is None or old is None:
+        return []
+    verdict = "met" if new >= old else "not met"
+    return [f"segmentation: (c) at {early:g} min {new:.3f} vs (a) at {late:g} min {old:.3f} ({verdict})"]
 
 
 # -- main -------------------------------------------------------------------------------------------------
@@ -441,6 +465,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny budgets and sample counts (a smoke test)")
     parser.add_argument("--work", type=Path, default=None, help="keep runs here (default: a temporary folder)")
     parser.add_argument("--name", default="convergence", help="results file name")
+    parser.add_argument(
+        "--update", action="store_true", help="keep the other datasets' sections of an existing results/<name>.json"
+    )
     args = parser.parse_args()
     warnings.filterwarnings("ignore", message="FID on .* images is biased upward")  # KID is the measure here
     if args.quick:
@@ -462,8 +489,13 @@ def main() -> None:
         "acdc64": lambda: acdc_data(64, args.quick),
         "acdc128": lambda: acdc_data(128, args.quick),
     }
-    sections, numbers = [], {"bf16_train_speedup": bf16_ratio, "mixed_precision": precision, "datasets": {}}
+    numbers = {"bf16_train_speedup": bf16_ratio, "mixed_precision": precision, "datasets": {}}
+    previous = RESULTS / f"{args.name}.json"
+    if args.update and previous.exists():
+        kept = json.loads(previous.read_text())["datasets"]
+        numbers["datasets"] = {name: entry for name, entry in kept.items() if name not in args.datasets}
     for name in args.datasets:
+        dataset_started = time.monotonic()
         data = loaders[name]()
         size = int(data.train.images.shape[-1])
         folder = work / name
@@ -509,6 +541,7 @@ def main() -> None:
             if "c" in recipes
             else []
         )
+        lines += segmentation_goal(rows, args.budgets)
         columns = [
             "recipe",
             "budget (min)",
@@ -531,21 +564,29 @@ def main() -> None:
             + markdown_table(rows, [c for c in columns if any(c in r for r in rows)])
             + "\n\n"
             + "\n".join(f"- {line}" for line in lines)
+            + f"\n\nMeasured by `{command_line()}` on {time.strftime('%Y-%m-%d')}, "
+            f"{(time.monotonic() - dataset_started) / 60:.1f} min."
         )
-        sections.append(section)
-        numbers["datasets"][name] = {"rows": rows, "floor": scorer.floor, "judge_real_miou": scorer.judge_real_miou}
+        numbers["datasets"][name] = {
+            "rows": rows,
+            "floor": scorer.floor,
+            "judge_real_miou": scorer.judge_real_miou,
+            "section": section,
+        }
         if args.work is None:
             shutil.rmtree(folder, ignore_errors=True)
+    ordered = [name for name in loaders if name in numbers["datasets"]]
     recipe_lines = "\n".join(f"- ({label}) {recipe.description}" for label, recipe in recipes.items())
     body = (
         f"Recipes:\n{recipe_lines}\n\nbf16 autocast: {bf16_ratio:.2f}x the fp32 training speed of recipe (a)'s "
         f"UNet on this CPU, so every recipe trains with mixed_precision {precision}. Samples: {args.samples} per "
-        f"recipe and budget, {SAMPLER.name} {SAMPLER.steps} steps, seed {SEED}.\n\n" + "\n\n".join(sections)
+        f"recipe and budget, {SAMPLER.name} {SAMPLER.steps} steps, seed {SEED}.\n\n"
+        + "\n\n".join(numbers["datasets"][name]["section"] for name in ordered)
     )
     write_result(
         args.name,
         "Quality per training minute: today's recipe, diffusers' reference and the new recipe",
-        data=", ".join(args.datasets),
+        data=", ".join(ordered),
         seed=f"training {args.seed}, sampling {SEED}",
         wall_seconds=time.monotonic() - started,
         body=body,

@@ -1,5 +1,7 @@
 """What the demo's 6-minute budget buys: unconditional vs axial-level-conditional joint generation on the
-embedded MNI152 brain slices, trained side by side with the same budget, scored with the same metrics.
+embedded MNI152 brain slices, and the level-conditional demo trained with the unweighted loss of meddiff
+0.2 beside today's min-SNR-5 weighting, trained one after the other with the same budget, scored with the
+same metrics.
 
     .venv/bin/python -m benchmarks.demo [--minutes 6] [--samples 64]
 
@@ -43,12 +45,18 @@ SAMPLERS = [
 ]
 
 
-def variants(minutes: float) -> dict[str, generate.GenerateConfig]:
+def variants(minutes: float) -> dict[str, tuple[str, generate.GenerateConfig]]:
+    """Figure slug -> (row label, config)."""
     conditional = demo.demo_config(minutes)
     unconditional = dataclasses.replace(
         conditional, conditional=False, data=from_dict(DataConfig, {"kind": "brain_mri", "size": 64, "hflip": True})
     )
-    return {"unconditional": unconditional, "level-conditional (demo)": conditional}
+    unweighted = dataclasses.replace(conditional, noise=dataclasses.replace(conditional.noise, loss_weighting="none"))
+    return {
+        "unconditional": ("unconditional", unconditional),
+        "level-conditional": ("level-conditional (demo)", conditional),
+        "level-conditional-unweighted": ("level-conditional, unweighted (0.2)", unweighted),
+    }
 
 
 def read_folder(folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,12 +85,14 @@ def main() -> None:
 
     rows, figures = [], []
     work = Path(tempfile.mkdtemp(prefix="meddiff-demo-bench-"))
-    for label, config in variants(args.minutes).items():
-        run = work / label.split()[0]
+    for slug, (label, config) in variants(args.minutes).items():
+        run = work / slug
         result = generate.fit(config, run, progress=False)
         for sampler in SAMPLERS:
             if sampler.guidance_scale != 1.0 and not config.conditional:
                 continue
+            if slug.endswith("unweighted") and sampler != SAMPLERS[0]:
+                continue  # the old recipe: the demo's own sampler only
             tag = f"{sampler.name}{sampler.steps}_g{sampler.guidance_scale}"
             t0 = time.monotonic()
             out = generate.run(run, args.samples, run / tag, sampler, seed=0, progress=False, autocast_bf16=True)
@@ -107,7 +117,7 @@ def main() -> None:
                 }
             )
             if sampler == SAMPLERS[0] or (not config.conditional and sampler == SAMPLERS[1]):
-                figure = Path(__file__).resolve().parent / "results" / f"demo_{label.split()[0]}.png"
+                figure = Path(__file__).resolve().parent / "results" / f"demo_{slug}.png"
                 save_png(pairs_grid(images[:16], masks[:16], 4, ncol=4, scale=2), figure)
                 figures.append((label, figure.name, tag))
 
@@ -124,9 +134,11 @@ def main() -> None:
         "s/img",
     ]
     body = (
-        f"Both models: the demo's UNet and optimiser, {args.minutes} min of training each on the same CPU, "
+        f"All models: the demo's UNet and recipe (min-SNR-5 loss weighting; the 0.2 row: unweighted), "
+        f"{args.minutes} min of training each on the same CPU, "
         f"{args.samples} samples per row (seed 0). Domain feature net: `{feature_net.name}`. "
-        f"KID floor (even vs odd real slices): {1000 * floor['kid_mean']:.2f} x1e-3.\n\n"
+        f"KID floor (even vs odd real slices): {1000 * floor['kid_mean']:.2f} ± {1000 * floor['kid_std']:.2f} "
+        "x1e-3.\n\n"
         + markdown_table(rows, columns)
         + "\n\n"
         + "\n".join(f"- {label} ({tag}): ![{label}]({name})" for label, name, tag in figures)

@@ -21,10 +21,12 @@ from meddiff.files import atomic_write
 T = TypeVar("T")
 
 
-def from_dict(cls: type[T], data: Mapping[str, Any] | None, where: str = "") -> T:
+def from_dict(cls: type[T], data: Mapping[str, Any] | None, where: str = "", base: T | None = None) -> T:
     """Build dataclass ``cls`` from ``data``, checking every key and value type.
 
-    ``where`` is the dotted prefix used in error messages (e.g. ``"model."``).
+    ``where`` is the dotted prefix used in error messages (e.g. ``"model."``). Keys missing from ``data``
+    take their values from ``base`` when given, else the dataclass defaults; a nested section starts from
+    its enclosing field's default, so ``sampler: {steps: 10}`` keeps a task's own default sampler.
     """
     data = {} if data is None else data
     if not isinstance(data, Mapping):
@@ -34,9 +36,15 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, where: str = "") -> 
     if unknown:
         raise UserError(f"unknown key '{where}{unknown[0]}' (known keys here: {', '.join(sorted(fields))})")
     hints = typing.get_type_hints(cls)
-    kwargs = {name: _coerce(hints[name], value, f"{where}{name}") for name, value in data.items()}
+    kwargs = {}
+    for name, value in data.items():
+        tp, factory = hints[name], fields[name].default_factory
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp) and factory is not dataclasses.MISSING:
+            kwargs[name] = from_dict(tp, value, f"{where}{name}.", base=factory())
+        else:
+            kwargs[name] = _coerce(tp, value, f"{where}{name}")
     try:
-        return cls(**kwargs)
+        return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)  # type: ignore[type-var]
     except (TypeError, ValueError) as exc:
         raise UserError(f"invalid value in '{where.rstrip('.') or 'config'}': {exc}") from None
 

@@ -1,5 +1,7 @@
 """The training objective: an oracle that knows x0 has zero loss, for each prediction type and time input."""
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -76,22 +78,31 @@ def _gamma(diffusion: Diffusion, time: torch.Tensor) -> torch.Tensor:
     return time / 1000.0
 
 
-@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+@pytest.mark.parametrize(
+    ("prediction_type", "snr_floor"), [("epsilon", 0.0), ("v_prediction", 0.0), ("sample", 0.0), ("v_prediction", 1.0)]
+)
 @pytest.mark.parametrize("time_input", ["timestep", "noise_level"])
-def test_min_snr_weighting_is_min_snr_gamma_times_the_x0_error(prediction_type, time_input):
+def test_min_snr_weighting_is_the_clamped_snr_times_the_x0_error(prediction_type, snr_floor, time_input):
     """Hang et al. 2023 define the weighting in x0 space: loss = mean over samples of min(SNR, gamma) times the
-    sample's x0 error, whatever the network predicts."""
-    diffusion = Diffusion(
-        NoiseConfig(prediction_type=prediction_type, time_input=time_input, loss_weighting="min_snr", snr_gamma=5.0)
-    )
+    sample's x0 error, whatever the network predicts; ``snr_floor`` raises the weight of the noisiest samples
+    to at least the floor."""
+    noise = NoiseConfig(prediction_type=prediction_type, time_input=time_input, loss_weighting="min_snr")
+    diffusion = Diffusion(dataclasses.replace(noise, snr_gamma=5.0, snr_floor=snr_floor))
     x0 = torch.rand(256, 1, 4, 4) * 2 - 1
     model = ZeroGuesser(diffusion)
     loss = diffusion.loss(model, x0, None, torch.Generator().manual_seed(0))
     gamma = _gamma(diffusion, model.seen)
     snr = gamma**2 / (1 - gamma**2)
-    expected = (snr.clamp(max=5.0) * x0.pow(2).mean(dim=(1, 2, 3))).mean()
+    expected = (snr.clamp(min=snr_floor, max=5.0) * x0.pow(2).mean(dim=(1, 2, 3))).mean()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-4)
-    assert snr.max() > 5.0 > snr.min()  # the clipping was exercised
+    assert snr.max() > 5.0 and snr.min() < 0.5  # both bounds were exercised
+
+
+def test_an_snr_floor_is_refused_for_epsilon_prediction_and_above_gamma():
+    with pytest.raises(ValueError, match="1/SNR"):
+        NoiseConfig(prediction_type="epsilon", loss_weighting="min_snr", snr_floor=1.0)
+    with pytest.raises(ValueError, match="below snr_gamma"):
+        NoiseConfig(loss_weighting="min_snr", snr_gamma=2.0, snr_floor=2.0)
 
 
 def test_without_weighting_the_loss_is_the_plain_mse_of_the_target():

@@ -76,6 +76,11 @@ def test_config_checks_refuse_what_the_task_cannot_do():
     config = from_dict(fuse.FuseConfig, {"data": {"kind": "paired_folder", "root": "x"}, "prior_rules": ["median"]})
     with pytest.raises(UserError, match="prior_rules"):
         fuse._check(config)
+    weighted = from_dict(
+        fuse.FuseConfig, {"data": {"kind": "paired_folder", "root": "x"}, "noise": {"loss_weighting": "min_snr"}}
+    )
+    with pytest.raises(UserError, match="loss_weighting"):  # fusion_loss is not SNR-weighted
+        fuse._check(weighted)
 
 
 @pytest.mark.parametrize("keep_background", [True, False])

@@ -16,6 +16,7 @@ from tests.conftest import tiny_generate_config
 from meddiff.checkpoint import load_checkpoint
 from meddiff.config import from_dict, to_dict
 from meddiff.data.build import DataConfig
+from meddiff.errors import UserError
 from meddiff.rundir import list_checkpoints
 from meddiff.tasks import generate
 
@@ -62,6 +63,18 @@ def test_interrupted_then_resumed_run_has_exactly_the_same_losses(tmp_path, monk
             assert torch.equal(tensor, final_resumed[group][name]), f"{group}.{name}"
     logged = [json.loads(line)["step"] for line in (tmp_path / "run/logs/train.jsonl").read_text().splitlines()]
     assert logged == [1, 2, 3, 4, 5, 6]
+
+
+def test_resuming_with_another_noise_config_is_refused_naming_the_key(tmp_path):
+    config = tiny_generate_config(steps=1)
+    generate.fit(config, tmp_path / "run", progress=False)
+    weighted = dataclasses.replace(
+        config,
+        train=dataclasses.replace(config.train, steps=2),
+        noise=dataclasses.replace(config.noise, loss_weighting="min_snr"),
+    )
+    with pytest.raises(UserError, match=r"noise\.loss_weighting 'none'"):
+        generate.fit(weighted, tmp_path / "run", resume=True, progress=False)
 
 
 def test_training_over_an_existing_run_needs_resume(tmp_path):

@@ -76,8 +76,8 @@ class Diffusion:
         return (per_sample * self.min_snr_weight(snr)).mean()
 
     def min_snr_weight(self, snr: torch.Tensor) -> torch.Tensor:
-        """min-SNR-gamma weight of each sample for this prediction target: ``min(SNR, gamma)`` divided by the
-        SNR weighting the target already implies (epsilon: SNR, v: SNR + 1, x0: 1)."""
-        clipped = snr.clamp(max=self.config.snr_gamma)
+        """min-SNR-gamma weight of each sample for this prediction target: ``clamp(SNR, floor, gamma)`` divided
+        by the SNR weighting the target already implies (epsilon: SNR, v: SNR + 1, x0: 1)."""
+        clipped = snr.clamp(min=self.config.snr_floor, max=self.config.snr_gamma)
         implied = {"epsilon": snr, "v_prediction": snr + 1, "sample": torch.ones_like(snr)}
         return clipped / implied[self.config.prediction_type]

@@ -39,12 +39,22 @@ class NoiseConfig:
     time_input: Literal["timestep", "noise_level"] = "timestep"
     # "min_snr": weight each sample's loss by min(SNR, snr_gamma) relative to the target's own weighting
     # (Hang et al. 2023, min-SNR-gamma), so the many nearly noise-free steps stop dominating training.
+    # Not the default: it wins on joint brain image+label generation and loses KID on ACDC image-only
+    # generation (benchmarks/results/convergence*.md); the demo and configs/brain_joint.yaml use it.
     loss_weighting: Literal["none", "min_snr"] = "none"
     snr_gamma: float = 5.0
+    # lower bound of the min-SNR weight in x0 space, clamp(SNR, snr_floor, snr_gamma): 1 keeps the noisiest
+    # steps, which lay out the image, at the weight of x0-prediction (Salimans & Ho 2022's truncated SNR)
+    # instead of letting SNR -> 0 switch them off
+    snr_floor: float = 0.0
 
     def __post_init__(self):
         if self.snr_gamma <= 0:
             raise ValueError(f"snr_gamma must be > 0, got {self.snr_gamma}")
+        if not 0 <= self.snr_floor < self.snr_gamma:
+            raise ValueError(f"snr_floor must be >= 0 and below snr_gamma {self.snr_gamma}, got {self.snr_floor}")
+        if self.snr_floor > 0 and self.prediction_type == "epsilon":
+            raise ValueError("snr_floor needs v_prediction or sample: with epsilon its weight grows as 1/SNR")
 
 
 @dataclass

@@ -38,11 +38,12 @@ DEMO_SAMPLES = 32
 
 
 def demo_config(minutes: float) -> generate.GenerateConfig:
-    """The demo's generator config: a 3M-parameter level-conditional UNet at 64 px, v-prediction, bf16 on AMX."""
+    """The demo's generator config: a 3M-parameter level-conditional UNet at 64 px, v-prediction with
+    min-SNR-5 loss weighting (benchmarks/results/convergence.md), bf16 where the CPU has it."""
     return generate.GenerateConfig(
         data=from_dict(DataConfig, {"kind": "brain_mri", "size": 64, "hflip": True, "levels": DEMO_LEVELS}),
         model=UNetConfig(base_channels=32, channel_mults=[1, 2, 2, 4], blocks_per_level=1, attention_levels=[2, 3]),
-        noise=NoiseConfig(beta_schedule="cosine", prediction_type="v_prediction"),
+        noise=NoiseConfig(beta_schedule="cosine", prediction_type="v_prediction", loss_weighting="min_snr"),
         train=TrainConfig(
             steps=100_000,
             batch_size=8,

@@ -94,6 +94,8 @@ def _check(config: FuseConfig) -> None:
         raise UserError(f"'data.kind' must be paired_folder for the fuse task, got '{config.data.kind}'")
     if config.noise.time_input != "timestep":
         raise UserError("'noise.time_input' must be timestep for the fuse task")
+    if config.noise.loss_weighting != "none":
+        raise UserError("'noise.loss_weighting' must be none for the fuse task (its loss is not SNR-weighted)")
     unknown = [r for r in config.prior_rules if r not in RULES]
     if unknown or not config.prior_rules:
         raise UserError(f"'prior_rules' must name rules among {', '.join(RULES)}, got {config.prior_rules}")

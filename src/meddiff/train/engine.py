@@ -442,11 +442,19 @@ class Trainer:
     ) -> tuple[int, _Validation]:
         """Load a checkpoint into the already placed model, optimizers and EMA (tensors go to ``device``)."""
         groups, record = load_checkpoint(path)
-        saved_model = record.get("config", {}).get("model")
-        if saved_model is not None and saved_model != self.run_config.get("model"):
+        saved = record.get("config", {})
+        if saved.get("model") is not None and saved["model"] != self.run_config.get("model"):
             raise UserError(
                 f"{path}: the checkpoint's model config differs from this run's config; "
                 "resume with the run's own config.yaml"
+            )
+        saved_noise, noise = saved.get("noise") or {}, self.run_config.get("noise") or {}
+        changed = sorted(k for k in saved_noise.keys() & noise.keys() if saved_noise[k] != noise[k])
+        if changed:  # another objective: the resumed run would no longer be the one that was started
+            key = changed[0]
+            raise UserError(
+                f"{path}: the checkpoint trained with noise.{key} {saved_noise[key]!r}, this run's config has "
+                f"{noise[key]!r}; set it in the config or resume with the run's own config.yaml"
             )
         if "optimizers" not in record:
             raise UserError(f"{path}: written by meddiff {record.get('meddiff_version')}, whose layout cannot resume")
