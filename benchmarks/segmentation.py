@@ -518,6 +518,7 @@ def fit_diffusion_features(
             scratch=scratch,
             hflip=labelled.hflip,
             vflip=labelled.vflip,
+            mirror=labelled.mirror,
         )
     classifier = PixelClassifier(extractor, outcome.ensemble)
     with Phase() as predict_phase:

@@ -2,7 +2,9 @@
 
 import json
 
+import numpy as np
 import pytest
+from PIL import Image
 from tests.cli.conftest import CLASSES, user_data, write_config
 
 from meddiff.config import from_dict
@@ -96,3 +98,30 @@ def test_user_errors_name_the_problem(cli, tmp_path):
         "synth", "run", tmp_path, "--masks", tmp_path, "--out", tmp_path / "o", "--cadis-task", "task9", ok=False
     )
     assert "cadis_task" in str(result.exception)
+
+
+def test_mask_flips_of_synth_runs_swap_declared_sided_classes_and_refuse_undeclared_ones(cli, user_folder, tmp_path):
+    sided = ["background", "right tissue", "left tissue", "white matter"]
+    config = write_config(
+        tmp_path / "p2p.yaml",
+        {
+            "task": "pix2pix",
+            "data": {**user_data(user_folder), "class_names": sided},
+            "model": {"base_channels": 8, "max_channels": 32, "depth": 4, "disc_channels": 8, "norm_groups": 4},
+            "train": {"steps": 1, **TRAIN},
+            "grid_samples": 2,
+        },
+    )
+    cli("synth", "pix2pix-fit", config, "--out", tmp_path / "run")
+    masks = ("--masks", user_folder / "masks", "--hflip", "--n-per-mask", 2)
+    refused = cli("synth", "pix2pix-run", tmp_path / "run", *masks, "--out", tmp_path / "no", ok=False)
+    assert "'right tissue', 'left tissue'" in str(refused.exception) and "--mirror-pair" in str(refused.exception)
+    assert not (tmp_path / "no").exists()
+    cli("synth", "pix2pix-run", tmp_path / "run", *masks, "--out", tmp_path / "gan", "--mirror-pair", "1,left tissue")
+    files = json.loads((tmp_path / "gan" / "manifest.json").read_text())["files"]
+    flipped = [f for f in files if f["augment"].get("hflip")]
+    assert flipped and len(flipped) < len(files)
+    source = np.asarray(Image.open(user_folder / "masks" / f"{flipped[0]['source_mask'].split('/')[-1]}"))
+    written = np.asarray(Image.open(tmp_path / "gan" / flipped[0]["mask"]))
+    swap = np.array([0, 2, 1, 3])
+    assert np.array_equal(written, swap[source[:, ::-1]])

@@ -53,8 +53,8 @@ def test_flip_views_append_mirror_images_and_keep_held_out_pixels_aligned():
     images = torch.arange(2 * 3 * 4, dtype=torch.float).view(2, 1, 3, 4)
     masks = images[:, 0].long()
     held = masks % 5 == 0
-    out_images, out_masks, out_held = flip_views(images, masks, hflip=True, vflip=True, held_out=held)
+    out_images, out_masks, out_held = flip_views(images, masks, held, hflip=True, vflip=True)
     assert out_images.shape == (6, 1, 3, 4)
     assert torch.equal(out_images[2:4], images.flip(-1)) and torch.equal(out_images[4:], images.flip(-2))
     assert torch.equal(out_held, out_masks % 5 == 0)
-    assert len(flip_views(images, masks, False, False)[0]) == 2
+    assert len(flip_views(images, masks, held, False, False)[0]) == 2

@@ -41,15 +41,34 @@ def load_config(path: Path, task: str) -> Any:
         raise UserError(f"{path}: {exc}") from None
 
 
-def _augment(hflip: bool, vflip: bool, rotate: float, elastic: float, paste_class: list[int] | None):
+def _augment(
+    hflip: bool,
+    vflip: bool,
+    rotate: float,
+    elastic: float,
+    paste_class: list[int] | None,
+    mirror_pair: list[str] | None,
+):
     from meddiff.data.mask_sources import MaskAugment
 
+    pairs = [[name.strip() for name in pair.split(",")] for pair in mirror_pair or []]
     try:
         return MaskAugment(
-            hflip=hflip, vflip=vflip, rotate=rotate, elastic=elastic, paste_classes=list(paste_class or [])
+            hflip=hflip,
+            vflip=vflip,
+            rotate=rotate,
+            elastic=elastic,
+            paste_classes=list(paste_class or []),
+            mirror_pairs=[[int(n) if n.isdigit() else n for n in pair] for pair in pairs],
         )
     except ValueError as exc:
         raise UserError(f"mask augmentation: {exc}") from None
+
+
+MIRROR_HELP = (
+    "Two classes (names or ids, comma-separated) that a left-right flip swaps, e.g. 'right lung,left lung'; "
+    "repeatable. The pairs of the model's training data apply too."
+)
 
 
 def _cadis(task: str | None) -> str | None:
@@ -101,6 +120,7 @@ def run(
     paste_class: list[int] | None = typer.Option(
         None, "--paste-class", help="Augment: paste this class (e.g. an instrument) from another mask; repeatable."
     ),
+    mirror_pair: list[str] | None = typer.Option(None, "--mirror-pair", help=MIRROR_HELP),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images sampled at once."),
     bf16: bool = typer.Option(False, "--bf16", help="Run the UNet in bf16 autocast (faster on AMX CPUs)."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
@@ -123,7 +143,7 @@ def run(
         settings,
         n_per_mask=n_per_mask,
         seed=seed,
-        augment=_augment(hflip, vflip, rotate, elastic, paste_class),
+        augment=_augment(hflip, vflip, rotate, elastic, paste_class, mirror_pair),
         cadis_task=_cadis(cadis_task),
         n_masks=n_masks,
         batch_size=batch_size,
@@ -168,6 +188,7 @@ def pix2pix_run(
     paste_class: list[int] | None = typer.Option(
         None, "--paste-class", help="Augment: paste this class from another mask; repeatable."
     ),
+    mirror_pair: list[str] | None = typer.Option(None, "--mirror-pair", help=MIRROR_HELP),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
 ) -> None:
     """Translate label maps into images with a trained pix2pix generator, into a dataset folder.
@@ -182,7 +203,7 @@ def pix2pix_run(
         out,
         n_per_mask=n_per_mask,
         seed=seed,
-        augment=_augment(hflip, vflip, rotate, elastic, paste_class),
+        augment=_augment(hflip, vflip, rotate, elastic, paste_class, mirror_pair),
         cadis_task=_cadis(cadis_task),
         n_masks=n_masks,
         device=device,

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from meddiff.data.mirror import NO_MIRROR, Mirror, flip_mask
+
 
 class Sample(TypedDict, total=False):
     """What every meddiff dataset yields, so every task accepts any of them.
@@ -60,8 +62,9 @@ class ArrayDataset(Dataset):
     ``attributes`` ``[N]`` are optional image-level labels 0..len(attribute_names)-1.
     Masks may be stored in any integer dtype (uint8 saves memory); samples always carry int64 masks.
     Augmentation, applied identically to every tensor of a sample: ``crop`` takes a random ``crop`` x
-    ``crop`` window, ``hflip`` / ``vflip`` flip left-right / top-bottom with probability 0.5. All of it
-    draws from torch's global RNG, so a seeded trainer replays the same augmentations on resume.
+    ``crop`` window, ``hflip`` / ``vflip`` flip left-right / top-bottom with probability 0.5, swapping the
+    mask ids of ``mirror``'s pairs (``flip_mask``). All of it draws from torch's global RNG, so a seeded
+    trainer replays the same augmentations on resume.
     """
 
     def __init__(
@@ -77,6 +80,7 @@ class ArrayDataset(Dataset):
         crop: int | None = None,
         attributes: torch.Tensor | None = None,
         attribute_names: Sequence[str] | None = None,
+        mirror: Mirror = NO_MIRROR,
     ):
         if images is None and masks is None:
             raise ValueError("a dataset needs images or masks")
@@ -92,7 +96,7 @@ class ArrayDataset(Dataset):
         self.masks, self.names = masks, list(names)
         self.images_b = images_b.float() if images_b is not None else None
         self.class_names = list(class_names) if class_names is not None else None
-        self.hflip, self.vflip, self.crop = hflip, vflip, crop
+        self.hflip, self.vflip, self.crop, self.mirror = hflip, vflip, crop, mirror
         self.attributes = attributes.long() if attributes is not None else None
         self.attribute_names = list(attribute_names) if attribute_names is not None else None
 
@@ -124,10 +128,9 @@ class ArrayDataset(Dataset):
             top = int(torch.randint(0, h - self.crop + 1, ()))
             left = int(torch.randint(0, w - self.crop + 1, ()))
             parts = {k: v[..., top : top + self.crop, left : left + self.crop] for k, v in parts.items()}
-        if self.hflip and torch.rand(()) < 0.5:
-            parts = {k: v.flip(-1) for k, v in parts.items()}
-        if self.vflip and torch.rand(()) < 0.5:
-            parts = {k: v.flip(-2) for k, v in parts.items()}
+        for dim, on in ((-1, self.hflip), (-2, self.vflip)):
+            if on and torch.rand(()) < 0.5:
+                parts = {k: flip_mask(v, dim, self.mirror) if k == "mask" else v.flip(dim) for k, v in parts.items()}
         if "mask" in parts:
             parts["mask"] = parts["mask"].long()
         if self.attributes is not None:

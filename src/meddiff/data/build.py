@@ -8,7 +8,7 @@ current working directory, not the config file: the examples in ``configs/data/`
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,12 +18,14 @@ import torch
 
 from meddiff.data.arrays import ArrayDataset
 from meddiff.data.cadis import CadisTask, cadis_dataset
-from meddiff.data.classmap import label_spec
+from meddiff.data.classmap import label_spec, load_class_map
 from meddiff.data.fit import Fit, FitMode
 from meddiff.data.folders import Unpaired, image_folder, image_mask_folder, paired_folder
 from meddiff.data.imagefiles import Intensity
+from meddiff.data.mirror import NO_MIRROR, Mirror, check_flips, resolve_pairs
 from meddiff.data.samples import brain_mri
 from meddiff.data.volumes import dicom_dataset, nifti_dataset
+from meddiff.errors import UserError
 
 DataKind = Literal["brain_mri", "image_mask_folder", "image_folder", "paired_folder", "cadis", "nifti", "dicom"]
 
@@ -83,6 +85,11 @@ class DataConfig:
     axis:         slicing axis (NIfTI RAS+: 0 sagittal, 1 coronal, 2 axial; DICOM: 2 = acquired slices)
     window:       [center, width] intensity window (e.g. CT [40, 400]); else percentiles [low, high]
     levels:       brain_mri only: label each slice with its axial level in this many bins (attributes)
+    mirror_pairs: classes swapped by a left-right flip, as pairs of names or ids, e.g.
+                  [[right lung, left lung], [right clavicle, left clavicle]]; a class map's ``mirror:`` key
+                  declares them too. hflip refuses sided class names (left/right, L/R) left unpaired; a
+                  sided class that keeps its id (ACDC's right ventricle) pairs with itself.
+    mirror_pairs_vertical: classes swapped by a top-bottom flip (none by default)
     """
 
     kind: DataKind = "brain_mri"
@@ -110,6 +117,8 @@ class DataConfig:
     window: tuple[float, float] | None = None
     percentiles: tuple[float, float] = (0.5, 99.5)
     levels: int = 0
+    mirror_pairs: list[list[str | int]] | None = None
+    mirror_pairs_vertical: list[list[str | int]] | None = None
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -159,7 +168,39 @@ def build_dataset(config: DataConfig) -> ArrayDataset:
     and ``class_names`` (None if unlabelled).
     """
     with single_threaded():
-        return _build(config)
+        dataset = _build(config)
+    dataset.mirror = data_mirror(config, dataset.class_names)
+    check_flips(
+        dataset.class_names,
+        dataset.mirror,
+        config.hflip,
+        "'data.hflip'",
+        "declare the pairs in data.mirror_pairs (e.g. [[right lung, left lung]]; a class that keeps its id when "
+        "mirrored, like a heart's right ventricle, pairs with itself) or with a class map's 'mirror:' key, or set "
+        "data.hflip: false",
+    )
+    return dataset
+
+
+def data_mirror(config: DataConfig, class_names: Sequence[str] | None) -> Mirror:
+    """The mirror pairs of ``config`` (``mirror_pairs``, ``mirror_pairs_vertical`` and the class map's
+    ``mirror:`` entries) as class ids of ``class_names``."""
+    from_map = []
+    if config.class_map is not None:
+        for entry in load_class_map(config.class_map):
+            pair = {entry.name, entry.mirror} if entry.mirror else None
+            if pair and pair not in [set(p) for p in from_map]:
+                from_map.append([entry.name, entry.mirror])
+    left_right = [*from_map, *(config.mirror_pairs or [])]
+    top_bottom = config.mirror_pairs_vertical or []
+    if not (left_right or top_bottom):
+        return NO_MIRROR
+    if not class_names:
+        raise UserError("'data.mirror_pairs' names classes, but this dataset has no label maps")
+    return Mirror(
+        resolve_pairs(left_right, class_names, "'data.mirror_pairs'"),
+        resolve_pairs(top_bottom, class_names, "'data.mirror_pairs_vertical'"),
+    )
 
 
 def _build(config: DataConfig) -> ArrayDataset:

@@ -5,7 +5,11 @@ A class map describes how masks are *stored*: a YAML list of ``{name, id, colour
     - {name: background, id: 0, colour: [0, 0, 0]}
     - {name: instrument, id: 1, colour: [255, 0, 0]}
 
-``colour`` is only needed for RGB colour-coded masks. A remap (``new_id: [old ids]``) then merges stored ids
+``colour`` is only needed for RGB colour-coded masks. ``mirror`` names the class a left-right flip turns a
+sided class into (``{name: right lung, id: 1, mirror: left lung}``; itself for a class that keeps its id,
+see ``meddiff.data.mirror``).
+
+A remap (``new_id: [old ids]``) then merges stored ids
 into training classes; stored ids it does not list become 255 (ignore), and ``255: [...]`` ignores ids
 explicitly. Binary masks stored as {0, 255} need a remap, because 255 means "ignore" by default: ISBI-EM
 membranes (0 = membrane, 255 = cell interior) become ``{0: [255], 1: [0]}`` (1 = membrane).
@@ -28,11 +32,13 @@ from meddiff.errors import UserError
 
 @dataclass(frozen=True)
 class ClassEntry:
-    """One class of a class map: its name, stored id and (for colour-coded masks) RGB colour."""
+    """One class of a class map: its name, stored id, (for colour-coded masks) RGB colour and (for a sided
+    class) the name of its mirror class."""
 
     name: str
     id: int
     colour: tuple[int, int, int] | None = None
+    mirror: str | None = None
 
 
 def load_class_map(path: Path) -> list[ClassEntry]:
@@ -52,6 +58,10 @@ def load_class_map(path: Path) -> list[ClassEntry]:
             raise UserError(f"{path}: '[{i}].colour' must be three values in 0..255, got {list(entry.colour)}")
     if len(set(ids)) != len(ids):
         raise UserError(f"{path}: class id {_first_duplicate(ids)} is listed twice")
+    names = {e.name for e in entries}
+    for i, entry in enumerate(entries):
+        if entry.mirror is not None and entry.mirror not in names:
+            raise UserError(f"{path}: '[{i}].mirror' must name a class of the map, got '{entry.mirror}'")
     if len(set(colours)) != len(colours):
         raise UserError(f"{path}: colour {list(_first_duplicate(colours))} is listed twice")
     return entries

@@ -20,6 +20,7 @@ from meddiff.data.cadis import CADIS_CLASSES, SPLITS, cadis_spec, video_of
 from meddiff.data.classmap import LabelSpec, class_map_spec, load_class_map
 from meddiff.data.imagefiles import describe, image_array, is_image_file, mask_array, open_image, read_mask
 from meddiff.data.labels import IGNORE_INDEX
+from meddiff.data.mirror import sided_classes
 from meddiff.data.validate import check_same_size, list_images, pair_files
 from meddiff.data.volumes import (
     dicom_files,
@@ -223,7 +224,7 @@ def inspect_path(
         raise UserError(f"{path}: not found")
     report = InspectReport(path, kind or detect_kind(path, images_dir, masks_dir))
     scan = _Scan(report)
-    spec = LabelSpec()
+    spec, entries = LabelSpec(), []
     if class_map is not None:
         try:
             entries = load_class_map(Path(class_map))
@@ -256,6 +257,7 @@ def inspect_path(
     except UserError as exc:  # a problem that stops the scan, e.g. an empty or missing folder
         scan.problem(exc)
     _note_ignore_masks(report)
+    _note_sided_classes(report, {frozenset((e.name, e.mirror)) for e in entries if e.mirror})
     return scan.finish()
 
 
@@ -399,6 +401,22 @@ def _note_ignore_masks(report: InspectReport) -> None:
         report.notes.append(
             f"masks hold ids {sorted(ids)}; 255 means 'ignore' unless remapped. If it marks a "
             "class (binary {0, 255} masks), set data.remap, e.g. {0: [0], 1: [255]}"
+        )
+
+
+def _note_sided_classes(report: InspectReport, pairs: set[frozenset]) -> None:
+    paired = {name for pair in pairs for name in pair}
+    sided = [name for name in sided_classes(list(report.class_names.values())) if name not in paired]
+    if sided:
+        report.notes.append(
+            f"classes {', '.join(repr(n) for n in sided)} are sided (left/right): a left-right flip (hflip, "
+            "synth run --hflip) needs them in mirror pairs (data.mirror_pairs, or 'mirror:' in the class map), "
+            "else training refuses the flip"
+        )
+    if pairs:
+        report.notes.append(
+            "mirror pairs (swapped by left-right flips): "
+            + ", ".join(" <-> ".join(sorted(p)) if len(p) == 2 else f"{next(iter(p))} (keeps its id)" for p in pairs)
         )
 
 

@@ -27,6 +27,7 @@ from meddiff.data.classmap import LabelSpec
 from meddiff.data.fit import Fit, stack_common
 from meddiff.data.imagefiles import read_mask
 from meddiff.data.labels import IGNORE_INDEX
+from meddiff.data.mirror import NO_MIRROR, Mirror, check_flips, flip_mask
 from meddiff.data.validate import file_key, list_images, require_dir
 from meddiff.errors import UserError
 
@@ -119,7 +120,8 @@ def check_class_ids(mask: torch.Tensor, num_classes: int, where: Path | str) -> 
 class MaskAugment:
     """Random label-map changes, each drawn independently per augmented mask.
 
-    hflip, vflip:   flip with probability 0.5
+    hflip, vflip:   flip with probability 0.5 (swapping the classes of the mirror pairs, ``flip_mask``)
+    mirror_pairs:   left-right class pairs (names or ids) besides those of the model's training data
     rotate:         rotate by an angle uniform in [-rotate, rotate] degrees (0: off)
     elastic:        elastic deformation (Simard et al. 2003): a random displacement field smoothed with a
                     Gaussian of ``elastic_sigma`` pixels, scaled so its largest shift is ``elastic`` pixels
@@ -133,6 +135,7 @@ class MaskAugment:
     elastic: float = 0.0
     elastic_sigma: float = 6.0
     paste_classes: list[int] = field(default_factory=list)
+    mirror_pairs: list[list[str | int]] = field(default_factory=list)
 
     def __post_init__(self):
         if self.rotate < 0 or self.elastic < 0 or self.elastic_sigma <= 0:
@@ -144,10 +147,19 @@ class MaskAugment:
 
 
 def augment_masks(
-    masks: MaskSet, indices: Sequence[int], config: MaskAugment, seed: int
+    masks: MaskSet, indices: Sequence[int], config: MaskAugment, seed: int, mirror: Mirror = NO_MIRROR
 ) -> tuple[torch.Tensor, list[dict]]:
-    """Augmented copies of ``masks.masks[indices]``: copy ``j`` is drawn with ``(seed, j)``. Returns the masks
-    ``[len(indices), H, W]`` and one record per copy of what was done (for the export manifest)."""
+    """Augmented copies of ``masks.masks[indices]``: copy ``j`` is drawn with ``(seed, j)``; flips swap
+    ``mirror``'s class pairs. Returns the masks ``[len(indices), H, W]`` and one record per copy of what was
+    done (for the export manifest). Sided classes that no pair swaps refuse ``hflip``."""
+    check_flips(
+        masks.class_names,
+        mirror,
+        config.hflip,
+        "--hflip",
+        "declare them with --mirror-pair (e.g. --mirror-pair 'right lung,left lung') or in the training data's "
+        "data.mirror_pairs, or drop --hflip",
+    )
     stack = masks.masks.numpy()
     donors = _donors(stack, config.paste_classes, len(masks.class_names)) if config.paste_classes else None
     out, records = [], []
@@ -159,7 +171,7 @@ def augment_masks(
             donor = int(rng.choice(choices))
             mask = paste(mask, stack[donor], config.paste_classes)
             record["paste_from"] = masks.names[donor]
-        mask, geometry = _geometry(mask, config, rng)
+        mask, geometry = _geometry(mask, config, rng, mirror)
         out.append(torch.from_numpy(np.ascontiguousarray(mask)))
         records.append({**record, **geometry})
     return torch.stack(out), records
@@ -181,12 +193,13 @@ def paste(mask: np.ndarray, donor: np.ndarray, classes: Sequence[int]) -> np.nda
     return np.where(region, donor, mask).astype(mask.dtype)
 
 
-def _geometry(mask: np.ndarray, config: MaskAugment, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+def _geometry(
+    mask: np.ndarray, config: MaskAugment, rng: np.random.Generator, mirror: Mirror
+) -> tuple[np.ndarray, dict]:
     record: dict = {}
-    if config.hflip and rng.random() < 0.5:
-        mask, record["hflip"] = mask[:, ::-1], True
-    if config.vflip and rng.random() < 0.5:
-        mask, record["vflip"] = mask[::-1], True
+    for dim, on, key in ((-1, config.hflip, "hflip"), (-2, config.vflip, "vflip")):
+        if on and rng.random() < 0.5:
+            mask, record[key] = flip_mask(torch.from_numpy(np.ascontiguousarray(mask)), dim, mirror).numpy(), True
     if config.rotate:
         angle = float(rng.uniform(-config.rotate, config.rotate))
         mask = rotate(mask, angle)

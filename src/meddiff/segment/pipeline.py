@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from meddiff.data.mirror import NO_MIRROR, Mirror, flip_mask
 from meddiff.devices import model_device
 from meddiff.segment.ensemble import EnsembleConfig, MLPEnsemble, TrainReport, Vote, predict_maps, train_ensemble
 from meddiff.segment.features import FeatureExtractor
@@ -20,14 +21,23 @@ from meddiff.segment.pixels import PixelConfig, PixelSample, PixelStore, balance
 
 
 def flip_views(
-    images: torch.Tensor, masks: torch.Tensor, hflip: bool, vflip: bool, held_out: torch.Tensor | None = None
-) -> tuple[torch.Tensor, ...]:
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    held_out: torch.Tensor,
+    hflip: bool,
+    vflip: bool,
+    mirror: Mirror = NO_MIRROR,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The labelled images plus their left-right and/or top-bottom mirror images (the augmentations the
-    data config asks for, made once: features of a flipped image are not the flipped features). A held-out
-    mask is flipped along, so a held-out pixel stays held out in every view."""
+    data config asks for, made once: features of a flipped image are not the flipped features); the masks'
+    mirrored classes swap (``flip_mask``). The held-out mask is flipped along, so a held-out pixel stays held
+    out in every view."""
     dims = [d for d, on in ((-1, hflip), (-2, vflip)) if on]
-    parts = [t for t in (images, masks, held_out) if t is not None]
-    return tuple(torch.cat([t] + [t.flip(d) for d in dims]) for t in parts)
+    return (
+        torch.cat([images, *(images.flip(d) for d in dims)]),
+        torch.cat([masks, *(flip_mask(masks, d, mirror) for d in dims)]),
+        torch.cat([held_out, *(held_out.flip(d) for d in dims)]),
+    )
 
 
 def fill_store(
@@ -78,13 +88,15 @@ def fit_classifier(
     hflip: bool = False,
     vflip: bool = False,
     progress: Callable[[int, float, list[float]], None] | None = None,
+    mirror: Mirror = NO_MIRROR,
 ) -> FitOutcome:
     """Train the pixel classifier on labelled working-size ``images`` ``[N, C, H, W]`` / ``masks``
     ``[N, H, W]``. ``pixels.storage == "disk"`` puts the feature rows in a file under ``scratch`` (deleted
     afterwards). The held-out pixels are ``held_out_pixels(masks, pixels.val_fraction, seed)``. The ensemble
-    trains on the diffusion model's device."""
+    trains on the diffusion model's device. ``hflip`` / ``vflip`` add flipped views, swapping ``mirror``'s
+    class pairs."""
     held = held_out_pixels(masks, pixels.val_fraction, seed)
-    images, masks, held = flip_views(images, masks, hflip, vflip, held)
+    images, masks, held = flip_views(images, masks, held, hflip, vflip, mirror)
     generator = torch.Generator().manual_seed(seed)
     train = balanced_sample(masks, ~held, pixels.max_pixels, num_classes, generator)
     val = balanced_sample(masks, held, pixels.val_pixels, num_classes, generator)

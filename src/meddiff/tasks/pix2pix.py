@@ -33,7 +33,7 @@ from meddiff.nets.pix2pix import Discriminator, Generator, Pix2PixNetConfig
 from meddiff.report.grids import save_png
 from meddiff.rundir import RunDir, resolve_checkpoint
 from meddiff.tasks.runs import RunHandle, run_config
-from meddiff.tasks.synthesize import comparison_grid, export, grid_indices, plan, read_masks
+from meddiff.tasks.synthesize import augment_mirror, comparison_grid, export, grid_indices, plan, read_masks
 from meddiff.train.engine import TrainConfig, Trainer, TrainResult, seed_everything
 
 TASK = "pix2pix"
@@ -226,7 +226,7 @@ def run(
     check_new_folder(out_dir)
     model = load(run_or_checkpoint, device)
     mask_set = read_masks(model.stored, model.class_names, masks, cadis_task, n_masks, seed, progress)
-    job = plan(mask_set, n_per_mask, seed, augment)
+    job = plan(mask_set, n_per_mask, seed, augment, augment_mirror(model.stored, model.class_names, augment))
     images = translate(model.generator, job.masks, len(model.class_names), job.seeds)
     info = {"checkpoint": str(model.path), "task": TASK}
     return export(out_dir, images, job, info, {"sampler": "pix2pix", "steps": 1, "guidance": None}, model.class_names)

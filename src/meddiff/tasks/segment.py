@@ -188,6 +188,7 @@ def fit(config: SegmentConfig, run_dir: Path, resume: bool = False, progress: bo
         hflip=dataset.hflip,
         vflip=dataset.vflip,
         progress=log,
+        mirror=dataset.mirror,
     )
     if (run.root / "scratch").is_dir():
         (run.root / "scratch").rmdir()
@@ -467,7 +468,9 @@ def run_sweep(
 
     num_classes = train_set.num_classes
     held = held_out_pixels(train_set.masks, config.pixels.val_fraction, config.seed)
-    images, masks, held = flip_views(train_set.images, train_set.masks, train_set.hflip, train_set.vflip, held)
+    images, masks, held = flip_views(
+        train_set.images, train_set.masks, held, train_set.hflip, train_set.vflip, train_set.mirror
+    )
     generator = torch.Generator().manual_seed(config.seed)
     train = balanced_sample(masks, ~held, s.max_pixels, num_classes, generator)
     val = balanced_sample(masks, held, config.pixels.val_pixels, num_classes, generator)

@@ -91,6 +91,7 @@ def select_images(dataset: ArrayDataset, names: Sequence[str] | None) -> ArrayDa
         dataset.class_names,
         dataset.hflip,
         vflip=dataset.vflip,
+        mirror=dataset.mirror,
         images_b=pick(dataset.images_b),
         crop=dataset.crop,
         attributes=pick(dataset.attributes),
@@ -111,6 +112,7 @@ def split_pixels(dataset: ArrayDataset, fraction: float, seed: int) -> tuple[Arr
         dataset.class_names,
         dataset.hflip,
         vflip=dataset.vflip,
+        mirror=dataset.mirror,
         crop=dataset.crop,
     )
     return train_set, torch.where(held, masks, ignore)

@@ -22,12 +22,13 @@ import numpy as np
 import torch
 
 from meddiff.config import from_dict
-from meddiff.data.build import DataConfig, build_dataset
+from meddiff.data.build import DataConfig, build_dataset, data_mirror
 from meddiff.data.cadis import CadisTask, cadis_spec
 from meddiff.data.classmap import LabelSpec, label_spec
 from meddiff.data.fit import Fit
 from meddiff.data.labels import one_hot
 from meddiff.data.mask_sources import MaskAugment, MaskSet, augment_masks, read_cadis_maps, read_mask_folder
+from meddiff.data.mirror import NO_MIRROR, Mirror
 from meddiff.data.writers import write_pair_folder
 from meddiff.diffusion.conditioning import Conditioning
 from meddiff.diffusion.objective import Diffusion
@@ -325,8 +326,21 @@ class Plan:
     records: list[dict[str, Any]]
 
 
-def plan(masks: MaskSet, n_per_mask: int, seed: int, augment: MaskAugment | None = None) -> Plan:
-    """``n_per_mask`` outputs per mask; output ``j`` uses seed ``seed + j`` (and augmentation ``(seed, j)``)."""
+def augment_mirror(stored: dict, class_names: Sequence[str], augment: MaskAugment | None) -> Mirror:
+    """The class pairs the mask flips of ``augment`` swap: the model's training ``data.mirror_pairs`` (and
+    class map ``mirror:`` keys) plus ``augment.mirror_pairs``."""
+    if augment is None or not (augment.hflip or augment.vflip):
+        return NO_MIRROR
+    data = from_dict(DataConfig, stored["data"], "data.")
+    pairs = [*(data.mirror_pairs or []), *augment.mirror_pairs]
+    return data_mirror(replace(data, mirror_pairs=pairs or None), class_names)
+
+
+def plan(
+    masks: MaskSet, n_per_mask: int, seed: int, augment: MaskAugment | None = None, mirror: Mirror = NO_MIRROR
+) -> Plan:
+    """``n_per_mask`` outputs per mask; output ``j`` uses seed ``seed + j`` (and augmentation ``(seed, j)``,
+    whose flips swap ``mirror``'s class pairs)."""
     if n_per_mask < 1:
         raise UserError(f"--n-per-mask must be >= 1, got {n_per_mask}")
     index = [i for i in range(len(masks)) for _ in range(n_per_mask)]
@@ -334,7 +348,7 @@ def plan(masks: MaskSet, n_per_mask: int, seed: int, augment: MaskAugment | None
     names = [f"{masks.names[i].replace('/', '__')}_{k}" for i in range(len(masks)) for k in range(n_per_mask)]
     records = [{"source_mask": masks.origins[i]} for i in index]
     if augment is not None and augment.active:
-        chosen, changes = augment_masks(masks, index, augment, seed)
+        chosen, changes = augment_masks(masks, index, augment, seed, mirror)
         records = [{**r, "augment": c} for r, c in zip(records, changes, strict=True)]
     else:
         chosen = masks.masks[index]
@@ -384,7 +398,7 @@ def run(
     check_new_folder(out_dir)
     synth = load(run_or_checkpoint, device)
     mask_set = read_masks(synth.stored, synth.class_names, masks, cadis_task, n_masks, seed, progress)
-    job = plan(mask_set, n_per_mask, seed, augment)
+    job = plan(mask_set, n_per_mask, seed, augment, augment_mirror(synth.stored, synth.class_names, augment))
     images = synthesize(synth, job.masks, sampler, job.seeds, batch_size, progress, autocast_bf16)
     settings = {"sampler": sampler.name, "steps": sampler.steps, "guidance": sampler.guidance_scale, "eta": sampler.eta}
     model = {"checkpoint": str(synth.path), "task": TASK, "mask_conditioning": synth.mask_conditioning}
