@@ -23,6 +23,9 @@ slices, the ``segment`` defaults, scored on the held-out test slices; meddiff UN
 diffusers UNet has no feature hooks). Samples: dpm++ 20 steps for every recipe (diffusers' example samples
 with 1000 DDPM steps, which this CPU cannot afford at every budget).
 
+Recipe (c) was min-SNR-5 + Adam beta2 0.99 (today's ``minsnr-b2``) in the results files written before
+2026-12-07, where their recipe lists say so.
+
 Time-to-quality: for recipe (a) and (b), the minutes (c) needs to reach the KID (a) or (b) reaches at the
 last budget (KID interpolated linearly in log-minutes between budgets), and the ratio.
 """
@@ -276,7 +279,7 @@ def candidates(mixed_precision: str) -> dict[str, Recipe]:
         train = dataclasses.replace(a.train, **changes.pop("train", {}))
         return MeddiffRecipe(label, description, model, noise, train)
 
-    min_snr = {"loss_weighting": "min_snr"}
+    min_snr = {"loss_weighting": "min_snr", "snr_gamma": 5.0}  # explicit: the studies name gamma 5
     beta2 = {"adam_beta2": 0.99}
     recipes: list[Recipe] = [
         a,
@@ -298,17 +301,17 @@ def candidates(mixed_precision: str) -> dict[str, Recipe]:
         variant("minsnr-small", "min-SNR with base 24", noise=min_snr, model={"base_channels": 24}),
         variant(
             "c",
-            "new: (a) + min-SNR-5 loss weighting + Adam beta2 0.99 (convergence_study.md)",
-            noise=min_snr,
+            "new: (a) + min-SNR loss weighting clamped to [1, 10] + Adam beta2 0.99 (convergence_study_floor.md)",
+            noise={**min_snr, "snr_floor": 1.0, "snr_gamma": 10.0},
             train=beta2,
         ),
         variant("minsnr-ema", "min-SNR + EMA 0.999", noise=min_snr, train={"ema_decay": 0.999}),
         variant("b2", "(a) + Adam beta2 0.99", train=beta2),
         variant("minsnr-g20", "min-SNR-20 + Adam beta2 0.99", noise={**min_snr, "snr_gamma": 20.0}, train=beta2),
-        variant("floor1", "(c) with the SNR weight floored at 1", noise={**min_snr, "snr_floor": 1.0}, train=beta2),
+        variant("floor1", "min-SNR-5 floored at 1 + Adam beta2 0.99", noise={**min_snr, "snr_floor": 1.0}, train=beta2),
         variant(
             "floor1-g10",
-            "(c) with the SNR weight clamped to [1, 10]",
+            "min-SNR clamped to [1, 10] + Adam beta2 0.99 (the study's name of today's (c))",
             noise={**min_snr, "snr_floor": 1.0, "snr_gamma": 10.0},
             train=beta2,
         ),
@@ -575,6 +578,19 @@ def main() -> None:
         }
         if args.work is None:
             shutil.rmtree(folder, ignore_errors=True)
+        # written after every dataset, so an interrupted multi-dataset run keeps what it finished
+        _write(args, recipes, numbers, loaders, bf16_ratio, precision, time.monotonic() - started)
+
+
+def _write(
+    args: argparse.Namespace,
+    recipes: dict[str, Recipe],
+    numbers: dict,
+    loaders: dict,
+    bf16_ratio: float,
+    precision: str,
+    wall_seconds: float,
+) -> None:
     ordered = [name for name in loaders if name in numbers["datasets"]]
     recipe_lines = "\n".join(f"- ({label}) {recipe.description}" for label, recipe in recipes.items())
     body = (
@@ -588,7 +604,7 @@ def main() -> None:
         "Quality per training minute: today's recipe, diffusers' reference and the new recipe",
         data=", ".join(ordered),
         seed=f"training {args.seed}, sampling {SEED}",
-        wall_seconds=time.monotonic() - started,
+        wall_seconds=wall_seconds,
         body=body,
         numbers=numbers,
     )
