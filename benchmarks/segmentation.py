@@ -43,6 +43,7 @@ from benchmarks.common import RESULTS, markdown_table, mean_std, write_result
 from meddiff.config import from_dict, to_dict
 from meddiff.data.arrays import ArrayDataset
 from meddiff.data.build import DataConfig, build_dataset
+from meddiff.data.labels import IGNORE_INDEX
 from meddiff.data.samples import brain_mri
 from meddiff.diffusion.schedulers import NoiseConfig, SamplerConfig
 from meddiff.metrics.segmentation import SegmentationMeter
@@ -122,6 +123,11 @@ class Setting:
     unlabelled: torch.Tensor  # [N, C, H, W] in [-1, 1]
     diffusion_data: dict  # DataConfig of the folder the unlabelled images are written to
     max_labels: int
+
+
+DIFFUSION = "diffusion features + MLP ensemble"
+CORRECTED = "diffusion features + MLP ensemble, prior-corrected"
+UNET = "U-Net from scratch"
 
 
 def _load(**data) -> ArrayDataset:
@@ -353,8 +359,9 @@ def budget(quick: bool, diffusion_steps: int, unet_steps: int) -> Budget:
             memory_test=4,
         )
     # Sized for ~1 hour on one core (see the results file): a 3.1 M-parameter UNet without attention (576
-    # feature channels per timestep over its 8 decoder blocks), 20,000 training pixels per fit, at most 3
-    # passes over them; a base-16 U-Net baseline trained until its held-out loss stops improving. Budgets
+    # feature channels per timestep over its 8 decoder blocks), 20,000 training pixels per fit, at most 10
+    # passes over them (held-out early stopping ends it: the earlier cap of 3 passes stopped every fit before
+    # that); a base-16 U-Net baseline trained until its held-out loss stops improving. Budgets
     # are steps, not minutes, so that the scores do not depend on how busy the machine is.
     return Budget(
         False,
@@ -362,7 +369,7 @@ def budget(quick: bool, diffusion_steps: int, unet_steps: int) -> Budget:
         UNetConfig(base_channels=32, channel_mults=[1, 2, 2, 4], blocks_per_level=1, attention_levels=[]),
         SweepConfig(timesteps=[20, 50, 100, 150, 250, 500], members=2, max_pixels=8000, top_blocks=3, top_timesteps=2),
         PixelConfig(max_pixels=20_000, val_pixels=4000),
-        EnsembleConfig(eval_every=100, patience=2, max_epochs=3),
+        EnsembleConfig(eval_every=100, patience=3, max_epochs=10),
         SegNetConfig(base_channels=16, depth=4),
         TrainConfig(
             steps=unet_steps,
@@ -454,12 +461,16 @@ def _scores(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> dict:
     meter = SegmentationMeter(num_classes)
     meter.update(pred, target.long())
     scores = meter.compute()
+    valid = target != IGNORE_INDEX
     return {
         "miou": scores.miou,
         "fg_miou": float(scores.iou[1:].nanmean()),
         "mean_dice": scores.mean_dice,
         "iou": scores.iou.tolist(),
         "dice": scores.dice.tolist(),
+        # share of the scored pixels labelled as any class but the first (background / cell interior)
+        "fg_fraction": float((pred[valid] > 0).float().mean()),
+        "true_fg_fraction": float((target[valid] > 0).float().mean()),
     }
 
 
@@ -501,7 +512,9 @@ def fit_diffusion_features(
     ensemble: EnsembleConfig,
     seed: int,
     work: Path,
-) -> dict:
+) -> dict[str, dict]:
+    """One fit of the pixel classifier, scored twice on the test images: as trained (the balanced sample's
+    prior) and with the prior correction (``PixelConfig.logit_adjust``); keyed by method name."""
     model, diffusion, _ = load_diffusion(diffusion_run)
     extractor = make_extractor(model, diffusion, features)
     scratch = work / "scratch"
@@ -512,7 +525,7 @@ def fit_diffusion_features(
             labelled.images,
             labelled.masks,
             labelled.num_classes,
-            pixels,
+            dataclasses.replace(pixels, logit_adjust=True),
             ensemble,
             seed,
             scratch=scratch,
@@ -520,22 +533,25 @@ def fit_diffusion_features(
             vflip=labelled.vflip,
             mirror=labelled.mirror,
         )
-    classifier = PixelClassifier(extractor, outcome.ensemble)
-    with Phase() as predict_phase:
-        pred = classifier.predict(test.images).labels
-    return {
-        **_scores(pred, test.masks, test.num_classes),
-        "fit_s": fit_phase.seconds,
-        "fit_peak_mb": fit_phase.peak_mb,
-        "fit_added_mb": fit_phase.added_mb,
-        "predict_s": predict_phase.seconds,
-        "predict_peak_mb": predict_phase.peak_mb,
-        "predict_added_mb": predict_phase.added_mb,
-        "dims": extractor.dims,
-        "train_pixels": outcome.report.train_pixels,
-        "steps": outcome.report.steps,
-        "store_mb": outcome.store_bytes / 2**20,
-    }
+    results = {}
+    for method, bias in ((DIFFUSION, None), (CORRECTED, outcome.logit_bias)):
+        with Phase() as predict_phase:
+            pred = PixelClassifier(extractor, outcome.ensemble, bias).predict(test.images).labels
+        results[method] = {
+            **_scores(pred, test.masks, test.num_classes),
+            "fit_s": fit_phase.seconds,
+            "fit_peak_mb": fit_phase.peak_mb,
+            "fit_added_mb": fit_phase.added_mb,
+            "predict_s": predict_phase.seconds,
+            "predict_peak_mb": predict_phase.peak_mb,
+            "predict_added_mb": predict_phase.added_mb,
+            "dims": extractor.dims,
+            "train_pixels": outcome.report.train_pixels,
+            "steps": outcome.report.steps,
+            "stopped_early": outcome.report.stopped_early,
+            "store_mb": outcome.store_bytes / 2**20,
+        }
+    return results
 
 
 def fit_unet(labelled: ArrayDataset, test: ArrayDataset, b: Budget, seed: int, work: Path) -> dict:
@@ -560,6 +576,7 @@ def fit_unet(labelled: ArrayDataset, test: ArrayDataset, b: Budget, seed: int, w
         "predict_added_mb": predict_phase.added_mb,
         "steps": result.step,
         "best_step": result.best_step,
+        "stopped_early": result.step < b.segmenter_train.steps,
     }
 
 
@@ -688,7 +705,7 @@ def fidelity_experiment(
         labelled = _subset(setting.pool, choose_labels(setting, n, seed))
         full = fit_diffusion_features(
             setting, diffusion_run, features, labelled, setting.test, every_pixel, b.ensemble, seed, work
-        )
+        )[DIFFUSION]
         epochs = math.ceil(b.ensemble.max_epochs * full["train_pixels"] / b.pixels.max_pixels)
         matched = fit_diffusion_features(
             setting,
@@ -700,7 +717,7 @@ def fidelity_experiment(
             dataclasses.replace(b.ensemble, max_epochs=epochs),
             seed,
             work,
-        )
+        )[DIFFUSION]
         grid = next(r for r in bounded_rows if r["seed"] == seed and r["labels"] == n)
         rows.append(
             {
@@ -743,6 +760,8 @@ def summarise(rows: list[dict], class_names: dict[str, list[str]]) -> tuple[str,
             "mIoU": mean_std([r["miou"] for r in group]),
             "fg mIoU": mean_std([r["fg_miou"] for r in group]),
             "mean Dice": mean_std([r["mean_dice"] for r in group]),
+            "fg fraction (true)": f"{statistics.mean(r['fg_fraction'] for r in group):.3f} "
+            f"({group[0]['true_fg_fraction']:.3f})",
         }
         for k, name in enumerate(class_names[dataset]):
             line[f"IoU/Dice {name}"] = (
@@ -751,6 +770,7 @@ def summarise(rows: list[dict], class_names: dict[str, list[str]]) -> tuple[str,
         line.update(
             {
                 "steps": round(statistics.mean(r["steps"] for r in group)),
+                "stopped early": f"{sum(r['stopped_early'] for r in group)}/{len(group)}",
                 "fit s": statistics.mean(r["fit_s"] for r in group),
                 "fit peak MB (+added)": f"{max(r['fit_peak_mb'] for r in group):.0f} "
                 f"(+{max(r['fit_added_mb'] for r in group):.0f})",
@@ -841,13 +861,17 @@ def main() -> None:
         text += (
             f"Methods: **diffusion features + MLP ensemble** = meddiff `segment` with the sweep's recommended "
             f"blocks and timesteps, {b.ensemble.members} MLPs (hidden {b.ensemble.hidden}), "
-            f"{b.pixels.max_pixels} class-balanced training pixels in fp16 on disk; **U-Net from scratch** = "
+            f"{b.pixels.max_pixels} class-balanced training pixels in fp16 on disk; **{CORRECTED}** = the same "
+            f"fit predicting with the prior correction (`pixels.logit_adjust`: logits shifted by log(labelled "
+            f"pixels' class frequency / balanced sample's), Menon et al. 2021); **U-Net from scratch** = "
             f"`segmenter` (base {b.segnet.base_channels}, depth {b.segnet.depth}), "
             f"{_unet_budget(b.segmenter_train)} per fit. Both use the data's flips and stop early on the "
             f"same held-out {b.pixels.val_fraction:.0%} of the labelled pixels. Scores: mean ± sample std over "
             f"seeds {seeds}; fit/predict peak MB = peak resident memory of the benchmark process during that "
             f"phase (VmHWM reset before it; includes the loaded datasets and models), +added = above the "
-            f"resident memory at the phase's start.\n\n"
+            f"resident memory at the phase's start. 'fg fraction (true)': the share of test pixels predicted as any "
+            f"class but the first (background, or cell interior on isbi), mean over seeds, and the true share; "
+            f"'stopped early': fits that ended by early stopping, not at their cap.\n\n"
             f"## Datasets and splits\n\n{description_lines}\n\n## Diffusion models\n\n{diffusion_lines}\n\n"
             f"## Block x timestep sweeps\n\n{sweep_lines}\n\n## Results\n\n{body}\n"
         )
@@ -926,29 +950,23 @@ def main() -> None:
             for seed in seeds:
                 labelled = _subset(setting.pool, choose_labels(setting, n, seed))
                 common = {"dataset": name, "labels": n, "seed": seed, "images": labelled.names}
-                rows.append(
-                    {
-                        **common,
-                        "method": "diffusion features + MLP ensemble",
-                        **fit_diffusion_features(
-                            setting, run, features, labelled, setting.test, b.pixels, b.ensemble, seed, work
-                        ),
-                    }
+                fits = fit_diffusion_features(
+                    setting, run, features, labelled, setting.test, b.pixels, b.ensemble, seed, work
                 )
-                rows.append(
-                    {**common, "method": "U-Net from scratch", **fit_unet(labelled, setting.test, b, seed, work)}
-                )
+                fits[UNET] = fit_unet(labelled, setting.test, b, seed, work)
+                rows += [{**common, "method": method, **result} for method, result in fits.items()]
                 print(
                     f"{name} {n} labels seed {seed}: "
                     + ", ".join(
-                        f"{r['method']} {r['miou']:.3f} (fit {r['fit_s']:.0f} s, predict {r['predict_s']:.0f} s)"
-                        for r in rows[-2:]
+                        f"{method} {r['miou']:.3f}, fg {r['fg_fraction']:.3f} (true {r['true_fg_fraction']:.3f}; "
+                        f"fit {r['fit_s']:.0f} s, predict {r['predict_s']:.0f} s)"
+                        for method, r in fits.items()
                     ),
                     flush=True,
                 )
         mark = stage(name, "fits", mark)
         if name == "acdc":
-            bounded = [r for r in rows if r["dataset"] == name and r["method"].startswith("diffusion")]
+            bounded = [r for r in rows if r["dataset"] == name and r["method"] == DIFFUSION]
             fidelity = fidelity_experiment(setting, run, features, b, seeds[: args.fidelity_seeds], work, bounded)
             mark = stage(name, "bounded vs every pixel", mark)
             memory = memory_experiment(setting, run, b, work)
@@ -1000,13 +1018,23 @@ def closing_note(table: list[dict], memory: dict | None, labels: list[int]) -> s
     for dataset in dict.fromkeys(t["dataset"] for t in table):
         top = max(t["labels"] for t in table if t["dataset"] == dataset)
         pair = {t["method"]: t for t in table if t["dataset"] == dataset and t["labels"] == top}
-        ours = pair.get("diffusion features + MLP ensemble")
-        base = pair.get("U-Net from scratch")
-        if ours and base:
-            lines.append(
-                f"- {dataset}, {top} labels: diffusion features mIoU {ours['mIoU']} vs U-Net baseline "
-                f"{base['mIoU']} (foreground mIoU {ours['fg mIoU']} vs {base['fg mIoU']})"
-            )
+        base = pair.get(UNET)
+        for method in (DIFFUSION, CORRECTED):
+            ours = pair.get(method)
+            if ours and base:
+                lines.append(
+                    f"- {dataset}, {top} labels: {method} mIoU {ours['mIoU']} vs U-Net baseline {base['mIoU']} "
+                    f"(foreground mIoU {ours['fg mIoU']} vs {base['fg mIoU']}; foreground fraction "
+                    f"{ours['fg fraction (true)']} vs {base['fg fraction (true)']})"
+                )
+        by_labels = {
+            method: [t["mIoU"] for t in table if t["dataset"] == dataset and t["method"] == method]
+            for method in (DIFFUSION, CORRECTED, UNET)
+        }
+        lines.append(
+            f"- {dataset}, mIoU by label count {sorted({t['labels'] for t in table if t['dataset'] == dataset})}: "
+            + "; ".join(f"{m} {', '.join(v.split(' ')[0] for v in values)}" for m, values in by_labels.items())
+        )
     if memory:
         lines.append(
             f"- peak resident memory fitting {memory['labelled']} labelled {memory['size']}-px images with "

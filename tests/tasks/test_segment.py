@@ -110,6 +110,23 @@ def test_predictions_on_the_training_size_beat_predicting_the_most_common_class(
         segment.fit(config, tmp_path / "run", progress=False)
 
 
+def test_the_prior_correction_is_recorded_in_the_run_and_applied_when_it_is_loaded(workspace, tmp_path):
+    pixels = {**_config(workspace)["pixels"], "logit_adjust": True}
+    config = from_dict(
+        segment.SegmentConfig, {k: v for k, v in _config(workspace, pixels=pixels).items() if k != "task"}
+    )
+    segment.fit(config, tmp_path / "run", progress=False)
+    classifier, stored = segment.load(tmp_path / "run")
+    weights = torch.tensor(json.loads((tmp_path / "run" / "metrics.json").read_text())["class_weights"])
+    torch.testing.assert_close(classifier.logit_bias, weights.log())  # log(true prior / training prior)
+    assert stored["logit_bias"] == classifier.logit_bias.tolist()
+    images = brain_mri(24).images[[50, 110]]
+    corrected = classifier.predict(images).labels
+    balanced = dataclasses.replace(classifier, logit_bias=None).predict(images).labels
+    # background is the most common class of the labelled slices: the correction predicts it more often
+    assert (corrected == 0).sum() > (balanced == 0).sum()
+
+
 def test_sweep_scores_every_block_at_every_timestep(workspace, tmp_path):
     config = from_dict(segment.SegmentConfig, {k: v for k, v in _config(workspace).items() if k != "task"})
     table = segment.sweep(config, tmp_path / "sweep", progress=False)

@@ -283,10 +283,12 @@ class Vote:
     entropy: torch.Tensor
 
 
-def vote(logits: torch.Tensor) -> Vote:
-    """Combine member logits ``[M, P, C]`` into a ``Vote`` over the ``P`` pixels."""
+def vote(logits: torch.Tensor, bias: torch.Tensor | None = None) -> Vote:
+    """Combine member logits ``[M, P, C]`` into a ``Vote`` over the ``P`` pixels, after adding the per-class
+    ``bias`` ``[C]`` (a prior correction, ``pixels.prior_bias``) to every member's logits."""
     members, _, classes = logits.shape
-    mean = logits.float().softmax(dim=-1).mean(dim=0)
+    logits = logits.float() if bias is None else logits.float() + bias.to(logits.device)
+    mean = logits.softmax(dim=-1).mean(dim=0)
     votes = F.one_hot(logits.argmax(dim=-1), classes).sum(dim=0).float()
     labels = (votes + 0.5 * mean).argmax(dim=-1)  # mean probability < 1 only breaks ties between equal counts
     disagreement = 1.0 - votes.amax(dim=-1) / members
@@ -295,12 +297,15 @@ def vote(logits: torch.Tensor) -> Vote:
 
 
 @torch.no_grad()
-def predict_maps(model: MLPEnsemble, maps: FeatureMaps, index: int, tile_mb: float = 64) -> Vote:
-    """Vote maps ``[H, W]`` for image ``index`` of ``maps``, computed a band of rows at a time so that at
-    most about ``tile_mb`` of features exist at once."""
+def predict_maps(
+    model: MLPEnsemble, maps: FeatureMaps, index: int, tile_mb: float = 64, bias: torch.Tensor | None = None
+) -> Vote:
+    """Vote maps ``[H, W]`` for image ``index`` of ``maps`` (logits shifted by ``bias``, see ``vote``),
+    computed a band of rows at a time so that at most about ``tile_mb`` of features exist at once."""
     height, width = maps.size
     rows = max(1, int(tile_mb * 2**20 // (4 * width * maps.dims)))
-    parts = [vote(model(maps.rows(index, start, min(start + rows, height)))) for start in range(0, height, rows)]
+    bands = range(0, height, rows)
+    parts = [vote(model(maps.rows(index, start, min(start + rows, height))), bias) for start in bands]
     return Vote(
         *(
             torch.cat([getattr(p, name) for p in parts]).view(height, width)

@@ -17,7 +17,14 @@ from meddiff.data.mirror import NO_MIRROR, Mirror, flip_mask
 from meddiff.devices import model_device
 from meddiff.segment.ensemble import EnsembleConfig, MLPEnsemble, TrainReport, Vote, predict_maps, train_ensemble
 from meddiff.segment.features import FeatureExtractor
-from meddiff.segment.pixels import PixelConfig, PixelSample, PixelStore, balanced_sample, held_out_pixels
+from meddiff.segment.pixels import (
+    PixelConfig,
+    PixelSample,
+    PixelStore,
+    balanced_sample,
+    held_out_pixels,
+    prior_bias,
+)
 
 
 def flip_views(
@@ -74,6 +81,7 @@ class FitOutcome:
     report: TrainReport
     class_weights: list[float]
     store_bytes: int
+    logit_bias: torch.Tensor | None  # the prior correction to apply at prediction (pixels.logit_adjust)
 
 
 def fit_classifier(
@@ -115,15 +123,18 @@ def fit_classifier(
         model, report = train_ensemble(store, len(train), num_classes, ensemble, seed, weights, progress, device)
     finally:
         store.close()
-    return FitOutcome(model, report, train.class_weights.tolist(), store.nbytes)
+    bias = prior_bias(train) if pixels.logit_adjust else None
+    return FitOutcome(model, report, train.class_weights.tolist(), store.nbytes, bias)
 
 
 @dataclass
 class PixelClassifier:
-    """A diffusion feature extractor with a trained ensemble on its features."""
+    """A diffusion feature extractor with a trained ensemble on its features, and the per-class logit shift
+    applied when predicting (None: the ensemble's own, class-balanced prior)."""
 
     extractor: FeatureExtractor
     ensemble: MLPEnsemble
+    logit_bias: torch.Tensor | None = None
 
     def predict(self, images: torch.Tensor, tile_mb: float = 64) -> Vote:
         """Vote, disagreement and entropy maps ``[N, H, W]`` for working-size images ``[N, C, H, W]``."""
@@ -131,7 +142,8 @@ class PixelClassifier:
         batch = self.extractor.config.batch_size
         for first in range(0, len(images), batch):
             maps = self.extractor.maps(images[first : first + batch])
-            votes += [predict_maps(self.ensemble, maps, i, tile_mb) for i in range(maps.maps[0].shape[0])]
+            count = maps.maps[0].shape[0]
+            votes += [predict_maps(self.ensemble, maps, i, tile_mb, self.logit_bias) for i in range(count)]
         return Vote(
             *(torch.stack([getattr(v, name).cpu() for v in votes]) for name in ("labels", "disagreement", "entropy"))
         )

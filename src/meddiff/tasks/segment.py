@@ -43,7 +43,7 @@ from meddiff.rundir import RunDir, resolve_checkpoint
 from meddiff.segment.ensemble import EnsembleConfig, MLPEnsemble, Vote, train_ensemble, vote
 from meddiff.segment.features import FeatureConfig, FeatureExtractor
 from meddiff.segment.pipeline import PixelClassifier, fill_store, fit_classifier, flip_views
-from meddiff.segment.pixels import PixelConfig, PixelStore, balanced_sample, held_out_pixels
+from meddiff.segment.pixels import PixelConfig, PixelStore, balanced_sample, held_out_pixels, prior_bias
 from meddiff.tasks import generate
 from meddiff.tasks.runs import RunHandle, run_config
 from meddiff.tasks.segmenter import select_images
@@ -200,6 +200,8 @@ def fit(config: SegmentConfig, run_dir: Path, resume: bool = False, progress: bo
         "class_names": dataset.class_names,
         "image_channels": dataset.in_channels,
         "report": report,
+        # log(true prior / training prior) added to the logits at prediction; None: no correction
+        "logit_bias": outcome.logit_bias.tolist() if outcome.logit_bias is not None else None,
     }
     checkpoint = save_checkpoint(
         run.checkpoint(outcome.report.steps),
@@ -212,6 +214,7 @@ def fit(config: SegmentConfig, run_dir: Path, resume: bool = False, progress: bo
         "feature_dims": extractor.dims,
         "class_names": dataset.class_names,
         "class_weights": outcome.class_weights,
+        "logit_bias": state["logit_bias"],
         "feature_store_mb": outcome.store_bytes / 2**20,
         "fit_seconds": seconds,
         "peak_rss_mb": _peak_rss_mb(),
@@ -247,7 +250,10 @@ def load(run: Path, device: str | torch.device = "cpu") -> tuple[PixelClassifier
         )
     ensemble = MLPEnsemble(config.ensemble.members, stored["dims"], config.ensemble.hidden, len(stored["class_names"]))
     ensemble.load_state_dict(groups["ensemble"])
-    return PixelClassifier(extractor, ensemble.eval().to(model_device(model))), {**stored, "config": config}
+    device = model_device(model)
+    bias = stored.get("logit_bias")  # absent from runs fitted before the prior correction existed
+    bias = torch.tensor(bias, device=device) if bias is not None else None
+    return PixelClassifier(extractor, ensemble.eval().to(device), bias), {**stored, "config": config}
 
 
 # -- predict on a folder ------------------------------------------------------------------------------------
@@ -475,6 +481,7 @@ def run_sweep(
     train = balanced_sample(masks, ~held, s.max_pixels, num_classes, generator)
     val = balanced_sample(masks, held, config.pixels.val_pixels, num_classes, generator)
     weights = train.class_weights if config.pixels.reweight else None
+    bias = prior_bias(train) if config.pixels.logit_adjust else None  # cells are scored as predict would
     ensemble_config = replace(config.ensemble, members=s.members)
     miou = np.full((len(blocks), len(s.timesteps)), np.nan)
     dice = np.full_like(miou, np.nan)
@@ -507,7 +514,7 @@ def run_sweep(
                     target = truth[top : top + rows].reshape(-1)
                     with torch.no_grad():
                         for meter, ensemble, lo, hi in zip(meters, classifiers, bounds[:-1], bounds[1:], strict=True):
-                            meter.update(vote(ensemble(features[:, lo:hi])).labels, target)
+                            meter.update(vote(ensemble(features[:, lo:hi]), bias).labels, target)
         for row, meter in enumerate(meters):
             scores = meter.compute()
             miou[row, column], dice[row, column] = scores.miou, scores.mean_dice
