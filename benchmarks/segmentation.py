@@ -127,6 +127,7 @@ class Setting:
 
 DIFFUSION = "diffusion features + MLP ensemble"
 CORRECTED = "diffusion features + MLP ensemble, prior-corrected"
+FITTED = "diffusion features + MLP ensemble, held-out-fitted shift"
 UNET = "U-Net from scratch"
 
 
@@ -368,7 +369,8 @@ def budget(quick: bool, diffusion_steps: int, unet_steps: int) -> Budget:
         diffusion_steps,
         UNetConfig(base_channels=32, channel_mults=[1, 2, 2, 4], blocks_per_level=1, attention_levels=[]),
         SweepConfig(timesteps=[20, 50, 100, 150, 250, 500], members=2, max_pixels=8000, top_blocks=3, top_timesteps=2),
-        PixelConfig(max_pixels=20_000, val_pixels=4000),
+        # the sweep scores its cells with the held-out-fitted shift; every method row uses the blocks it picks
+        PixelConfig(max_pixels=20_000, val_pixels=4000, prior_correction="fitted"),
         EnsembleConfig(eval_every=100, patience=3, max_epochs=10),
         SegNetConfig(base_channels=16, depth=4),
         TrainConfig(
@@ -513,8 +515,9 @@ def fit_diffusion_features(
     seed: int,
     work: Path,
 ) -> dict[str, dict]:
-    """One fit of the pixel classifier, scored twice on the test images: as trained (the balanced sample's
-    prior) and with the prior correction (``PixelConfig.logit_adjust``); keyed by method name."""
+    """One fit of the pixel classifier, scored three times on the test images: as trained (the balanced
+    sample's prior), with the prior correction and with the held-out-fitted shift
+    (``PixelConfig.prior_correction`` prior / fitted); keyed by method name."""
     model, diffusion, _ = load_diffusion(diffusion_run)
     extractor = make_extractor(model, diffusion, features)
     scratch = work / "scratch"
@@ -525,7 +528,7 @@ def fit_diffusion_features(
             labelled.images,
             labelled.masks,
             labelled.num_classes,
-            dataclasses.replace(pixels, logit_adjust=True),
+            pixels,
             ensemble,
             seed,
             scratch=scratch,
@@ -534,7 +537,7 @@ def fit_diffusion_features(
             mirror=labelled.mirror,
         )
     results = {}
-    for method, bias in ((DIFFUSION, None), (CORRECTED, outcome.logit_bias)):
+    for method, bias in ((DIFFUSION, None), (CORRECTED, outcome.prior_bias), (FITTED, outcome.fitted_bias)):
         with Phase() as predict_phase:
             pred = PixelClassifier(extractor, outcome.ensemble, bias).predict(test.images).labels
         results[method] = {
@@ -814,6 +817,11 @@ def main() -> None:
         help="seeds (the first N of --seeds) of the bounded vs every-pixel comparison on ACDC",
     )
     parser.add_argument("--work", type=Path, default=None, help="keep diffusion models here (reused on rerun)")
+    parser.add_argument(
+        "--update",
+        action="store_true",
+        help="keep the other datasets' results from the existing results file (run only --datasets anew)",
+    )
     args = parser.parse_args()
     if not DATA.is_dir():
         raise SystemExit(f"real data folder {DATA} is absent")
@@ -823,6 +831,7 @@ def main() -> None:
     started = time.monotonic()
     rows, diffusion_info, sweeps, class_names, descriptions, fidelity, memory = [], {}, {}, {}, {}, [], None
     stages: dict[str, dict[str, float]] = {}
+    provenance: list[str] = []  # where --update kept datasets from
 
     cpu = [time.process_time()]
 
@@ -858,12 +867,15 @@ def main() -> None:
             else f"**Partial result**: the run has finished {len(descriptions)} of "
             f"{len(args.datasets)} datasets so far (this file is rewritten after each dataset).\n\n"
         )
+        text += "".join(provenance)
         text += (
             f"Methods: **diffusion features + MLP ensemble** = meddiff `segment` with the sweep's recommended "
             f"blocks and timesteps, {b.ensemble.members} MLPs (hidden {b.ensemble.hidden}), "
             f"{b.pixels.max_pixels} class-balanced training pixels in fp16 on disk; **{CORRECTED}** = the same "
-            f"fit predicting with the prior correction (`pixels.logit_adjust`: logits shifted by log(labelled "
-            f"pixels' class frequency / balanced sample's), Menon et al. 2021); **U-Net from scratch** = "
+            f"fit predicting with the prior correction (`pixels.prior_correction: prior`: logits shifted by "
+            f"log(labelled pixels' class frequency / balanced sample's), Menon et al. 2021); **{FITTED}** = the "
+            f"same fit with that shift moved per class to the best mIoU of its held-out labelled pixels "
+            f"(`prior_correction: fitted`); **U-Net from scratch** = "
             f"`segmenter` (base {b.segnet.base_channels}, depth {b.segnet.depth}), "
             f"{_unet_budget(b.segmenter_train)} per fit. Both use the data's flips and stop early on the "
             f"same held-out {b.pixels.val_fraction:.0%} of the labelled pixels. Scores: mean ± sample std over "
@@ -935,7 +947,21 @@ def main() -> None:
             },
         )
 
+    if args.update:
+        kept = _kept_results(args.quick, args.datasets)
+        rows, diffusion_info, sweeps, stages = kept["rows"], kept["diffusion"], kept["sweeps"], kept["stage_seconds"]
+        fidelity, memory = kept["fidelity"], kept["memory"]
+        class_names, descriptions = kept["class_names"], kept["descriptions"]
+        provenance.append(
+            f"**Kept from the previous results file** (`--update`): {', '.join(class_names)}, measured by "
+            f"`{kept['command']}` ({kept['wall_seconds'] / 60:.1f} min); the header's command and wall time are "
+            f"this run's.\n\n"
+        )
+        args.datasets = [*class_names, *(n for n in args.datasets if n not in class_names)]
+
     for name in args.datasets:
+        if name in class_names:
+            continue  # kept from the results file (--update)
         mark = time.monotonic()
         setting = SETTINGS[name](args.quick)
         class_names[name], descriptions[name] = setting.pool.class_names, setting.description
@@ -975,6 +1001,27 @@ def main() -> None:
 
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _kept_results(quick: bool, rerun: list[str]) -> dict:
+    """The existing results file's rows and sections of every dataset not in ``rerun`` (``--update``); their
+    class names and descriptions are read from the datasets themselves."""
+    numbers = json.loads((RESULTS / f"segmentation{'_quick' if quick else ''}.json").read_text())
+    kept = [n for n in dict.fromkeys(r["dataset"] for r in numbers["rows"]) if n not in rerun]
+    settings = {n: SETTINGS[n](quick) for n in kept}
+    return {
+        "rows": [r for r in numbers["rows"] if r["dataset"] in kept],
+        **{
+            key: {n: v for n, v in numbers[key].items() if n in kept}
+            for key in ("diffusion", "sweeps", "stage_seconds")
+        },
+        "fidelity": [] if "acdc" in rerun else numbers["fidelity"],
+        "memory": None if "acdc" in rerun else numbers["memory"],
+        "class_names": {n: s.pool.class_names for n, s in settings.items()},
+        "descriptions": {n: s.description for n, s in settings.items()},
+        "command": numbers["command"],
+        "wall_seconds": numbers["wall_seconds"],
+    }
 
 
 def _unet_budget(train: TrainConfig) -> str:
@@ -1019,7 +1066,7 @@ def closing_note(table: list[dict], memory: dict | None, labels: list[int]) -> s
         top = max(t["labels"] for t in table if t["dataset"] == dataset)
         pair = {t["method"]: t for t in table if t["dataset"] == dataset and t["labels"] == top}
         base = pair.get(UNET)
-        for method in (DIFFUSION, CORRECTED):
+        for method in (DIFFUSION, CORRECTED, FITTED):
             ours = pair.get(method)
             if ours and base:
                 lines.append(
@@ -1029,7 +1076,7 @@ def closing_note(table: list[dict], memory: dict | None, labels: list[int]) -> s
                 )
         by_labels = {
             method: [t["mIoU"] for t in table if t["dataset"] == dataset and t["method"] == method]
-            for method in (DIFFUSION, CORRECTED, UNET)
+            for method in (DIFFUSION, CORRECTED, FITTED, UNET)
         }
         lines.append(
             f"- {dataset}, mIoU by label count {sorted({t['labels'] for t in table if t['dataset'] == dataset})}: "

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from meddiff.data.labels import IGNORE_INDEX
+from meddiff.segment.calibrate import prior_bias
 from meddiff.segment.ensemble import EnsembleConfig, train_ensemble, vote
-from meddiff.segment.pixels import PixelConfig, PixelStore, balanced_sample, held_out_pixels, prior_bias
+from meddiff.segment.pixels import PixelConfig, PixelStore, balanced_sample, held_out_pixels
 
 
 def _masks() -> torch.Tensor:
@@ -109,6 +110,20 @@ def test_the_prior_correction_recovers_the_true_foreground_fraction_where_the_ba
     assert abs(corrected - true) < 0.2 * true
 
 
+def test_the_correction_is_zero_where_every_labelled_pixel_was_trained_on_so_the_prior_does_not_jump_with_labels():
+    # Few labels: the budget covers every pixel and the sample has the true prior; more labels: the sample
+    # is balanced. Uncorrected, the predicted prior changes between the two; corrected, both predict with it.
+    masks = _masks()
+    candidates = masks != IGNORE_INDEX
+    every_pixel = balanced_sample(masks, candidates, int(candidates.sum()), 3, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(prior_bias(every_pixel), torch.zeros(3))
+    balanced = balanced_sample(masks, candidates, 30, 3, torch.Generator().manual_seed(0))
+    counts = torch.bincount(masks[candidates].long(), minlength=3).float()
+    sampled = torch.bincount(balanced.labels.long(), minlength=3).float()
+    shift = prior_bias(balanced) - prior_bias(balanced)[0]  # decisions depend on differences only
+    torch.testing.assert_close(shift, (counts / sampled).log() - (counts[0] / sampled[0]).log())
+
+
 def test_reweighting_and_the_prior_correction_are_not_combined():
     with pytest.raises(ValueError, match="choose one"):
-        PixelConfig(reweight=True, logit_adjust=True)
+        PixelConfig(reweight=True, prior_correction="prior")

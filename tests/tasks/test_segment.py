@@ -111,7 +111,7 @@ def test_predictions_on_the_training_size_beat_predicting_the_most_common_class(
 
 
 def test_the_prior_correction_is_recorded_in_the_run_and_applied_when_it_is_loaded(workspace, tmp_path):
-    pixels = {**_config(workspace)["pixels"], "logit_adjust": True}
+    pixels = {**_config(workspace)["pixels"], "prior_correction": "prior"}
     config = from_dict(
         segment.SegmentConfig, {k: v for k, v in _config(workspace, pixels=pixels).items() if k != "task"}
     )
@@ -120,6 +120,8 @@ def test_the_prior_correction_is_recorded_in_the_run_and_applied_when_it_is_load
     weights = torch.tensor(json.loads((tmp_path / "run" / "metrics.json").read_text())["class_weights"])
     torch.testing.assert_close(classifier.logit_bias, weights.log())  # log(true prior / training prior)
     assert stored["logit_bias"] == classifier.logit_bias.tolist()
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["logit_bias"] == metrics["prior_bias"] and len(metrics["fitted_bias"]) == 4
     images = brain_mri(24).images[[50, 110]]
     corrected = classifier.predict(images).labels
     balanced = dataclasses.replace(classifier, logit_bias=None).predict(images).labels

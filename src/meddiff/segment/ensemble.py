@@ -285,7 +285,7 @@ class Vote:
 
 def vote(logits: torch.Tensor, bias: torch.Tensor | None = None) -> Vote:
     """Combine member logits ``[M, P, C]`` into a ``Vote`` over the ``P`` pixels, after adding the per-class
-    ``bias`` ``[C]`` (a prior correction, ``pixels.prior_bias``) to every member's logits."""
+    ``bias`` ``[C]`` (a prior correction, ``segment.calibrate``) to every member's logits."""
     members, _, classes = logits.shape
     logits = logits.float() if bias is None else logits.float() + bias.to(logits.device)
     mean = logits.softmax(dim=-1).mean(dim=0)

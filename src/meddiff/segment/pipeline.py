@@ -15,16 +15,10 @@ import torch
 
 from meddiff.data.mirror import NO_MIRROR, Mirror, flip_mask
 from meddiff.devices import model_device
+from meddiff.segment.calibrate import fit_bias, held_out_logits, prior_bias
 from meddiff.segment.ensemble import EnsembleConfig, MLPEnsemble, TrainReport, Vote, predict_maps, train_ensemble
 from meddiff.segment.features import FeatureExtractor
-from meddiff.segment.pixels import (
-    PixelConfig,
-    PixelSample,
-    PixelStore,
-    balanced_sample,
-    held_out_pixels,
-    prior_bias,
-)
+from meddiff.segment.pixels import PixelConfig, PixelSample, PixelStore, balanced_sample, held_out_pixels
 
 
 def flip_views(
@@ -81,7 +75,9 @@ class FitOutcome:
     report: TrainReport
     class_weights: list[float]
     store_bytes: int
-    logit_bias: torch.Tensor | None  # the prior correction to apply at prediction (pixels.logit_adjust)
+    prior_bias: torch.Tensor  # log(true prior / training prior), calibrate.prior_bias
+    fitted_bias: torch.Tensor  # that shift fitted on the held-out pixels, calibrate.fit_bias
+    logit_bias: torch.Tensor | None  # the one pixels.prior_correction applies at prediction (None: none)
 
 
 def fit_classifier(
@@ -121,10 +117,12 @@ def fit_classifier(
         weights = train.class_weights if pixels.reweight else None
         device = model_device(extractor.model)
         model, report = train_ensemble(store, len(train), num_classes, ensemble, seed, weights, progress, device)
+        prior = prior_bias(train)
+        fitted = fit_bias(held_out_logits(model, store, len(train)), val.labels, val.class_weights, prior)
     finally:
         store.close()
-    bias = prior_bias(train) if pixels.logit_adjust else None
-    return FitOutcome(model, report, train.class_weights.tolist(), store.nbytes, bias)
+    chosen = {"none": None, "prior": prior, "fitted": fitted}[pixels.prior_correction]
+    return FitOutcome(model, report, train.class_weights.tolist(), store.nbytes, prior, fitted, chosen)
 
 
 @dataclass

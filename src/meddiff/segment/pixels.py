@@ -33,9 +33,10 @@ class PixelConfig:
     val_fraction: share of each image's labelled pixels held out for early stopping (never trained on)
     val_pixels:   at most this many held-out pixels are scored (class-balanced as well)
     reweight:     weight classes in the loss by true/sampled frequency (the every-pixel class prior)
-    logit_adjust: at prediction, shift the logits by log(true prior / training prior) (``prior_bias``;
-                  Menon et al. 2021's logit adjustment), so a classifier trained on the balanced sample
-                  predicts with the labelled pixels' class frequencies; not with ``reweight``, which
+    prior_correction: the per-class logit shift applied at prediction (``segment.calibrate``): none (the
+                  balanced sample's prior) | prior (log(true prior / training prior), Menon et al. 2021's
+                  logit adjustment) | fitted (that shift moved to the best mIoU of the held-out labelled
+                  pixels, weighted back to their true class frequencies); not with ``reweight``, which
                   corrects the prior in the loss already
     storage:      disk (np.memmap file, bounded memory) | memory (all rows in RAM, the reference path)
     fp16:         store features in float16 (half the bytes; the classifier computes in float32)
@@ -45,7 +46,7 @@ class PixelConfig:
     val_fraction: float = 0.1
     val_pixels: int = 10_000
     reweight: bool = False
-    logit_adjust: bool = False
+    prior_correction: Literal["none", "prior", "fitted"] = "prior"
     storage: Literal["disk", "memory"] = "disk"
     fp16: bool = True
 
@@ -56,8 +57,13 @@ class PixelConfig:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.val_pixels < 1:
             raise ValueError(f"val_pixels must be >= 1, got {self.val_pixels}")
-        if self.reweight and self.logit_adjust:
-            raise ValueError("reweight and logit_adjust both correct the class prior: choose one")
+        if self.prior_correction not in ("none", "prior", "fitted"):
+            raise ValueError(f"prior_correction must be none, prior or fitted, got {self.prior_correction!r}")
+        if self.reweight and self.prior_correction != "none":
+            raise ValueError(
+                "reweight and prior_correction both correct the class prior: choose one "
+                "(set prior_correction: none to reweight the loss)"
+            )
 
 
 def held_out_pixels(masks: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
@@ -124,13 +130,6 @@ def balanced_sample(
     weights[sampled] = counts[sampled].double() / quotas[sampled].double()
     weights *= quotas.sum().double() / max(1.0, float(counts.sum()))
     return PixelSample(flat, labels[flat], weights.float(), tuple(masks.shape))
-
-
-def prior_bias(sample: PixelSample) -> torch.Tensor:
-    """Per-class logit shift ``log(true prior / training prior)`` for a classifier trained on ``sample``: the
-    log of its class weights (true count / sampled count), up to a constant that no decision depends on.
-    A class with no sampled pixel gets a large negative shift (it was never learnt)."""
-    return sample.class_weights.clamp(min=1e-12).log()
 
 
 class PixelStore:

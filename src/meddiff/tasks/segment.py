@@ -40,10 +40,11 @@ from meddiff.nets.unet import UNet
 from meddiff.report.grids import overlay, save_png
 from meddiff.report.plots import heatmap
 from meddiff.rundir import RunDir, resolve_checkpoint
+from meddiff.segment.calibrate import fit_bias, held_out_logits, prior_bias
 from meddiff.segment.ensemble import EnsembleConfig, MLPEnsemble, Vote, train_ensemble, vote
 from meddiff.segment.features import FeatureConfig, FeatureExtractor
 from meddiff.segment.pipeline import PixelClassifier, fill_store, fit_classifier, flip_views
-from meddiff.segment.pixels import PixelConfig, PixelStore, balanced_sample, held_out_pixels, prior_bias
+from meddiff.segment.pixels import PixelConfig, PixelSample, PixelStore, balanced_sample, held_out_pixels
 from meddiff.tasks import generate
 from meddiff.tasks.runs import RunHandle, run_config
 from meddiff.tasks.segmenter import select_images
@@ -215,6 +216,9 @@ def fit(config: SegmentConfig, run_dir: Path, resume: bool = False, progress: bo
         "class_names": dataset.class_names,
         "class_weights": outcome.class_weights,
         "logit_bias": state["logit_bias"],
+        # both shifts, whichever pixels.prior_correction chose: how far the held-out pixels moved the prior's
+        "prior_bias": outcome.prior_bias.tolist(),
+        "fitted_bias": outcome.fitted_bias.tolist(),
         "feature_store_mb": outcome.store_bytes / 2**20,
         "fit_seconds": seconds,
         "peak_rss_mb": _peak_rss_mb(),
@@ -452,6 +456,18 @@ def sweep(config: SegmentConfig, out_dir: Path, progress: bool = True) -> Path:
     return run_sweep(model, diffusion, config, train_set, val_set, out_dir, progress)
 
 
+def _cell_bias(
+    pixels: PixelConfig, ensemble: MLPEnsemble, store: PixelStore, train: PixelSample, val: PixelSample
+) -> torch.Tensor | None:
+    """The logit shift ``pixels.prior_correction`` gives a sweep cell's classifier (as ``fit_classifier``)."""
+    if pixels.prior_correction == "none":
+        return None
+    prior = prior_bias(train)
+    if pixels.prior_correction == "prior":
+        return prior
+    return fit_bias(held_out_logits(ensemble, store, len(train)), val.labels, val.class_weights, prior)
+
+
 def run_sweep(
     model: UNet,
     diffusion: Diffusion,
@@ -481,7 +497,6 @@ def run_sweep(
     train = balanced_sample(masks, ~held, s.max_pixels, num_classes, generator)
     val = balanced_sample(masks, held, config.pixels.val_pixels, num_classes, generator)
     weights = train.class_weights if config.pixels.reweight else None
-    bias = prior_bias(train) if config.pixels.logit_adjust else None  # cells are scored as predict would
     ensemble_config = replace(config.ensemble, members=s.members)
     miou = np.full((len(blocks), len(s.timesteps)), np.nan)
     dice = np.full_like(miou, np.nan)
@@ -492,12 +507,13 @@ def run_sweep(
             PixelStore(out_dir / "scratch" / f"block{b}.bin", len(labels), channels, labels, fp16=config.pixels.fp16)
             for b, channels in zip(blocks, extractor.block_channels, strict=True)
         ]
-        classifiers = []
+        classifiers, biases = [], []
         try:
             fill_store(extractor, images, [train, val], _ColumnSplit(stores))
             for store in stores:
                 ensemble, _ = train_ensemble(store, len(train), num_classes, ensemble_config, config.seed, weights)
                 classifiers.append(ensemble)
+                biases.append(_cell_bias(config.pixels, ensemble, store, train, val))  # scored as predict would
         finally:
             for store in stores:
                 store.close()
@@ -513,7 +529,8 @@ def run_sweep(
                     features = maps.rows(i, top, min(top + rows, height))
                     target = truth[top : top + rows].reshape(-1)
                     with torch.no_grad():
-                        for meter, ensemble, lo, hi in zip(meters, classifiers, bounds[:-1], bounds[1:], strict=True):
+                        cells = zip(meters, classifiers, biases, bounds[:-1], bounds[1:], strict=True)
+                        for meter, ensemble, bias, lo, hi in cells:
                             meter.update(vote(ensemble(features[:, lo:hi]), bias).labels, target)
         for row, meter in enumerate(meters):
             scores = meter.compute()
