@@ -6,6 +6,7 @@ import pickle
 
 import pytest
 import torch
+from safetensors import SafetensorError
 
 from meddiff import checkpoint as ckpt
 from meddiff.errors import UserError
@@ -47,6 +48,22 @@ def test_a_crash_mid_save_leaves_the_previous_checkpoint_loadable(tmp_path, monk
         _save(tmp_path / "checkpoints" / "step_0000002", 2.0)
     assert list_checkpoints(tmp_path) == [first]  # the half-written folder is hidden and ignored
     assert resolve_checkpoint(tmp_path) == first
+    assert ckpt.load_checkpoint(first)[1]["step"] == 1
+
+
+def test_a_full_disk_is_one_clear_error_and_leaves_no_temporary_folder(tmp_path, monkeypatch):
+    first = _save(tmp_path / "checkpoints" / "step_0000001")
+
+    def fill_disk(tensors, filename):  # what safetensors raises when the disk fills up mid-file
+        with open(filename, "wb") as f:
+            f.write(b"partial")
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(ckpt, "save_file", fill_disk)
+    target = tmp_path / "checkpoints" / "step_0000002"
+    with pytest.raises(UserError, match=r"step_0000002: could not be written \(No space left on device\); earlier"):
+        _save(target, 2.0)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_0000001"]
     assert ckpt.load_checkpoint(first)[1]["step"] == 1
 
 

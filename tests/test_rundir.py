@@ -75,3 +75,22 @@ def test_resolve_names_the_problem(tmp_path):
         resolve_checkpoint(tmp_path / "missing")
     with pytest.raises(UserError, match="no complete checkpoint"):
         resolve_checkpoint(tmp_path)
+
+
+def test_preparing_a_run_removes_what_killed_writes_left(tmp_path):
+    run = RunDir(tmp_path / "run")
+    kept = _checkpoint(run.checkpoint(4))
+    folders = [
+        run.checkpoints / ".step_0000008.tmp-4194302",  # a checkpoint killed mid-write
+        run.checkpoints / ".step_0000004.old-4194302",  # killed while re-saving a step
+    ]
+    files = [run.root / ".config.yaml.k2j3h4.tmp", run.samples / ".step_0000008.png.x8d7.tmp"]  # atomic writes
+    for folder in folders:
+        folder.mkdir()
+    for file in files:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_bytes(b"half")
+    (run.root / ".notes").write_text("a user's own hidden file")
+    run.prepare(TrainConfig(), resume=True)
+    assert not any(path.exists() for path in folders + files)
+    assert run.list_checkpoints() == [kept] and (run.root / ".notes").exists()

@@ -20,6 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from meddiff.errors import UserError
+from meddiff.files import is_write_failure, write_failure
 from meddiff.migrations import migrate
 
 STATE_FILE = "state.json"
@@ -64,19 +65,21 @@ def _fsync_dir(path: Path) -> None:
 
 
 def save_checkpoint(path: Path, tensor_groups: dict[str, dict[str, torch.Tensor]], state: dict) -> Path:
-    """Atomically write ``path/`` with one ``<group>.safetensors`` per group and ``state.json``."""
+    """Atomically write ``path/`` with one ``<group>.safetensors`` per group and ``state.json``.
+
+    When writing fails because of the place written to (a full disk, a read-only filesystem: see
+    ``meddiff.files.WRITE_ERRNOS``), the temporary folder is removed, nothing that existed is touched, and
+    the error is a :class:`UserError` naming ``path``.
+    """
     path = Path(path)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    for group, tensors in tensor_groups.items():
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp / f"{group}.safetensors")
-    (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
-    for f in tmp.iterdir():
-        with open(f, "rb") as handle:
-            os.fsync(handle.fileno())
-    _fsync_dir(tmp)
+    try:
+        _write_folder(tmp, tensor_groups, state)
+    except (OSError, SafetensorError) as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if is_write_failure(exc) or (isinstance(exc, SafetensorError) and "I/O error" in str(exc)):
+            raise UserError(f"{write_failure(path, exc)}; earlier checkpoints are intact") from None
+        raise
     if path.exists():  # re-saving the same step: move the old one aside first, then drop it
         old = path.parent / f".{path.name}.old-{os.getpid()}"
         os.replace(path, old)
@@ -86,6 +89,20 @@ def save_checkpoint(path: Path, tensor_groups: dict[str, dict[str, torch.Tensor]
         os.replace(tmp, path)
     _fsync_dir(path.parent)
     return path
+
+
+def _write_folder(folder: Path, tensor_groups: dict[str, dict[str, torch.Tensor]], state: dict) -> None:
+    """Write the checkpoint's files into the new folder ``folder`` and flush them to the disk."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    for group, tensors in tensor_groups.items():
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, folder / f"{group}.safetensors")
+    (folder / STATE_FILE).write_text(json.dumps(state, indent=1))
+    for f in folder.iterdir():
+        with open(f, "rb") as handle:
+            os.fsync(handle.fileno())
+    _fsync_dir(folder)
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:

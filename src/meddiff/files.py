@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -12,23 +14,48 @@ from pathlib import Path
 
 from meddiff.errors import UserError
 
+# Why a write fails when the fault is the place written to, not meddiff: a full disk or quota, a read-only
+# filesystem, no permission. These are the user's to fix, so they are reported like bad input (one line).
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG})
+
+
+def write_failure(path: str | Path, exc: Exception) -> UserError:
+    """The one-line error for ``path`` that could not be written because of ``exc``: an ``OSError``, or a
+    safetensors error, whose message carries the operating system's reason as "... (os error N)"."""
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    found = re.search(r"I/O error: (.+?) \(os error \d+\)", reason)
+    return UserError(f"{path}: could not be written ({found.group(1) if found else reason})")
+
+
+def is_write_failure(exc: BaseException) -> bool:
+    """True for an ``OSError`` caused by where it writes (see ``WRITE_ERRNOS``), not by a bug."""
+    return isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS
+
 
 def atomic_write(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary file in the same folder, then rename it into place.
 
     Creates missing parent folders. The rename is atomic on POSIX and Windows, so ``path`` holds either
-    the old or the new content, and no temporary file is left behind, even when writing fails.
+    the old or the new content, and no temporary file is left behind, even when writing fails. A full disk,
+    a read-only filesystem or a missing permission is a :class:`UserError` naming ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        if is_write_failure(exc):
+            raise write_failure(path, exc) from None
+        raise
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; these are shareable results, not secrets
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if is_write_failure(exc):
+            raise write_failure(path, exc) from None
         raise
     return path
 
@@ -46,23 +73,59 @@ def check_new_folder(out_dir: str | Path) -> None:
         raise UserError(f"{out_dir}: output folder exists and is not empty; choose another --out")
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: Path, name: str) -> None:
+    """Delete the temporary siblings ``.<name>.tmp-<pid>`` in ``folder`` that ``atomic_folder`` (or
+    ``save_checkpoint``) left when process ``pid``, on this machine and no longer running, was killed."""
+    for tmp in folder.glob(f".{name}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 @contextmanager
 def atomic_folder(out_dir: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling folder to fill; it is renamed to ``out_dir`` when the block ends without
-    error and deleted otherwise, so a failure never leaves a half-written output folder.
+    error and deleted otherwise, so a failure never leaves a half-written output folder. A full disk or a
+    read-only filesystem is a :class:`UserError` naming ``out_dir``.
 
     ``out_dir`` must not exist or be an empty folder (see ``check_new_folder``).
     """
     out_dir = Path(out_dir)
     check_new_folder(out_dir)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    if out_dir.parent.is_dir():
+        remove_stale_temporaries(out_dir.parent, out_dir.name)
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    try:
+        tmp.mkdir(parents=True)
+    except OSError as exc:
+        if is_write_failure(exc):
+            raise write_failure(out_dir, exc) from None
+        raise
     try:
         yield tmp
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if is_write_failure(exc):
+            raise write_failure(out_dir, exc) from None
         raise
-    if out_dir.exists():
-        out_dir.rmdir()
-    os.replace(tmp, out_dir)
+    try:
+        if out_dir.exists():
+            out_dir.rmdir()
+        os.replace(tmp, out_dir)
+    except OSError as exc:  # another process filled out_dir meanwhile (ENOTEMPTY, EEXIST): keep its output
+        shutil.rmtree(tmp, ignore_errors=True)
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            message = f"{out_dir}: another process wrote this output folder meanwhile; choose another --out"
+            raise UserError(message) from None
+        raise

@@ -165,9 +165,25 @@ def test_dicom_errors_name_the_file(tmp_path):
     (tmp_path / "README").unlink()
     ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
     ds.SeriesInstanceUID = "1.2.3.4"
-    ds.ImagePositionPatient = [0.0, 0.0, 99.0]
+    ds.ImagePositionPatient = [0.0, 0.0, 12.5]  # the next slice of the series, by position
+    ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
     ds.save_as(tmp_path / "IM9999")
     with pytest.raises(UserError, match=r"IM9999: slice size 64x64 differs"):
+        dicom_dataset(tmp_path)
+
+
+def test_a_missing_slice_or_a_slice_of_another_orientation_is_refused(tmp_path):
+    paths = _series(tmp_path, count=6)  # files named against the slice order: IM0006 is at 0 mm
+    paths[3].unlink()  # the slice at 7.5 mm
+    with pytest.raises(UserError, match=r"IM0002: 5 mm from the previous slice .*IM0004, .* 2.5 mm apart; a slice"):
+        dicom_dataset(tmp_path)
+    _series(tmp_path, count=6)
+    ds = pydicom.dcmread(paths[5])
+    ds.ImageOrientationPatient = [0.0, 1.0, 0.0, 0.0, 0.0, -1.0]
+    ds.save_as(paths[5])
+    with pytest.raises(
+        UserError, match=r"IM0001: slice orientation \[0.0, 1.0, 0.0, 0.0, 0.0, -1.0\] differs from the \[1.0"
+    ):
         dicom_dataset(tmp_path)
 
 

@@ -14,6 +14,7 @@ from rich.console import Console
 
 from meddiff.devices import DEVICE_HELP
 from meddiff.errors import UserError
+from meddiff.files import is_write_failure, write_failure
 
 app = typer.Typer(
     add_completion=False,
@@ -126,14 +127,16 @@ _add_groups()
 
 
 def main() -> None:
-    """Console-script entry: user errors become one line on stderr and exit code 2.
+    """Console-script entry: user errors become one line on stderr and exit code 2, and so do writes that
+    fail because of where they write (a full disk, a read-only folder: ``meddiff.files.WRITE_ERRNOS``).
 
     Usage errors (unknown option, missing argument) are reported by typer itself, also with exit code 2.
     """
     try:
         app()
-    except UserError as exc:
-        if _state["debug"]:
+    except (UserError, OSError) as exc:
+        if _state["debug"] or not (isinstance(exc, UserError) or is_write_failure(exc)):
             raise
-        typer.echo(f"error: {exc}", err=True)
+        message = write_failure(exc.filename, exc) if isinstance(exc, OSError) and exc.filename else exc
+        typer.echo(f"error: {message}", err=True)
         sys.exit(2)

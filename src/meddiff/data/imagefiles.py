@@ -18,7 +18,8 @@ their indices.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
@@ -46,24 +47,42 @@ def describe(im: Image.Image) -> str:
     return f"{im.mode} {_MODE_DTYPES.get(im.mode, 'uint8')}"
 
 
+@contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Turn Pillow's errors while reading ``path`` into one UserError naming it."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found") from None
+    except Image.UnidentifiedImageError:
+        raise UserError(f"{path}: not an image file (or a format Pillow cannot read)") from None
+    except Image.DecompressionBombError:
+        raise UserError(
+            f"{path}: declares more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels, refused as a possible "
+            "decompression bomb (raise PIL.Image.MAX_IMAGE_PIXELS if the image is real)"
+        ) from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        reason = "the file is truncated" if "truncated" in str(exc) else f"it cannot be decoded ({exc})"
+        raise UserError(f"{path}: unreadable image, {reason}") from None
+
+
+def header_size(path: Path) -> tuple[int, int]:
+    """Height and width of the image file ``path`` from its header, without decoding the pixels."""
+    with _reading(path), Image.open(path) as im:
+        return im.height, im.width
+
+
 def open_image(path: Path, draft: int | None = None) -> Image.Image:
     """Open and fully decode ``path`` (so truncation is caught now, not mid-training).
 
     ``draft``: for JPEG, let the decoder downscale by a power of two while keeping both sides >= ``draft``
     pixels, which makes large frames several times faster to read when they are resized anyway.
     """
-    try:
+    with _reading(path):
         im = Image.open(path)
         if draft and im.format == "JPEG":
             im.draft(im.mode, (draft, draft))
         im.load()
-    except FileNotFoundError:
-        raise UserError(f"{path}: file not found") from None
-    except Image.UnidentifiedImageError:
-        raise UserError(f"{path}: not an image file (or a format Pillow cannot read)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        reason = "the file is truncated" if "truncated" in str(exc) else f"it cannot be decoded ({exc})"
-        raise UserError(f"{path}: unreadable image, {reason}") from None
     frames = getattr(im, "n_frames", 1)
     if frames > 1:
         raise UserError(
@@ -102,6 +121,9 @@ def image_array(im: Image.Image, path: Path, intensity: Intensity = "range") -> 
     if arr.dtype == np.uint8:
         return arr.astype(np.float32) / 255.0
     if arr.dtype.kind == "f":
+        if not np.isfinite(arr).all():
+            bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+            raise UserError(f"{path}: {bad} pixels are NaN or infinite; replace them (e.g. with 0) first")
         inside = arr.min() >= 0 and arr.max() <= 1
         return arr.astype(np.float32) if inside else percentile_normalise(arr)
     if intensity == "percentile" or arr.min() < 0:

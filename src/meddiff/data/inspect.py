@@ -30,6 +30,7 @@ from meddiff.data.volumes import (
     load_nifti,
     read_dicom,
     read_dicom_series,
+    read_nifti,
     read_nifti_labels,
 )
 from meddiff.errors import UserError
@@ -339,15 +340,17 @@ def _inspect_nifti(scan: _Scan, path: Path, images_dir: str, masks_dir: str | No
     labels = {p.name: p for p in _visible_files(label_dir) if is_nifti(p)} if label_dir else {}
     scan.report.counts.update({"volumes": len(volumes), "label volumes": len(labels)})
     for volume in volumes:
+        label = labels.pop(volume.name, None)
         try:
             img = load_nifti(volume)
+            read_nifti(volume)  # decodes the voxels: a truncated or NaN volume is a problem here, not in training
             scan.report.sizes["x".join(map(str, img.shape))] += 1
             scan.report.modes[f"{img.get_data_dtype()} {''.join(nib.aff2axcodes(img.affine))}"] += 1
             tags = identifying_tags(volume)
             if tags:
                 scan.report.privacy.append(f"{volume}: non-empty header fields {', '.join(tags)}")
-            if volume.name in labels:
-                stored = read_nifti_labels(labels.pop(volume.name), volume, img.shape)
+            if label is not None:
+                stored = read_nifti_labels(label, volume, img)
                 counts = np.bincount(stored.ravel())
                 for k in np.flatnonzero(counts):
                     scan.report.class_histogram[int(k)] = scan.report.class_histogram.get(int(k), 0) + int(counts[k])

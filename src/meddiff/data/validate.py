@@ -23,8 +23,11 @@ def require_dir(folder: Path, what: str = "folder") -> Path:
 def list_images(folder: Path, recursive: bool = False) -> list[Path]:
     """Sorted image files in ``folder`` (hidden files and other extensions are skipped); none -> UserError."""
     require_dir(folder)
-    candidates = folder.rglob("*") if recursive else folder.iterdir()
-    files = sorted(p for p in candidates if is_image_file(p))
+    candidates = sorted(folder.rglob("*") if recursive else folder.iterdir())  # rglob follows no symlinked folder
+    dangling = [p for p in candidates if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_symlink() and not p.exists()]
+    if dangling:
+        raise UserError(f"{dangling[0]}: symbolic link to nothing (its target is missing, or it links to itself)")
+    files = [p for p in candidates if is_image_file(p)]
     if not files:
         kinds = ", ".join(sorted(IMAGE_EXTENSIONS))
         raise UserError(f"{folder}: no image files found ({kinds}" + (", searched recursively)" if recursive else ")"))

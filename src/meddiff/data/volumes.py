@@ -34,6 +34,8 @@ from meddiff.data.validate import pair_files, raise_first, require_dir
 from meddiff.errors import UserError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+# Affines of an image and its label volume may differ by the float rounding of their headers, not by more.
+AFFINE_TOLERANCE_MM = 0.01
 _NIFTI_TEXT_FIELDS = ("descrip", "aux_file", "db_name", "intent_name")
 # Header attributes that identify a patient, institution or device beyond the VRs caught wholesale
 # (person names, dates, times and instance UIDs): after DICOM PS3.15's basic de-identification profile.
@@ -97,9 +99,13 @@ def _nifti_data(img: nib.spatialimages.SpatialImage, path: Path) -> np.ndarray:
     if len(img.shape) != 3:
         raise UserError(f"{path}: expected a 3D volume, got shape {tuple(img.shape)}")
     try:
-        return np.asanyarray(nib.as_closest_canonical(img).dataobj)
+        data = np.asanyarray(nib.as_closest_canonical(img).dataobj)
     except Exception as exc:
         raise UserError(f"{path}: voxel data cannot be read, the file may be truncated ({exc})") from None
+    if data.dtype.kind == "f" and not np.isfinite(data).all():
+        bad = int(data.size - np.count_nonzero(np.isfinite(data)))
+        raise UserError(f"{path}: {bad} voxels are NaN or infinite; replace them (e.g. with 0) before training")
+    return data
 
 
 def read_nifti(path: Path) -> np.ndarray:
@@ -107,14 +113,21 @@ def read_nifti(path: Path) -> np.ndarray:
     return _nifti_data(load_nifti(path), path).astype(np.float32)
 
 
-def read_nifti_labels(path: Path, image_path: Path, image_shape: Sequence[int]) -> np.ndarray:
-    """A label volume matching ``image_path``: same shape (else a UserError naming both files and shapes),
-    integer ids >= 0 (float storage is accepted when every value is a whole number)."""
+def read_nifti_labels(path: Path, image_path: Path, image: nib.spatialimages.SpatialImage) -> np.ndarray:
+    """A label volume matching the volume ``image`` read from ``image_path``: the same shape and the same
+    voxel-to-world affine (else a UserError naming both files), integer ids >= 0 (float storage is accepted
+    when every value is a whole number)."""
     img = load_nifti(path)
-    if tuple(img.shape[:3]) != tuple(image_shape[:3]) or (len(img.shape) > 3 and img.shape[3] != 1):
+    if tuple(img.shape[:3]) != tuple(image.shape[:3]) or (len(img.shape) > 3 and img.shape[3] != 1):
         raise UserError(
             f"{path}: label volume shape {tuple(img.shape)} differs from the shape "
-            f"{tuple(image_shape)} of its image {image_path}"
+            f"{tuple(image.shape)} of its image {image_path}"
+        )
+    offset = float(np.abs(img.affine - image.affine).max())
+    if offset > AFFINE_TOLERANCE_MM:
+        raise UserError(
+            f"{path}: label volume lies elsewhere in space than its image {image_path} (their affines differ "
+            f"by up to {offset:.3g} mm); resample the labels onto the image's grid"
         )
     labels = _nifti_data(img, path)
     if labels.dtype.kind == "f":
@@ -215,7 +228,7 @@ def nifti_dataset(
     volumes, label_volumes = [], []
     for image_path, label_path in pairs:
         img = load_nifti(image_path)
-        stored = read_nifti_labels(label_path, image_path, img.shape)
+        stored = read_nifti_labels(label_path, image_path, img)
         label_volumes.append(spec.apply(stored, label_path))
         volumes.append(normalise(_nifti_data(img, image_path).astype(np.float32), window_cw, percentiles))
     return _slice_dataset(volumes, label_volumes, "volume", fit, axis, spec, hflip, vflip)
@@ -259,12 +272,22 @@ def dicom_files(path: Path) -> list[Path]:
 
 
 def _slice_order(datasets: Sequence[pydicom.Dataset], files: Sequence[Path]) -> np.ndarray:
-    """Argsort of slices along the slice normal, else by InstanceNumber, else in file order; two slices at
-    one position (e.g. two acquisitions sharing a series) are an error."""
+    """Argsort of slices along the slice normal, else by InstanceNumber, else in file order. Errors: two
+    slices at one position (e.g. two acquisitions sharing a series), slices of another orientation, and a
+    gap of more than 1.5 slice spacings (a missing slice), each naming the file."""
     if all("ImagePositionPatient" in d and "ImageOrientationPatient" in d for d in datasets):
-        orientation = np.asarray(datasets[0].ImageOrientationPatient, dtype=float)
+        orientations = np.round([np.asarray(d.ImageOrientationPatient, dtype=float) for d in datasets], 3)
+        unique, counts = np.unique(orientations, axis=0, return_counts=True)
+        orientation = unique[np.argmax(counts)]  # the series' own: most of its slices have it
+        odd = np.flatnonzero(np.abs(orientations - orientation).max(axis=1) > 0)
+        if odd.size:
+            raise UserError(
+                f"{files[odd[0]]}: slice orientation {orientations[odd[0]].tolist()} differs from the "
+                f"{orientation.tolist()} of the series' other slices; split the series into one folder per orientation"
+            )
         normal = np.cross(orientation[:3], orientation[3:])
         keys = np.round([np.dot(np.asarray(d.ImagePositionPatient, dtype=float), normal) for d in datasets], 3)
+        _check_spacing(np.sort(keys), [files[k] for k in np.argsort(keys, kind="stable")])
     elif all("InstanceNumber" in d for d in datasets):
         keys = np.array([int(d.InstanceNumber) for d in datasets])
     else:
@@ -275,6 +298,20 @@ def _slice_order(datasets: Sequence[pydicom.Dataset], files: Sequence[Path]) -> 
         first, second = files[order[same[0]]], files[order[same[0] + 1]]
         raise UserError(f"{second}: same slice position as {first}; split the series into one folder per acquisition")
     return order
+
+
+def _check_spacing(positions: np.ndarray, files: Sequence[Path]) -> None:
+    """Refuse a gap of more than 1.5 times the median spacing between sorted slice ``positions`` (mm)."""
+    steps = np.diff(positions)
+    if steps.size < 2 or not (steps > 0).all():
+        return  # one step sets no spacing to compare with; equal positions are reported by the caller
+    spacing = float(np.median(steps))
+    gap = int(np.argmax(steps))
+    if steps[gap] > 1.5 * spacing:
+        raise UserError(
+            f"{files[gap + 1]}: {steps[gap]:.3g} mm from the previous slice {files[gap]}, where the series' slices "
+            f"are {spacing:.3g} mm apart; a slice of the series is missing"
+        )
 
 
 def read_dicom_series(path: Path) -> list[tuple[np.ndarray, bool]]:

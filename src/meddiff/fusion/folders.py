@@ -17,22 +17,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from meddiff.data.imagefiles import read_image
+from meddiff.data.imagefiles import header_size, read_image
 from meddiff.data.validate import check_same_size, list_images, pair_files, require_dir
 from meddiff.errors import UserError
 from meddiff.files import atomic_folder, check_new_folder
 
 Pair = tuple[str, Path, Path]
 LUMA_DIR = "y"  # sub-folder of a fused folder with the fused Y of its colour images
-
-
-def _size(path: Path) -> tuple[int, int]:
-    """Height, width from the file header (no decoding)."""
-    try:
-        with Image.open(path) as im:
-            return im.height, im.width
-    except (OSError, Image.UnidentifiedImageError):
-        raise UserError(f"{path}: not an image file (or a format Pillow cannot read)") from None
 
 
 def list_pairs(dir_a: Path, dir_b: Path) -> list[Pair]:
@@ -44,7 +35,7 @@ def list_pairs(dir_a: Path, dir_b: Path) -> list[Pair]:
         more = f" ({len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
         raise UserError(problems[0] + more)
     for _, path_a, path_b in pairs:
-        check_same_size(path_a, _size(path_a), path_b, _size(path_b))
+        check_same_size(path_a, header_size(path_a), path_b, header_size(path_b))
     return pairs
 
 
@@ -65,7 +56,7 @@ def match_fused(pairs: list[Pair], fused_dir: Path) -> list[Path]:
             f"{fused_dir}: no fused image named '{missing[0]}.*' ({len(missing)} of {len(pairs)} pairs have none)"
         )
     for name, path_a, _ in pairs:
-        check_same_size(path_a, _size(path_a), table[name], _size(table[name]))
+        check_same_size(path_a, header_size(path_a), table[name], header_size(table[name]))
     return [table[name] for name, _, _ in pairs]
 
 

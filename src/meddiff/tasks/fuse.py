@@ -53,6 +53,7 @@ from meddiff.nets.restormer import FusionDenoiser, FusionNetConfig
 from meddiff.progress import progress_bar
 from meddiff.report.grids import image_grid, save_png
 from meddiff.rundir import RunDir, resolve_checkpoint
+from meddiff.runlock import releases_run_lock
 from meddiff.tasks.runs import RunHandle, load_trained, run_config
 from meddiff.tasks.runs import to_uint8 as unit_to_uint8
 from meddiff.train.engine import TrainConfig, Trainer, TrainResult, seed_everything
@@ -199,6 +200,7 @@ def training_set(dataset: ArrayDataset, rules: list[str]) -> tuple[ArrayDataset,
     return stacked, record
 
 
+@releases_run_lock
 def fit(config: FuseConfig, run_dir: Path, resume: bool = False, progress: bool = True) -> TrainResult:
     """Train the fusion denoiser on ``config.data``; everything goes under ``run_dir`` (also ``prior.json``)."""
     _check(config)

@@ -33,6 +33,7 @@ from meddiff.files import check_new_folder
 from meddiff.nets.unet import UNet, UNetConfig
 from meddiff.report.grids import image_grid, pairs_grid, save_png
 from meddiff.rundir import RunDir
+from meddiff.runlock import releases_run_lock
 from meddiff.tasks.runs import RunHandle, load_trained, run_config, to_uint8
 from meddiff.train.engine import TrainConfig, Trainer, TrainResult, seed_everything
 
@@ -114,6 +115,7 @@ def _codec(config: GenerateConfig, image_channels: int, num_classes: int) -> Pai
     return PairCodec(image_channels, num_classes if config.joint_mask else 0, config.mask_encoding)
 
 
+@releases_run_lock
 def fit(config: GenerateConfig, run_dir: Path, resume: bool = False, progress: bool = True) -> TrainResult:
     """Train the generator on ``config.data``; everything goes under ``run_dir``."""
     dataset = build_dataset(config.data)

@@ -32,6 +32,7 @@ from meddiff.files import check_new_folder
 from meddiff.nets.pix2pix import Discriminator, Generator, Pix2PixNetConfig
 from meddiff.report.grids import save_png
 from meddiff.rundir import RunDir, resolve_checkpoint
+from meddiff.runlock import releases_run_lock
 from meddiff.tasks.runs import RunHandle, run_config
 from meddiff.tasks.synthesize import augment_mirror, comparison_grid, export, grid_indices, plan, read_masks
 from meddiff.train.engine import TrainConfig, Trainer, TrainResult, seed_everything
@@ -143,6 +144,7 @@ def translate(generator: Generator, masks: torch.Tensor, num_classes: int, seeds
     return torch.cat(images).clamp(-1, 1)
 
 
+@releases_run_lock
 def fit(config: Pix2PixConfig, run_dir: Path, resume: bool = False, progress: bool = True) -> TrainResult:
     """Train pix2pix on ``config.data`` (images with masks); everything goes under ``run_dir``."""
     dataset = build_dataset(config.data)

@@ -40,6 +40,7 @@ from meddiff.nets.unet import UNet
 from meddiff.report.grids import overlay, save_png
 from meddiff.report.plots import heatmap
 from meddiff.rundir import RunDir, resolve_checkpoint
+from meddiff.runlock import releases_run_lock
 from meddiff.segment.calibrate import fit_bias, held_out_logits, prior_bias
 from meddiff.segment.ensemble import EnsembleConfig, MLPEnsemble, Vote, train_ensemble, vote
 from meddiff.segment.features import FeatureConfig, FeatureExtractor
@@ -154,6 +155,7 @@ def _peak_rss_mb() -> float:
 
 
 # -- fit -----------------------------------------------------------------------------------------------------
+@releases_run_lock
 def fit(config: SegmentConfig, run_dir: Path, resume: bool = False, progress: bool = True) -> TrainResult:
     """Train the pixel classifier; writes config.yaml, the classifier's checkpoint (``checkpoints/step_N``,
     N the ensemble's training steps), logs/train.jsonl and metrics.json under ``run_dir``."""
@@ -204,11 +206,6 @@ def fit(config: SegmentConfig, run_dir: Path, resume: bool = False, progress: bo
         # log(true prior / training prior) added to the logits at prediction; None: no correction
         "logit_bias": outcome.logit_bias.tolist() if outcome.logit_bias is not None else None,
     }
-    checkpoint = save_checkpoint(
-        run.checkpoint(outcome.report.steps),
-        {"ensemble": outcome.ensemble.state_dict()},
-        {"step": outcome.report.steps, "meddiff_version": __version__, "config": state},
-    )
     seconds = time.monotonic() - started
     metrics = {
         "labelled_images": len(dataset),
@@ -225,6 +222,12 @@ def fit(config: SegmentConfig, run_dir: Path, resume: bool = False, progress: bo
         **report,
     }
     run.write_metrics(metrics)
+    # the checkpoint comes last: a folder holding one is complete, and a rerun refuses it
+    checkpoint = save_checkpoint(
+        run.checkpoint(outcome.report.steps),
+        {"ensemble": outcome.ensemble.state_dict()},
+        {"step": outcome.report.steps, "meddiff_version": __version__, "config": state},
+    )
     return TrainResult(
         step=outcome.report.steps,
         seconds=seconds,

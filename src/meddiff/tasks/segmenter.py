@@ -28,6 +28,7 @@ from meddiff.devices import model_device, resolve_device
 from meddiff.errors import UserError
 from meddiff.nets.segnet import SegNet, SegNetConfig
 from meddiff.rundir import RunDir, resolve_checkpoint
+from meddiff.runlock import releases_run_lock
 from meddiff.segment.pixels import held_out_pixels
 from meddiff.tasks.runs import RunHandle, run_config
 from meddiff.train.engine import TrainConfig, Trainer, TrainResult, seed_everything
@@ -124,6 +125,7 @@ def fit(config: SegmenterConfig, run_dir: Path, resume: bool = False, progress: 
     return fit_dataset(config, run_dir, dataset, resume=resume, progress=progress)
 
 
+@releases_run_lock
 def fit_dataset(
     config: SegmenterConfig, run_dir: Path, dataset: ArrayDataset, resume: bool = False, progress: bool = True
 ) -> TrainResult:

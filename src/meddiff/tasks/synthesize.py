@@ -39,6 +39,7 @@ from meddiff.files import check_new_folder
 from meddiff.nets.unet import UNet, UNetConfig
 from meddiff.report.grids import pairs_grid, save_png
 from meddiff.rundir import RunDir, list_checkpoints
+from meddiff.runlock import releases_run_lock
 from meddiff.tasks.runs import RunHandle, load_trained, run_config, to_uint8
 from meddiff.train.engine import TrainConfig, Trainer, TrainResult, seed_everything
 
@@ -133,6 +134,7 @@ def grid_indices(n_data: int, n: int) -> torch.Tensor:
     return torch.linspace(0, n_data - 1, min(n, n_data)).round().long()
 
 
+@releases_run_lock
 def fit(config: SynthesizeConfig, run_dir: Path, resume: bool = False, progress: bool = True) -> TrainResult:
     """Train the mask-to-image model on ``config.data`` (images with masks); everything goes under ``run_dir``."""
     dataset = build_dataset(config.data)

@@ -46,6 +46,7 @@ from meddiff.metrics.text_alignment import (
 from meddiff.nets.unet import UNet, UNetConfig
 from meddiff.report.grids import image_grid, pairs_grid, save_png
 from meddiff.rundir import RunDir
+from meddiff.runlock import releases_run_lock
 from meddiff.tasks.generate import PairCodec
 from meddiff.tasks.runs import RunHandle, load_trained, run_config
 from meddiff.text.captions import CaptionConfig, Captioner
@@ -149,6 +150,7 @@ def dataset_captions(captioner: Captioner, dataset) -> list[str]:
     return captioner(batch)
 
 
+@releases_run_lock
 def fit(config: TextGenConfig, run_dir: Path, resume: bool = False, progress: bool = True) -> TrainResult:
     """Train the text-conditioned model (then its text-alignment network) on ``config.data``."""
     if not config.model.attention_levels:
