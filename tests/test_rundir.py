@@ -94,3 +94,20 @@ def test_preparing_a_run_removes_what_killed_writes_left(tmp_path):
     run.prepare(TrainConfig(), resume=True)
     assert not any(path.exists() for path in folders + files)
     assert run.list_checkpoints() == [kept] and (run.root / ".notes").exists()
+
+
+def test_a_log_line_torn_by_a_kill_is_dropped_when_the_run_resumes(tmp_path):
+    run = RunDir(tmp_path)
+    run.start_log(0)
+    for step in (1, 2):
+        run.log({"step": step, "loss": 0.5})
+    with open(run.log_file, "a") as f:
+        f.write('{"step": 3, "lo')  # killed mid-append
+    assert [r["step"] for r in run.read_log()] == [1, 2]
+    run.start_log(2)
+    run.log({"step": 3, "loss": 0.25})
+    assert run.read_log()[-1] == {"step": 3, "loss": 0.25}
+
+    run.log_file.write_text('{"step": 1}\n{"st\n{"step": 3}\n')
+    with pytest.raises(UserError, match=r"train\.jsonl: line 2 is not a JSON record"):
+        run.read_log()

@@ -136,10 +136,19 @@ class RunDir:
             f.write(json.dumps(record) + "\n")
 
     def read_log(self) -> list[dict]:
-        """The records of ``logs/train.jsonl`` (empty when there is none)."""
+        """The records of ``logs/train.jsonl`` (empty when there is none). A last line cut short by a process
+        killed while appending it is left out; a damaged line elsewhere is a UserError naming the file."""
         if not self.log_file.is_file():
             return []
-        return [json.loads(line) for line in self.log_file.read_text().splitlines() if line.strip()]
+        lines = [line for line in self.log_file.read_text().splitlines() if line.strip()]
+        records = []
+        for number, line in enumerate(lines, 1):
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                if number < len(lines):
+                    raise UserError(f"{self.log_file}: line {number} is not a JSON record") from None
+        return records
 
     def write_metrics(self, metrics: dict) -> Path:
         return write_json(self.metrics_file, metrics)
