@@ -1,6 +1,8 @@
-"""Patient privacy end to end: DICOM identifiers never reach anything meddiff writes."""
+"""Patient privacy end to end: DICOM identifiers never reach anything meddiff writes, a run killed and
+resumed included."""
 
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +11,7 @@ import pydicom
 import pytest
 import yaml
 from pydicom.data import get_testdata_file
-from tests.conftest import tiny_generate_config
+from tests.conftest import REPO, tiny_generate_config
 
 from meddiff.config import to_dict
 
@@ -65,17 +67,28 @@ def test_no_identifier_reaches_any_output(tmp_path):
     inspected = meddiff("data", "inspect", tmp_path / "series")
     assert "PatientName" in inspected.stdout  # the warning names the identifying tags ...
 
-    config = to_dict(tiny_generate_config(steps=2, sample_every=1))
+    config = to_dict(tiny_generate_config(steps=3, sample_every=1, checkpoint_every=1))
     config["data"] = {"kind": "dicom", "root": str(tmp_path / "series"), "size": 32}
     config["joint_mask"] = False
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({"task": "generate", **config}))
     run = tmp_path / "run"
+    train = ["train", tmp_path / "config.yaml", "--out", run]
+    killed = subprocess.run(  # SIGKILLed once step 2 is logged, before its checkpoint: the logs of a kill
+        [sys.executable, "-m", "benchmarks.faults", "--child", "step:2", "--", *map(str, train)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
     outputs = [
         inspected,
-        meddiff("train", tmp_path / "config.yaml", "--out", run),
+        killed,
+        meddiff("train", tmp_path / "config.yaml", "--out", run, "--resume"),
         meddiff("sample", run, "--n", 2, "--steps", 2, "--out", run / "synthetic"),
         meddiff("report", run),
     ]
+    assert "resuming from" in outputs[2].stdout + outputs[2].stderr
     assert (run / "report.html").is_file() and (run / "synthetic" / "images").is_dir()
 
     written = [p for p in run.rglob("*") if p.is_file()]
