@@ -58,6 +58,7 @@ def _namespaces_work() -> bool:
     return subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode == 0
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _namespaces_work(), reason="needs unshare -rm (user and mount namespaces)")
 def test_full_then_read_only_disk(tmp_path):
     config = tmp_path / "config.yaml"

@@ -4,9 +4,11 @@ killed ``sample`` leaves no partial output folder."""
 
 import random
 
+import pytest
 from benchmarks.faults import _brain_folders, kill_output, kill_task
 
 
+@pytest.mark.slow
 def test_three_kills_and_resumes_reproduce_the_uninterrupted_run(tmp_path):
     work = _brain_folders(tmp_path)
     row = kill_task("generate", work, kills=3, rng=random.Random(1))
