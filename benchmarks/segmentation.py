@@ -51,10 +51,18 @@ from meddiff.nets.segnet import SegNetConfig
 from meddiff.nets.unet import UNetConfig
 from meddiff.segment.ensemble import EnsembleConfig
 from meddiff.segment.features import FeatureConfig
+from meddiff.segment.islands import fill_islands
 from meddiff.segment.pipeline import PixelClassifier, fit_classifier
 from meddiff.segment.pixels import PixelConfig
 from meddiff.tasks import generate, segmenter
-from meddiff.tasks.segment import SegmentConfig, SweepConfig, load_diffusion, make_extractor, run_sweep
+from meddiff.tasks.segment import (
+    MIN_ISLAND,
+    SegmentConfig,
+    SweepConfig,
+    load_diffusion,
+    make_extractor,
+    run_sweep,
+)
 from meddiff.tasks.segmenter import SegmenterConfig, select_images
 from meddiff.train.engine import TrainConfig
 
@@ -128,6 +136,8 @@ class Setting:
 DIFFUSION = "diffusion features + MLP ensemble"
 CORRECTED = "diffusion features + MLP ensemble, prior-corrected"
 FITTED = "diffusion features + MLP ensemble, held-out-fitted shift"
+ISLANDS = "diffusion features + MLP ensemble, prior-corrected, island filter"
+ISLAND_SIZES = (4, 8, 16, 32)  # the filter's sizes scored besides the default, pixels at the working size
 UNET = "U-Net from scratch"
 
 
@@ -537,9 +547,11 @@ def fit_diffusion_features(
             mirror=labelled.mirror,
         )
     results = {}
+    predictions = {}
     for method, bias in ((DIFFUSION, None), (CORRECTED, outcome.prior_bias), (FITTED, outcome.fitted_bias)):
         with Phase() as predict_phase:
             pred = PixelClassifier(extractor, outcome.ensemble, bias).predict(test.images).labels
+        predictions[method] = pred
         results[method] = {
             **_scores(pred, test.masks, test.num_classes),
             "fit_s": fit_phase.seconds,
@@ -554,6 +566,16 @@ def fit_diffusion_features(
             "stopped_early": outcome.report.stopped_early,
             "store_mb": outcome.store_bytes / 2**20,
         }
+    # the island filter of segment predict on the default (prior-corrected) prediction, at several sizes
+    filtered = {
+        size: torch.stack([fill_islands(labels, size) for labels in predictions[CORRECTED]])
+        for size in sorted({*ISLAND_SIZES, MIN_ISLAND})
+    }
+    results[ISLANDS] = {
+        **results[CORRECTED],
+        **_scores(filtered[MIN_ISLAND], test.masks, test.num_classes),
+        "island_miou": {size: _scores(pred, test.masks, test.num_classes)["miou"] for size, pred in filtered.items()},
+    }
     return results
 
 
@@ -875,7 +897,9 @@ def main() -> None:
             f"fit predicting with the prior correction (`pixels.prior_correction: prior`: logits shifted by "
             f"log(labelled pixels' class frequency / balanced sample's), Menon et al. 2021); **{FITTED}** = the "
             f"same fit with that shift moved per class to the best mIoU of its held-out labelled pixels "
-            f"(`prior_correction: fitted`); **U-Net from scratch** = "
+            f"(`prior_correction: fitted`); **{ISLANDS}** = the prior-corrected prediction with `segment "
+            f"predict`'s island filter (regions of one class under {MIN_ISLAND} pixels refilled from their "
+            f"surroundings, `min_island`); **U-Net from scratch** = "
             f"`segmenter` (base {b.segnet.base_channels}, depth {b.segnet.depth}), "
             f"{_unet_budget(b.segmenter_train)} per fit. Both use the data's flips and stop early on the "
             f"same held-out {b.pixels.val_fraction:.0%} of the labelled pixels. Scores: mean ± sample std over "
@@ -887,6 +911,12 @@ def main() -> None:
             f"## Datasets and splits\n\n{description_lines}\n\n## Diffusion models\n\n{diffusion_lines}\n\n"
             f"## Block x timestep sweeps\n\n{sweep_lines}\n\n## Results\n\n{body}\n"
         )
+        islands = island_table(rows)
+        if islands:
+            text += (
+                "\n## Island filter\n\nmIoU of the prior-corrected prediction (test images at the working size) "
+                "with the island filter off and at each size (pixels), mean over seeds.\n\n" + islands + "\n"
+            )
         if fidelity:
             gap = statistics.mean(r["difference (points)"] for r in fidelity)
             verdict = "met" if abs(gap) <= 1 else "NOT met"
@@ -1060,13 +1090,29 @@ def scope_note(b: Budget, labels: list[int]) -> str:
     )
 
 
+def island_table(rows: list[dict]) -> str:
+    """mIoU of the prior-corrected prediction without and with the island filter at each size, per dataset
+    and label count (mean over seeds)."""
+    lines = []
+    groups = dict.fromkeys((r["dataset"], r["labels"]) for r in rows if r["method"] == ISLANDS)
+    for dataset, labels in groups:
+        group = [r for r in rows if (r["dataset"], r["labels"], r["method"]) == (dataset, labels, ISLANDS)]
+        plain = [r["miou"] for r in rows if (r["dataset"], r["labels"], r["method"]) == (dataset, labels, CORRECTED)]
+        line = {"dataset": dataset, "labels": labels, "off": statistics.mean(plain)}
+        for size in group[0]["island_miou"]:
+            line[f"{size} px"] = statistics.mean(r["island_miou"][size] for r in group)
+        line[f"default ({MIN_ISLAND} px) - off, points"] = 100 * (line[f"{MIN_ISLAND} px"] - line["off"])
+        lines.append(line)
+    return markdown_table(lines, list(lines[0])) if lines else ""
+
+
 def closing_note(table: list[dict], memory: dict | None, labels: list[int]) -> str:
     lines = []
     for dataset in dict.fromkeys(t["dataset"] for t in table):
         top = max(t["labels"] for t in table if t["dataset"] == dataset)
         pair = {t["method"]: t for t in table if t["dataset"] == dataset and t["labels"] == top}
         base = pair.get(UNET)
-        for method in (DIFFUSION, CORRECTED, FITTED):
+        for method in (DIFFUSION, CORRECTED, FITTED, ISLANDS):
             ours = pair.get(method)
             if ours and base:
                 lines.append(
@@ -1076,7 +1122,7 @@ def closing_note(table: list[dict], memory: dict | None, labels: list[int]) -> s
                 )
         by_labels = {
             method: [t["mIoU"] for t in table if t["dataset"] == dataset and t["method"] == method]
-            for method in (DIFFUSION, CORRECTED, FITTED, UNET)
+            for method in (DIFFUSION, CORRECTED, FITTED, ISLANDS, UNET)
         }
         lines.append(
             f"- {dataset}, mIoU by label count {sorted({t['labels'] for t in table if t['dataset'] == dataset})}: "

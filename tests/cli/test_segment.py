@@ -9,6 +9,8 @@ import pytest
 from PIL import Image
 from tests.cli.conftest import user_data, write_config
 
+from meddiff.tasks.segment import MIN_ISLAND
+
 
 @pytest.mark.parametrize("command", ["fit", "predict", "sweep", "baseline"])
 def test_every_command_has_help_with_an_example(cli, command):
@@ -62,6 +64,13 @@ def test_fit_predict_and_sweep_on_a_user_folder(cli, user_folder, tmp_path):
         assert np.array(Image.open(tmp_path / "pred" / "overlays" / f"{name}.png")).shape == (48, 40, 3)
         for kind in ("uncertainty", "disagreement"):
             assert np.array(Image.open(tmp_path / "pred" / kind / f"{name}.png")).shape == (48, 40)
+
+    # the island filter: the run's size by default, any size with --min-island, off with 0
+    assert json.loads((tmp_path / "pred" / "manifest.json").read_text())["min_island"] == MIN_ISLAND
+    for size in (0, 40):
+        out = tmp_path / f"islands{size}"
+        cli("segment", "predict", tmp_path / "run", "--images", new, "--out", out, "--min-island", size)
+        assert json.loads((out / "manifest.json").read_text())["min_island"] == size
 
     cli("segment", "sweep", config, "--out", tmp_path / "sweep")
     sweep = json.loads((tmp_path / "sweep" / "sweep.json").read_text())

@@ -7,7 +7,7 @@ import torch
 
 from meddiff.data.labels import IGNORE_INDEX
 from meddiff.errors import UserError
-from meddiff.metrics.segmentation import SegmentationMeter, segmentation_scores
+from meddiff.metrics.segmentation import SegmentationMeter, per_image_scores, segmentation_scores
 
 X = IGNORE_INDEX
 # Two 2x3 masks, 4 classes; class 3 appears in neither prediction nor ground truth.
@@ -84,3 +84,21 @@ def test_invalid_masks_are_user_errors():
         meter.update(torch.zeros_like(TARGET), torch.full_like(TARGET, 7))
     with pytest.raises(UserError, match="integer"):
         meter.update(PRED.float(), TARGET)
+
+
+def test_per_image_scores_by_hand_and_equal_to_scoring_each_image_alone():
+    # image 1 alone: class 0 TP 1, FN 1 (0->1) -> Dice 2/3; class 1 TP 2, FP 1 -> 4/5; class 2 TP 1 -> 1;
+    # image 2 alone: class 0 TP 2, FP 1 (2->0) -> 4/5; class 1 absent from its ground truth and prediction
+    # (the ignored pixels predicted 1 do not count) -> NaN; class 2 TP 1, FN 1 -> 2/3
+    scores = per_image_scores(PRED, TARGET, num_classes=4)
+    torch.testing.assert_close(scores.dice[0, :3], torch.tensor([2 / 3, 4 / 5, 1.0], dtype=torch.float64))
+    assert scores.dice[1, 0] == pytest.approx(4 / 5) and scores.dice[1, 2] == pytest.approx(2 / 3)
+    assert math.isnan(scores.dice[1, 1]) and math.isnan(scores.dice[1, 3])
+    for k in range(2):
+        alone = segmentation_scores(PRED[k : k + 1], TARGET[k : k + 1], num_classes=4)
+        torch.testing.assert_close(scores.iou[k], alone.iou, equal_nan=True)
+        assert scores.miou[k] == pytest.approx(alone.miou) and scores.mean_dice[k] == pytest.approx(alone.mean_dice)
+    foreground = per_image_scores(PRED, TARGET, num_classes=4, include_background=False)
+    assert foreground.mean_dice[1] == pytest.approx(2 / 3)  # class 2 only: class 1 is NaN in image 2
+    with pytest.raises(UserError, match="class ids outside"):
+        per_image_scores(PRED + 3, TARGET, num_classes=4)

@@ -19,6 +19,8 @@ from meddiff.data.samples import brain_mri
 from meddiff.data.writers import write_pair_folder
 from meddiff.errors import UserError
 from meddiff.metrics.segmentation import segmentation_scores
+from meddiff.segment.ensemble import Vote
+from meddiff.segment.islands import scaled_min_size, small_regions
 from meddiff.tasks import generate, segment
 
 CLASSES = ["background", "other", "grey", "white"]
@@ -177,3 +179,24 @@ def test_working_scale_and_back_keeps_the_native_geometry(mode):
     labels = (working[0] > 0.5).long()
     assert segment.to_native(labels, (40, 24), fit).shape == (40, 24)
     assert segment.to_native(working[0], (40, 24), fit).shape == (40, 24)
+
+
+class _SpeckledClassifier:
+    """Stands in for a PixelClassifier whose votes are half background, half tissue, with one-pixel specks."""
+
+    def predict(self, images, tile_mb=64):
+        labels = torch.zeros(images.shape[0], *images.shape[-2:], dtype=torch.int64)
+        labels[..., :, images.shape[-1] // 2 :] = 1
+        labels[..., 4::8, 4::8] = 1 - labels[..., 4::8, 4::8]
+        return Vote(labels, torch.zeros(labels.shape), torch.zeros(labels.shape))
+
+
+def test_predicted_masks_keep_no_island_smaller_than_the_set_size_unless_it_is_off():
+    native = torch.rand(1, 48, 40)  # another size than the 32 px working size
+    fit = Fit(32)
+    raw, _, _ = segment.segment_native(_SpeckledClassifier(), native, fit, tile_mb=64, min_island=0)
+    filled, _, _ = segment.segment_native(_SpeckledClassifier(), native, fit, tile_mb=64, min_island=8)
+    smallest = scaled_min_size(8, 32, (48, 40))
+    assert small_regions(raw.numpy(), smallest).sum() > 0
+    assert not small_regions(filled.numpy(), smallest).any()
+    assert filled.float().mean() == pytest.approx(0.5, abs=0.05)  # the halves themselves stay

@@ -45,6 +45,13 @@ def predict(
     tile_mb: int | None = typer.Option(
         None, "--tile-mb", min=1, help="Features held at once while predicting (default: the run's)."
     ),
+    min_island: int | None = typer.Option(
+        None,
+        "--min-island",
+        min=0,
+        help="Refill regions of one class smaller than this many pixels at the working size from their "
+        "surroundings (default: the run's min_island; 0 = off).",
+    ),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
 ) -> None:
     """Segment a folder of images: class-id masks, colour overlays and per-pixel uncertainty maps.
@@ -53,7 +60,7 @@ def predict(
     """
     from meddiff.tasks.segment import predict_folder
 
-    folder = predict_folder(run, images, out, tile_mb=tile_mb, device=device)
+    folder = predict_folder(run, images, out, tile_mb=tile_mb, device=device, min_island=min_island)
     console.print(f"wrote masks, overlays and uncertainty maps to {folder}")
 
 

@@ -13,6 +13,9 @@ Semantics (the same for the streaming ``SegmentationMeter`` and the one-shot ``s
 - A class absent from both the prediction and the ground truth in the whole set has no defined IoU/Dice
   (0 / 0): its entry is NaN and it is left out of the means (a NaN mean means no class was scorable).
   A class present in only one of them scores 0 and does count.
+
+``per_image_scores`` gives the same scores image by image (one confusion matrix per image, the same NaN
+rule per image), for the per-case tables the field reports (mean and spread of per-image Dice).
 """
 
 from __future__ import annotations
@@ -123,3 +126,37 @@ def segmentation_scores(
     meter = SegmentationMeter(num_classes, include_background)
     meter.update(pred, target)
     return meter.compute()
+
+
+@dataclass(frozen=True)
+class PerImageScores:
+    """Scores of each image alone: ``iou`` and ``dice`` float64 ``[N, K]`` (NaN where the class is in
+    neither the image's prediction nor its ground truth), ``miou`` and ``mean_dice`` ``[N]`` (NaN-skipping
+    means over the included classes)."""
+
+    iou: torch.Tensor
+    dice: torch.Tensor
+    miou: torch.Tensor
+    mean_dice: torch.Tensor
+    include_background: bool
+
+
+def per_image_scores(
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int, include_background: bool = True
+) -> PerImageScores:
+    """IoU and Dice of every image of ``pred`` / ``target`` (int ``[N, H, W]`` class ids, ``target`` may hold
+    ``IGNORE_INDEX``), each from that image's own confusion matrix."""
+    SegmentationMeter(num_classes).update(pred, target)  # the same checks of shapes, types and ids
+    n = pred.shape[0]
+    labelled = target != IGNORE_INDEX
+    image = torch.arange(n).view(n, *([1] * (pred.dim() - 1))).expand_as(pred)
+    cell = (image * num_classes + target.long()) * num_classes + pred.long()  # (image, truth, prediction)
+    confusion = torch.bincount(cell[labelled], minlength=n * num_classes**2).view(n, num_classes, num_classes)
+    cm = confusion.double()
+    tp = cm.diagonal(dim1=1, dim2=2)
+    union = cm.sum(dim=1) + cm.sum(dim=2) - tp
+    nan = torch.full_like(tp, float("nan"))
+    iou = torch.where(union == 0, nan, tp / union.clamp(min=1))
+    dice = torch.where(union == 0, nan, 2 * tp / (union + tp).clamp(min=1))
+    first = 0 if include_background else 1
+    return PerImageScores(iou, dice, iou[:, first:].nanmean(dim=1), dice[:, first:].nanmean(dim=1), include_background)

@@ -44,6 +44,7 @@ from meddiff.runlock import releases_run_lock
 from meddiff.segment.calibrate import fit_bias, held_out_logits, prior_bias
 from meddiff.segment.ensemble import EnsembleConfig, MLPEnsemble, Vote, train_ensemble, vote
 from meddiff.segment.features import FeatureConfig, FeatureExtractor
+from meddiff.segment.islands import fill_islands, scaled_min_size
 from meddiff.segment.pipeline import PixelClassifier, fill_store, fit_classifier, flip_views
 from meddiff.segment.pixels import PixelConfig, PixelSample, PixelStore, balanced_sample, held_out_pixels
 from meddiff.tasks import generate
@@ -52,6 +53,8 @@ from meddiff.tasks.segmenter import select_images
 from meddiff.train.engine import TrainResult
 
 TASK = "segment"
+# the island filter's default size, in pixels at the working size (benchmarks/results/segmentation.md)
+MIN_ISLAND = 8
 console = Console(stderr=True)
 
 
@@ -91,6 +94,9 @@ class SegmentConfig:
     images:    names of the labelled images to use (default: every image of ``data``)
     seed:      held-out pixels, pixel sampling, ensemble initialisation and shuffling
     tile_mb:   features held at once when predicting (a band of rows at a time)
+    min_island: predicted masks keep no region of one class smaller than this many pixels at the working
+               size (scaled with an image's area); such specks take the class around them
+               (``meddiff.segment.islands``); 0 or 1 turns the filter off
     """
 
     diffusion: Path | None = None
@@ -102,12 +108,15 @@ class SegmentConfig:
     sweep: SweepConfig = field(default_factory=SweepConfig)
     seed: int = 0
     tile_mb: float = 64
+    min_island: int = MIN_ISLAND
 
     def __post_init__(self):
         if self.diffusion is None:
             raise ValueError("'diffusion' is required: the run folder of a generate run with joint_mask: false")
         if self.tile_mb <= 0:
             raise ValueError(f"tile_mb must be > 0, got {self.tile_mb}")
+        if self.min_island < 0:
+            raise ValueError(f"min_island must be >= 0, got {self.min_island}")
 
 
 # -- inputs ------------------------------------------------------------------------------------------------
@@ -299,10 +308,12 @@ def predict_folder(
     tile_mb: float | None = None,
     progress: bool = True,
     device: str = "cpu",
+    min_island: int | None = None,
 ) -> Path:
     """Segment every image in ``images_dir`` (any size) into ``out_dir``: masks/ (class ids), overlays/
     (colour overlays), uncertainty/ (entropy of the ensemble's mean prediction, 0-255), disagreement/
-    (share of outvoted members, 0-255) and manifest.json. Every image is read and checked first."""
+    (share of outvoted members, 0-255) and manifest.json. Every image is read and checked first.
+    ``min_island``: the island filter's size (default: the run's ``min_island``; 0 = off)."""
     out_dir = Path(out_dir)
     classifier, stored = load(run, device)
     config: SegmentConfig = stored["config"]
@@ -316,13 +327,22 @@ def predict_folder(
         read_image(path, config.data.intensity)
     fit_ = Fit(config.data.size, config.data.fit, config.data.short_side)
     channels, classes = stored["image_channels"], stored["class_names"]
+    islands = config.min_island if min_island is None else min_island
     with atomic_folder(out_dir) as tmp:
         folders = {name: tmp / name for name in ("masks", "overlays", "uncertainty", "disagreement")}
         for folder in folders.values():
             folder.mkdir()
         records = [
             _predict_file(
-                classifier, path, folders, fit_, config.data.intensity, channels, classes, tile_mb or config.tile_mb
+                classifier,
+                path,
+                folders,
+                fit_,
+                config.data.intensity,
+                channels,
+                classes,
+                tile_mb or config.tile_mb,
+                islands,
             )
             for path in files
         ]
@@ -335,6 +355,7 @@ def predict_folder(
             },
             "uncertainty": "entropy of the mean ensemble prediction / log(classes), x255",
             "disagreement": "share of ensemble members outvoted by the majority, x255",
+            "min_island": islands,
             "files": records,
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
@@ -352,9 +373,10 @@ def _predict_file(
     channels: int,
     classes: list[str],
     tile_mb: float,
+    min_island: int,
 ) -> dict:
     native = to_channels(torch.from_numpy(read_image(path, intensity)), channels)
-    labels, disagreement, entropy = segment_native(classifier, native, fit_, tile_mb)
+    labels, disagreement, entropy = segment_native(classifier, native, fit_, tile_mb, min_island)
     name = f"{path.stem}.png"
     save_png(labels.numpy().astype(np.uint8), folders["masks"] / name)
     save_png(overlay(native * 2 - 1, labels, len(classes)), folders["overlays"] / name)
@@ -371,13 +393,17 @@ def _predict_file(
 
 
 def segment_native(
-    classifier: PixelClassifier, native: torch.Tensor, fit_: Fit, tile_mb: float
+    classifier: PixelClassifier, native: torch.Tensor, fit_: Fit, tile_mb: float, min_island: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Labels, disagreement and entropy ``[H, W]`` for one ``[C, H, W]`` image in [0, 1] of any size,
-    predicted at the working scale of ``fit_`` and brought back to the image's own size."""
+    predicted at the working scale of ``fit_`` and brought back to the image's own size; the labels keep no
+    region smaller than ``min_island`` pixels at the working size (``islands.fill_islands``)."""
     result = classifier.predict((to_working(native, fit_) * 2 - 1)[None], tile_mb)
     hw = tuple(native.shape[-2:])
-    return tuple(to_native(getattr(result, k)[0], hw, fit_) for k in ("labels", "disagreement", "entropy"))
+    labels, disagreement, entropy = (
+        to_native(getattr(result, k)[0], hw, fit_) for k in ("labels", "disagreement", "entropy")
+    )
+    return fill_islands(labels, scaled_min_size(min_island, fit_.size, hw)), disagreement, entropy
 
 
 @dataclass(repr=False)
@@ -397,16 +423,24 @@ class PixelSegmenter(RunHandle):
     def config(self) -> SegmentConfig:
         return self.stored["config"]
 
-    def segment(self, images: torch.Tensor | Sequence[torch.Tensor], tile_mb: float | None = None) -> Vote:
+    def segment(
+        self, images: torch.Tensor | Sequence[torch.Tensor], tile_mb: float | None = None, min_island: int | None = None
+    ) -> Vote:
         """Masks (int64), disagreement and entropy (0-1) for images ``[N, C, H, W]`` in [-1, 1], or a list of
         ``[C, H, W]`` images of different sizes; each output has its image's own size (a list when sizes
-        differ, else a stacked ``[N, H, W]`` tensor)."""
+        differ, else a stacked ``[N, H, W]`` tensor). ``min_island``: the island filter's size (default:
+        the run's; 0 = off)."""
         config = self.config
         fit_ = Fit(config.data.size, config.data.fit, config.data.short_side)
         channels = self.stored["image_channels"]
+        islands = config.min_island if min_island is None else min_island
         outputs = [
             segment_native(
-                self.classifier, to_channels((x.float().cpu() + 1) / 2, channels), fit_, tile_mb or config.tile_mb
+                self.classifier,
+                to_channels((x.float().cpu() + 1) / 2, channels),
+                fit_,
+                tile_mb or config.tile_mb,
+                islands,
             )
             for x in images
         ]
