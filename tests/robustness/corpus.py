@@ -306,7 +306,7 @@ def _empty_folder(root: Path) -> Path:
 
 
 def cases() -> list[Case]:
-    """Every case of the corpus (configs are written by :func:`write_configs` after ``build``)."""
+    """Every case of the corpus (each case's config is written by :func:`write_config` after ``build``)."""
     image = IMAGE_COMMANDS
     return [
         Case("truncated PNG", "image", _image_case(_truncate), image),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +14,17 @@ from meddiff.files import atomic_folder
 
 
 def write_pair_folder(
-    out_dir: Path, images: np.ndarray, masks: np.ndarray | None, names: list[str], manifest: dict[str, Any]
+    out_dir: Path,
+    images: np.ndarray,
+    masks: np.ndarray | None,
+    names: list[str],
+    manifest: dict[str, Any],
+    extra: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write ``images/`` (uint8 ``[N, H, W]`` gray or ``[N, H, W, 3]`` RGB PNGs), ``masks/`` (uint8 class-id
-    PNGs) and ``manifest.json``. All files go to a temporary sibling folder renamed into place at the end,
-    so a failure never leaves a half-written dataset."""
+    PNGs), ``manifest.json`` and whatever ``extra(folder)`` adds (a grid, figures, metrics). All files go to a
+    temporary sibling folder renamed into place at the end, so a failure or a kill never leaves a
+    half-written dataset."""
     with atomic_folder(out_dir) as tmp:
         (tmp / "images").mkdir()
         if masks is not None:
@@ -27,4 +34,6 @@ def write_pair_folder(
             if masks is not None:
                 Image.fromarray(masks[i].astype(np.uint8)).save(tmp / "masks" / f"{name}.png")
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        if extra is not None:
+            extra(tmp)
     return Path(out_dir)

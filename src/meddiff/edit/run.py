@@ -275,29 +275,34 @@ def _write(
             for o in metrics["outputs"]
         ],
     }
-    write_pair_folder(out, _uint8(images), masks.numpy() if masks is not None else None, names, manifest)
-    save_png(_uint8(image)[0], out / "input.png")
     seeds = images.shape[0] // len(alphas)
     scale = max(1, 128 // image.shape[-1])
-    if mask is not None:
-        save_png(mask[0].clamp(max=255).to(torch.uint8).numpy(), out / "input_mask.png")
-        rows_i = torch.cat([torch.cat([image, result.images[a]]) for a in alphas])
-        rows_m = torch.cat([torch.cat([mask, result.masks[a]]) for a in alphas])
-        grid = pairs_grid(rows_i, rows_m, len(class_names), ncol=seeds + 1, scale=scale)
-    else:
-        grid = image_grid(
-            torch.cat([torch.cat([image, result.images[a]]) for a in alphas]), nrow=seeds + 1, scale=scale
+
+    def figures(folder: Path) -> None:
+        """The input, the grid, the trade-off curve and metrics.json, written before the folder is committed."""
+        save_png(_uint8(image)[0], folder / "input.png")
+        if mask is not None:
+            save_png(mask[0].clamp(max=255).to(torch.uint8).numpy(), folder / "input_mask.png")
+            rows_i = torch.cat([torch.cat([image, result.images[a]]) for a in alphas])
+            rows_m = torch.cat([torch.cat([mask, result.masks[a]]) for a in alphas])
+            grid = pairs_grid(rows_i, rows_m, len(class_names), ncol=seeds + 1, scale=scale)
+        else:
+            grid = image_grid(
+                torch.cat([torch.cat([image, result.images[a]]) for a in alphas]), nrow=seeds + 1, scale=scale
+            )
+        save_png(grid, folder / "grid.png")
+        # text alignment (when measured) is drawn dashed on the right-hand axis
+        aligned = "text_alignment" if metrics["text_alignment_measure"] is not None else None
+        metric_curves(
+            metrics["per_alpha"],
+            "alpha",
+            ["ssim"],
+            folder / "tradeoff.png",
+            time_key=aligned,
+            title=f"'{metrics['prompt'][:60]}' ({metrics['interp']})",
+            ylabel="SSIM to the input",
         )
-    save_png(grid, out / "grid.png")
-    # text alignment (when measured) is drawn dashed on the right-hand axis
-    aligned = "text_alignment" if metrics["text_alignment_measure"] is not None else None
-    metric_curves(
-        metrics["per_alpha"],
-        "alpha",
-        ["ssim"],
-        out / "tradeoff.png",
-        time_key=aligned,
-        title=f"'{metrics['prompt'][:60]}' ({metrics['interp']})",
-        ylabel="SSIM to the input",
-    )
-    RunDir(out).write_metrics(metrics)
+        RunDir(folder).write_metrics(metrics)
+
+    masks_u8 = masks.numpy() if masks is not None else None
+    write_pair_folder(out, _uint8(images), masks_u8, names, manifest, extra=figures)

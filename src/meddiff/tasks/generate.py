@@ -263,10 +263,12 @@ class Samples:
             for name, r in zip(self.names, self.records, strict=True)
         ]
         masks = self.masks.numpy() if self.masks is not None else None
-        out = write_pair_folder(folder, arrays, masks, self.names, {"model": self.model, "files": files})
         grid_masks = self.masks[:32] if self.masks is not None else None
-        save_png(_grid(self.images[:32], grid_masks, self.codec), out / "grid.png")
-        return out
+        grid = _grid(self.images[:32], grid_masks, self.codec)
+        manifest = {"model": self.model, "files": files}
+        return write_pair_folder(
+            folder, arrays, masks, self.names, manifest, extra=lambda tmp: save_png(grid, tmp / "grid.png")
+        )
 
 
 @dataclass(repr=False)

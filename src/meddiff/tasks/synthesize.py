@@ -375,9 +375,11 @@ def export(
         for name, seed, record in zip(job.names, job.seeds, job.records, strict=True)
     ]
     manifest = {"model": {**model, "class_names": list(class_names)}, "files": files}
-    out = write_pair_folder(out_dir, arrays, job.masks.numpy().astype(np.uint8), job.names, manifest)
-    save_png(comparison_grid(images[:32], job.masks[:32], len(class_names)), out / "grid.png")
-    return out
+    grid = comparison_grid(images[:32], job.masks[:32], len(class_names))
+    masks = job.masks.numpy().astype(np.uint8)
+    return write_pair_folder(
+        out_dir, arrays, masks, job.names, manifest, extra=lambda tmp: save_png(grid, tmp / "grid.png")
+    )
 
 
 def run(
