@@ -263,6 +263,14 @@ def _losses(run: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in RunDir(run).read_log() if "loss" in r}
 
 
+def _compare_losses(run: Path, since: int, reference: dict[int, float], row: TaskRow) -> None:
+    """Count the losses the last process logged (steps after ``since``, where it resumed) and those that
+    differ from the uninterrupted run's."""
+    new = {step: loss for step, loss in (_losses(run) if run.exists() else {}).items() if step > since}
+    row.losses_checked += len(new)
+    row.losses_differing += sum(reference.get(step) != loss for step, loss in new.items())
+
+
 def _same_checkpoint(a: Path, b: Path) -> bool:
     import torch
 
@@ -328,7 +336,6 @@ def kill_task(task: str, work: Path, kills: int, rng: random.Random) -> TaskRow:
 
     row = TaskRow(task)
     run = work / "killed" / task
-    seen: dict[int, float] = {}
     while row.kills < kills:
         latest = max([int(p.name[5:]) for p in (run / "checkpoints").glob("step_*")], default=0)
         if task == "segment":  # one checkpoint of one file, written at the end, no pruning
@@ -339,8 +346,8 @@ def kill_task(task: str, work: Path, kills: int, rng: random.Random) -> TaskRow:
             files, replaces, last = 8, 12, STEPS
         arg = {
             "time": f"{rng.uniform(0.5, startup * 0.6):.2f}",
-            "step": str(rng.randint(latest + 1, last)),
-            "log": str(rng.randint(latest + 1, last)),
+            "step": str(rng.randint(min(latest + 1, last), last)),
+            "log": str(rng.randint(min(latest + 1, last), last)),
             "file": str(rng.randint(1, files)),
             "replace": str(rng.randint(1, replaces)),
             "prune": str(rng.randint(1, 3)),
@@ -348,7 +355,7 @@ def kill_task(task: str, work: Path, kills: int, rng: random.Random) -> TaskRow:
         resume = run.exists()
         code, where = run_child(f"{kind}:{arg}", train_args(task, config, run, resume))
         row.resumes += resume
-        seen.update(_losses(run) if run.exists() else {})
+        _compare_losses(run, latest, ref_losses, row)
         if code == 0:  # the kill came too late: this life finished; compare it and start another
             row.lives += 1
             row.weights_identical += _same_checkpoint(sorted((run / "checkpoints").glob("step_*"))[-1], ref_final)
@@ -363,13 +370,12 @@ def kill_task(task: str, work: Path, kills: int, rng: random.Random) -> TaskRow:
             row.lives += 1
             row.weights_identical += _same_checkpoint(sorted((run / "checkpoints").glob("step_*"))[-1], ref_final)
             shutil.rmtree(run)
+    latest = max([int(p.name[5:]) for p in (run / "checkpoints").glob("step_*")], default=0)
     code, _ = run_child("none", train_args(task, config, run, resume=run.exists()))
-    seen.update(_losses(run))
+    _compare_losses(run, latest, ref_losses, row)
     row.lives += 1
     row.weights_identical += _same_checkpoint(sorted((run / "checkpoints").glob("step_*"))[-1], ref_final)
     row.resumes += 1
-    row.losses_checked = len(seen)
-    row.losses_differing = sum(1 for step, loss in seen.items() if ref_losses.get(step) != loss)
     row.leftovers = _leftovers(run)
     row.seconds = time.monotonic() - started
     return row

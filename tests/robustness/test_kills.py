@@ -13,7 +13,7 @@ def test_three_kills_and_resumes_reproduce_the_uninterrupted_run(tmp_path):
     work = _brain_folders(tmp_path)
     row = kill_task("generate", work, kills=3, rng=random.Random(1))
     assert row.kills == 3 and row.corrupt == 0 and row.leftovers == 0
-    assert row.losses_checked == 24 and row.losses_differing == 0
+    assert row.losses_checked >= 24 and row.losses_differing == 0
     assert row.weights_identical == row.lives >= 1
 
     outputs = kill_output("sample", work, kills=1, rng=random.Random(1))
