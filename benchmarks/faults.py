@@ -444,14 +444,16 @@ def corpus_rows(work: Path) -> tuple[list[dict], dict]:
     from meddiff.config import to_dict
 
     base = {"task": "generate", **to_dict(tiny_generate_config(steps=1))}
+    runs = {"segment_run": work / "reference" / "segment", "synth_run": work / "reference" / "synthesize"}
     rows = []
     for number, case in enumerate(CASES):
         root = work / "corpus" / f"case{number}"
         refused = case.build(root)
         write_config(case, root, base)
-        for k, command in enumerate(case.commands):
+        usable = [c for c in case.run_commands if all(runs[k].is_dir() for k in runs if f"{{{k}}}" in " ".join(c))]
+        for k, command in enumerate(case.commands + usable):
             out = work / "corpus" / f"out{number}_{k}"
-            code, lines = run_cli(*(part.format(root=root, out=out) for part in command))
+            code, lines = run_cli(*(part.format(root=root, out=out, **runs) for part in command))
             text = "\n".join(lines)
             if refused is None:
                 outcome = "read" if code == 0 else "refused (wrong)"
@@ -461,7 +463,7 @@ def corpus_rows(work: Path) -> tuple[list[dict], dict]:
             rows.append(
                 {
                     "case": case.name,
-                    "command": " ".join(command[:2]) if command[0] != "train" else "train",
+                    "command": "train" if command[0] == "train" else " ".join(command[:2]),
                     "expected": "read" if refused is None else "refuse",
                     "outcome": outcome,
                     "exit": code,

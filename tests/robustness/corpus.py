@@ -33,12 +33,14 @@ GOOD = 3  # good image+mask pairs beside the broken file
 class Case:
     """One damaged input: ``build(root)`` writes it and returns the path a refusal must name (``None`` for
     a valid input that must be read); ``commands`` are the command lines that read it (``{root}`` and
-    ``{out}`` are filled in)."""
+    ``{out}`` are filled in), ``run_commands`` those that also need a trained run."""
 
     name: str
     kind: str  # image, mask, volume, config, folder
     build: Callable[[Path], Path | None]
     commands: list[list[str]] = field(default_factory=list)
+    # commands that read the case with a trained run: {segment_run} (segment fit), {synth_run} (synthesize)
+    run_commands: list[list[str]] = field(default_factory=list)
 
 
 # -- real content --------------------------------------------------------------------------------------------
@@ -164,6 +166,8 @@ IMAGE_COMMANDS = [
     ["fuse", "run", "max", "--a", "{root}/a", "--b", "{root}/b", "--out", "{out}"],
 ]
 MASK_COMMANDS = IMAGE_COMMANDS[:2]
+PREDICT = [["segment", "predict", "{segment_run}", "--images", "{root}/images", "--out", "{out}"]]
+SYNTH = [["synth", "run", "{synth_run}", "--masks", "{root}/masks", "--out", "{out}"]]
 
 
 # -- mask cases ----------------------------------------------------------------------------------------------
@@ -309,23 +313,36 @@ def cases() -> list[Case]:
     """Every case of the corpus (each case's config is written by :func:`write_config` after ``build``)."""
     image = IMAGE_COMMANDS
     return [
-        Case("truncated PNG", "image", _image_case(_truncate), image),
-        Case("zero-byte image", "image", _image_case(_zero_bytes), image),
-        Case("NIfTI bytes named .png", "image", _image_case(_nifti_bytes), image),
-        Case("PNG header, garbage body", "image", _image_case(_garbage_body), image),
-        Case("float TIFF with NaN and Inf", "image", _image_case(_nan_float), image),
-        Case("20000x20000 declared (bomb)", "image", _image_case(_declared_huge), image),
-        Case("RGBA with transparency", "image", _image_case(_rgba_transparent), image),
+        Case("truncated PNG", "image", _image_case(_truncate), image, PREDICT),
+        Case("zero-byte image", "image", _image_case(_zero_bytes), image, PREDICT),
+        Case("NIfTI bytes named .png", "image", _image_case(_nifti_bytes), image, PREDICT),
+        Case("PNG header, garbage body", "image", _image_case(_garbage_body), image, PREDICT),
+        Case("float TIFF with NaN and Inf", "image", _image_case(_nan_float), image, PREDICT),
+        Case("20000x20000 declared (bomb)", "image", _image_case(_declared_huge), image, PREDICT),
+        Case("RGBA with transparency", "image", _image_case(_rgba_transparent), image, PREDICT),
         Case(
             "16-bit grey (valid)",
             "image",
             _image_case(_valid(lambda a: Image.fromarray(a.astype(np.uint16) * 257))),
             image,
+            PREDICT,
         ),
-        Case("palette image (valid)", "image", _image_case(_valid(lambda a: Image.fromarray(a).convert("P"))), image),
-        Case("opaque RGBA (valid)", "image", _image_case(_valid(lambda a: Image.fromarray(a).convert("RGBA"))), image),
-        Case("1x1 image and mask (valid)", "image", _one_pixel, image),
-        Case("mask id beyond the class map", "mask", _mask_case(_id_beyond_classes), MASK_COMMANDS[1:]),
+        Case(
+            "palette image (valid)",
+            "image",
+            _image_case(_valid(lambda a: Image.fromarray(a).convert("P"))),
+            image,
+            PREDICT,
+        ),
+        Case(
+            "opaque RGBA (valid)",
+            "image",
+            _image_case(_valid(lambda a: Image.fromarray(a).convert("RGBA"))),
+            image,
+            PREDICT,
+        ),
+        Case("1x1 image and mask (valid)", "image", _one_pixel, image, PREDICT),
+        Case("mask id beyond the class map", "mask", _mask_case(_id_beyond_classes), MASK_COMMANDS[1:], SYNTH),
         Case("mask of another size", "mask", _mask_case(_mask_other_size), MASK_COMMANDS),
         Case("NIfTI label of another shape", "volume", _nifti_case(_label_other_shape), VOLUME_COMMANDS),
         Case("NIfTI label of another affine", "volume", _nifti_case(_label_other_affine), VOLUME_COMMANDS),
@@ -347,7 +364,7 @@ def cases() -> list[Case]:
             _config_case("- 1\n- 2\n"),
             [["train", "{root}/config.yaml", "--out", "{out}"]],
         ),
-        Case("symlink loops", "folder", _symlink_loop, MASK_COMMANDS),
+        Case("symlink loops", "folder", _symlink_loop, MASK_COMMANDS, SYNTH),
         Case("empty dataset folder", "folder", _empty_folder, MASK_COMMANDS),
     ]
 

@@ -8,17 +8,24 @@ import contextlib
 import importlib
 import io
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
+from benchmarks.faults import _brain_folders, task_config
 from tests.conftest import tiny_generate_config
 from tests.robustness.corpus import cases, config_fields, nested, write_config, wrong_value
 
 from meddiff.cli import main
-from meddiff.config import to_dict
-from meddiff.tasks import TASKS
+from meddiff.config import from_dict, to_dict
+from meddiff.tasks import TASKS, generate, segment, synthesize
 
 CASES = cases()
+
+
+def module_config(task: str) -> type:
+    module, name = TASKS[task]
+    return getattr(importlib.import_module(module), name)
 
 
 def run_cli(*args: str) -> tuple[int, list[str]]:
@@ -34,15 +41,27 @@ def run_cli(*args: str) -> tuple[int, list[str]]:
     return code, [line for line in output.getvalue().splitlines() if not line.startswith("step ")]
 
 
+@pytest.fixture(scope="module")
+def trained_runs(tmp_path_factory) -> dict[str, Path]:
+    """A segment fit run and a synthesize run trained for a step each (their inputs are what is tested)."""
+    work = _brain_folders(tmp_path_factory.mktemp("runs"))
+    one_step = {"train": {"steps": 1, "batch_size": 4}}
+    for task, module in (("generate", generate), ("segment", segment), ("synthesize", synthesize)):
+        settings = {**task_config(task, work), **(one_step if task != "segment" else {})}
+        module.fit(from_dict(module_config(task), settings), work / "reference" / task, progress=False)
+    return {"segment_run": work / "reference" / "segment", "synth_run": work / "reference" / "synthesize"}
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_every_broken_file_is_refused_in_one_line_naming_it(case, tmp_path, monkeypatch):
+def test_every_broken_file_is_refused_in_one_line_naming_it(case, tmp_path, monkeypatch, request):
     monkeypatch.setattr(sys, "argv", sys.argv)
     root = tmp_path / "input"
     refused = case.build(root)
     write_config(case, root, {"task": "generate", **to_dict(tiny_generate_config(steps=1))})
-    for number, command in enumerate(case.commands):
+    runs = request.getfixturevalue("trained_runs") if case.run_commands else {}
+    for number, command in enumerate(case.commands + case.run_commands):
         out = tmp_path / f"out{number}"
-        code, lines = run_cli(*(part.format(root=root, out=out) for part in command))
+        code, lines = run_cli(*(part.format(root=root, out=out, **runs) for part in command))
         text = "\n".join(lines)
         assert "Traceback" not in text, text
         if refused is None:  # a valid file: read without complaint
