@@ -9,8 +9,6 @@ import pytest
 from PIL import Image
 from tests.cli.conftest import user_data, write_config
 
-from meddiff.tasks.segment import MIN_ISLAND
-
 
 @pytest.mark.parametrize("command", ["fit", "predict", "sweep", "baseline"])
 def test_every_command_has_help_with_an_example(cli, command):
@@ -66,7 +64,8 @@ def test_fit_predict_and_sweep_on_a_user_folder(cli, user_folder, tmp_path):
             assert np.array(Image.open(tmp_path / "pred" / kind / f"{name}.png")).shape == (48, 40)
 
     # the island filter: the run's size by default, any size with --min-island, off with 0
-    assert json.loads((tmp_path / "pred" / "manifest.json").read_text())["min_island"] == MIN_ISLAND
+    chosen = json.loads((tmp_path / "run" / "metrics.json").read_text())["min_island"]  # from the labelled masks
+    assert json.loads((tmp_path / "pred" / "manifest.json").read_text())["min_island"] == chosen
     for size in (0, 40):
         out = tmp_path / f"islands{size}"
         cli("segment", "predict", tmp_path / "run", "--images", new, "--out", out, "--min-island", size)

@@ -4,7 +4,8 @@ the set size, and every pixel when the filter is off, stay as predicted."""
 import numpy as np
 import torch
 
-from meddiff.segment.islands import fill_islands, scaled_min_size, small_regions
+from meddiff.data.samples import brain_mri
+from meddiff.segment.islands import fill_islands, label_min_island, scaled_min_size, small_regions
 
 
 def _speckled(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,3 +51,12 @@ def test_the_size_scales_with_the_image_area():
     assert scaled_min_size(8, 64, (64, 64)) == 8
     assert scaled_min_size(8, 64, (3, 128, 256)) == 64
     assert scaled_min_size(0, 64, (128, 128)) == 0
+
+
+def test_the_default_size_is_the_largest_the_labelled_masks_themselves_keep():
+    yy, xx = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
+    smooth = ((yy - 32) ** 2 + (xx - 30) ** 2 < 400).long() + ((yy - 30) ** 2 + (xx - 34) ** 2 < 100).long()
+    smooth[:4] = 255  # ignored rows (padding) do not count
+    assert label_min_island(smooth[None].repeat(3, 1, 1)) == 32
+    brain = brain_mri(64).masks[40:100:10]  # thresholded tissue maps: single-pixel regions are anatomy here
+    assert label_min_island(brain) == 0

@@ -44,6 +44,26 @@ def fill_islands(labels: torch.Tensor, min_size: int) -> torch.Tensor:
     return torch.from_numpy(array[tuple(nearest)]).to(labels.device, labels.dtype)
 
 
+# the sizes label_min_island tries, largest first, and the share of the labelled pixels it may change
+CANDIDATE_SIZES = (32, 16, 8, 4)
+LABEL_TOLERANCE = 0.002
+
+
+def label_min_island(masks: torch.Tensor, ignore_index: int = 255) -> int:
+    """The island filter's size that the labels themselves support: the largest of ``CANDIDATE_SIZES`` whose
+    filter changes at most ``LABEL_TOLERANCE`` of the labelled pixels of ``masks`` (int ``[N, H, W]``), else
+    0 (off). Labels drawn as smooth regions (cardiac structures) get a large size; labels with many true
+    specks (thresholded tissue maps, thin fragments) get a small one or none, since there the filter would
+    erase anatomy the annotators drew."""
+    labelled = masks != ignore_index
+    total = int(labelled.sum())
+    for size in CANDIDATE_SIZES:
+        changed = sum(int(((fill_islands(m, size) != m) & v).sum()) for m, v in zip(masks, labelled, strict=True))
+        if total and changed <= LABEL_TOLERANCE * total:
+            return size
+    return 0
+
+
 def scaled_min_size(min_size: int, working_side: int, shape: tuple[int, ...]) -> int:
     """``min_size`` given in pixels at the classifier's working size (``working_side`` squared), scaled to an
     image of ``shape`` (``[..., H, W]``) by the ratio of areas, so that a setting means the same share of the

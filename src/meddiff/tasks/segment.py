@@ -44,7 +44,7 @@ from meddiff.runlock import releases_run_lock
 from meddiff.segment.calibrate import fit_bias, held_out_logits, prior_bias
 from meddiff.segment.ensemble import EnsembleConfig, MLPEnsemble, Vote, train_ensemble, vote
 from meddiff.segment.features import FeatureConfig, FeatureExtractor
-from meddiff.segment.islands import fill_islands, scaled_min_size
+from meddiff.segment.islands import fill_islands, label_min_island, scaled_min_size
 from meddiff.segment.pipeline import PixelClassifier, fill_store, fit_classifier, flip_views
 from meddiff.segment.pixels import PixelConfig, PixelSample, PixelStore, balanced_sample, held_out_pixels
 from meddiff.tasks import generate
@@ -53,8 +53,6 @@ from meddiff.tasks.segmenter import select_images
 from meddiff.train.engine import TrainResult
 
 TASK = "segment"
-# the island filter's default size, in pixels at the working size (benchmarks/results/segmentation.md)
-MIN_ISLAND = 8
 console = Console(stderr=True)
 
 
@@ -96,7 +94,8 @@ class SegmentConfig:
     tile_mb:   features held at once when predicting (a band of rows at a time)
     min_island: predicted masks keep no region of one class smaller than this many pixels at the working
                size (scaled with an image's area); such specks take the class around them
-               (``meddiff.segment.islands``); 0 or 1 turns the filter off
+               (``meddiff.segment.islands``); 0 turns the filter off; default: the size the labelled masks
+               support (``islands.label_min_island``, chosen at fit time and stored in the run)
     """
 
     diffusion: Path | None = None
@@ -108,14 +107,14 @@ class SegmentConfig:
     sweep: SweepConfig = field(default_factory=SweepConfig)
     seed: int = 0
     tile_mb: float = 64
-    min_island: int = MIN_ISLAND
+    min_island: int | None = None
 
     def __post_init__(self):
         if self.diffusion is None:
             raise ValueError("'diffusion' is required: the run folder of a generate run with joint_mask: false")
         if self.tile_mb <= 0:
             raise ValueError(f"tile_mb must be > 0, got {self.tile_mb}")
-        if self.min_island < 0:
+        if self.min_island is not None and self.min_island < 0:
             raise ValueError(f"min_island must be >= 0, got {self.min_island}")
 
 
@@ -214,6 +213,7 @@ def fit(config: SegmentConfig, run_dir: Path, resume: bool = False, progress: bo
         "report": report,
         # log(true prior / training prior) added to the logits at prediction; None: no correction
         "logit_bias": outcome.logit_bias.tolist() if outcome.logit_bias is not None else None,
+        "min_island": label_min_island(dataset.masks) if config.min_island is None else config.min_island,
     }
     seconds = time.monotonic() - started
     metrics = {
@@ -222,6 +222,7 @@ def fit(config: SegmentConfig, run_dir: Path, resume: bool = False, progress: bo
         "class_names": dataset.class_names,
         "class_weights": outcome.class_weights,
         "logit_bias": state["logit_bias"],
+        "min_island": state["min_island"],
         # both shifts, whichever pixels.prior_correction chose: how far the held-out pixels moved the prior's
         "prior_bias": outcome.prior_bias.tolist(),
         "fitted_bias": outcome.fitted_bias.tolist(),
@@ -269,7 +270,12 @@ def load(run: Path, device: str | torch.device = "cpu") -> tuple[PixelClassifier
     device = model_device(model)
     bias = stored.get("logit_bias")  # absent from runs fitted before the prior correction existed
     bias = torch.tensor(bias, device=device) if bias is not None else None
-    return PixelClassifier(extractor, ensemble.eval().to(device), bias), {**stored, "config": config}
+    islands = stored.get("min_island", 0)  # runs fitted before the island filter predicted without it
+    return PixelClassifier(extractor, ensemble.eval().to(device), bias), {
+        **stored,
+        "config": config,
+        "min_island": islands,
+    }
 
 
 # -- predict on a folder ------------------------------------------------------------------------------------
@@ -313,7 +319,7 @@ def predict_folder(
     """Segment every image in ``images_dir`` (any size) into ``out_dir``: masks/ (class ids), overlays/
     (colour overlays), uncertainty/ (entropy of the ensemble's mean prediction, 0-255), disagreement/
     (share of outvoted members, 0-255) and manifest.json. Every image is read and checked first.
-    ``min_island``: the island filter's size (default: the run's ``min_island``; 0 = off)."""
+    ``min_island``: the island filter's size (default: the run's, chosen at fit time; 0 = off)."""
     out_dir = Path(out_dir)
     classifier, stored = load(run, device)
     config: SegmentConfig = stored["config"]
@@ -327,7 +333,7 @@ def predict_folder(
         read_image(path, config.data.intensity)
     fit_ = Fit(config.data.size, config.data.fit, config.data.short_side)
     channels, classes = stored["image_channels"], stored["class_names"]
-    islands = config.min_island if min_island is None else min_island
+    islands = stored["min_island"] if min_island is None else min_island
     with atomic_folder(out_dir) as tmp:
         folders = {name: tmp / name for name in ("masks", "overlays", "uncertainty", "disagreement")}
         for folder in folders.values():
@@ -433,7 +439,7 @@ class PixelSegmenter(RunHandle):
         config = self.config
         fit_ = Fit(config.data.size, config.data.fit, config.data.short_side)
         channels = self.stored["image_channels"]
-        islands = config.min_island if min_island is None else min_island
+        islands = self.stored["min_island"] if min_island is None else min_island
         outputs = [
             segment_native(
                 self.classifier,

@@ -1,0 +1,64 @@
+"""The island filter's default size, scored from a segmentation run that measured the candidate sizes.
+
+    python -m benchmarks.islands
+
+``benchmarks/segmentation.py`` scores every fit's prior-corrected test prediction with the island filter at
+each candidate size. This script takes those numbers from ``results/segmentation.json``, rebuilds each fit's
+labelled images from the dataset and seed it records, asks ``islands.label_min_island`` which size those
+labels support (the default of ``segment fit``; the test images play no part in the choice) and reports the
+mIoU at that size against the filter off. It trains nothing: it re-reads a run (useful when that run chose
+its sizes another way, as the one of 2026-12-07 did: a fixed 8 px).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from benchmarks.common import RESULTS, write_result
+from benchmarks.segmentation import CORRECTED, ISLANDS, SETTINGS, _subset, island_table
+from meddiff.segment.islands import CANDIDATE_SIZES, LABEL_TOLERANCE, label_min_island
+
+
+def main() -> None:
+    started = time.monotonic()
+    run = json.loads((RESULTS / "segmentation.json").read_text())
+    rows = run["rows"]
+    settings = {}
+    for row in rows:
+        if row["method"] != ISLANDS:
+            continue
+        name = row["dataset"]
+        if name not in settings:
+            settings[name] = SETTINGS[name](False)
+        pool = settings[name].pool
+        labelled = _subset(pool, [pool.names.index(n) for n in row["images"]])
+        chosen = label_min_island(labelled.masks)
+        plain = next(
+            r["miou"]
+            for r in rows
+            if (r["dataset"], r["labels"], r["seed"], r["method"]) == (name, row["labels"], row["seed"], CORRECTED)
+        )
+        row["min_island"] = chosen
+        row["miou"] = row["island_miou"][str(chosen)] if chosen else plain
+    table = island_table(rows)
+    body = (
+        f"Re-read from `benchmarks/results/segmentation.json` (its command: `{run['command']}`): the mIoU of each "
+        f"fit's prior-corrected test prediction with the island filter off, at each candidate size (pixels at the "
+        f"working size) and at the default size, the largest of {list(CANDIDATE_SIZES)} whose filter changes at "
+        f"most {LABEL_TOLERANCE:.1%} of the fit's own labelled pixels (else off), chosen from the labels alone. "
+        f"Mean over seeds; 'sizes chosen' lists each seed's.\n\n{table}\n"
+    )
+    write_result(
+        "islands",
+        "The island filter's default size: chosen from the labelled masks, scored on the test images",
+        data=", ".join(settings) + " (../shared/data and nilearn's MNI152), as in segmentation.md",
+        seed=str(run["seed"]),
+        wall_seconds=time.monotonic() - started,
+        body=body,
+        numbers={"rows": [r for r in rows if r["method"] == ISLANDS]},
+    )
+
+
+if __name__ == "__main__":
+    main()
