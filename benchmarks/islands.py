@@ -1,6 +1,6 @@
 """The island filter's default size, scored from a segmentation run that measured the candidate sizes.
 
-    python -m benchmarks.islands
+    python -m benchmarks.islands [--source results/segmentation.json]
 
 ``benchmarks/segmentation.py`` scores every fit's prior-corrected test prediction with the island filter at
 each candidate size. This script takes those numbers from ``results/segmentation.json``, rebuilds each fit's
@@ -12,8 +12,10 @@ its sizes another way, as the one of 2026-12-07 did: a fixed 8 px).
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
+from pathlib import Path
 
 from benchmarks.common import RESULTS, write_result
 from benchmarks.segmentation import CORRECTED, ISLANDS, SETTINGS, _subset, island_table
@@ -21,8 +23,11 @@ from meddiff.segment.islands import CANDIDATE_SIZES, LABEL_TOLERANCE, label_min_
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--source", type=Path, default=RESULTS / "segmentation.json", help="a segmentation run's JSON")
+    args = parser.parse_args()
     started = time.monotonic()
-    run = json.loads((RESULTS / "segmentation.json").read_text())
+    run = json.loads(args.source.read_text())
     rows = run["rows"]
     settings = {}
     for row in rows:
@@ -43,7 +48,8 @@ def main() -> None:
         row["miou"] = row["island_miou"][str(chosen)] if chosen else plain
     table = island_table(rows)
     body = (
-        f"Re-read from `benchmarks/results/segmentation.json` (its command: `{run['command']}`): the mIoU of each "
+        f"Re-read from `{args.source.name}` (its command: `{run['command']}`; datasets it finished: "
+        f"{', '.join(settings)}): the mIoU of each "
         f"fit's prior-corrected test prediction with the island filter off, at each candidate size (pixels at the "
         f"working size) and at the default size, the largest of {list(CANDIDATE_SIZES)} whose filter changes at "
         f"most {LABEL_TOLERANCE:.1%} of the fit's own labelled pixels (else off), chosen from the labels alone. "

@@ -80,20 +80,22 @@ def test_resolve_names_the_problem(tmp_path):
 def test_preparing_a_run_removes_what_killed_writes_left(tmp_path):
     run = RunDir(tmp_path / "run")
     kept = _checkpoint(run.checkpoint(4))
+    dead = 4194302  # above any pid Linux hands out by default
     folders = [
-        run.checkpoints / ".step_0000008.tmp-4194302",  # a checkpoint killed mid-write
-        run.checkpoints / ".step_0000004.old-4194302",  # killed while re-saving a step
+        run.checkpoints / f".step_0000008.tmp-{dead}",  # a checkpoint killed mid-write
+        run.checkpoints / f".step_0000004.old-{dead}",  # killed while re-saving a step
     ]
-    files = [run.root / ".config.yaml.k2j3h4.tmp", run.samples / ".step_0000008.png.x8d7.tmp"]  # atomic writes
+    files = [run.root / f".config.yaml.{dead}.k2j3h4.tmp", run.samples / f".step_0000008.png.{dead}.x8d7.tmp"]
+    live = run.root / ".report.html.1.a8f3.tmp"  # pid 1 runs: a writer that may still finish
     for folder in folders:
         folder.mkdir()
-    for file in files:
+    for file in [*files, live]:
         file.parent.mkdir(parents=True, exist_ok=True)
         file.write_bytes(b"half")
     (run.root / ".notes").write_text("a user's own hidden file")
     run.prepare(TrainConfig(), resume=True)
     assert not any(path.exists() for path in folders + files)
-    assert run.list_checkpoints() == [kept] and (run.root / ".notes").exists()
+    assert run.list_checkpoints() == [kept] and (run.root / ".notes").exists() and live.exists()
 
 
 def test_a_log_line_torn_by_a_kill_is_dropped_when_the_run_resumes(tmp_path):

@@ -42,7 +42,8 @@ def atomic_write(path: str | Path, data: bytes) -> Path:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        # the writer's pid in the name lets a later process tell a killed writer's leftover from a live one's
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     except OSError as exc:
         if is_write_failure(exc):
             raise write_failure(path, exc) from None
@@ -83,13 +84,30 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temporaries(folder: Path, name: str) -> None:
-    """Delete the temporary siblings ``.<name>.tmp-<pid>`` in ``folder`` that ``atomic_folder`` (or
-    ``save_checkpoint``) left when process ``pid``, on this machine and no longer running, was killed."""
-    for tmp in folder.glob(f".{name}.tmp-*"):
-        pid = tmp.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(tmp, ignore_errors=True)
+# meddiff's temporaries: ".NAME.tmp-PID" (atomic_folder, save_checkpoint), ".NAME.old-PID" (a checkpoint
+# being replaced), ".NAME.PID.RANDOM.tmp" (atomic_write)
+_TEMPORARY = re.compile(r"^\..+(?:\.tmp-(?P<folder>\d+)|\.old-(?P<old>\d+)|\.(?P<file>\d+)\.[^.]+\.tmp)$")
+
+
+def stale_temporary(path: Path) -> bool:
+    """True when ``path`` is a temporary of a meddiff write whose process, on this machine, no longer runs
+    (it was killed mid-write): nobody will finish or remove it."""
+    found = _TEMPORARY.match(path.name)
+    if not found:
+        return False
+    return not _alive(int(next(pid for pid in found.groups() if pid is not None)))
+
+
+def remove_stale_temporaries(folder: Path, pattern: str = ".*", recursive: bool = False) -> None:
+    """Delete the stale temporaries (``stale_temporary``) among the entries of ``folder`` matching
+    ``pattern`` (with ``recursive``: below it too)."""
+    found = folder.rglob(pattern) if recursive else folder.glob(pattern)
+    for path in sorted(found, reverse=True):  # children before their folders
+        if stale_temporary(path):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -104,7 +122,7 @@ def atomic_folder(out_dir: str | Path) -> Iterator[Path]:
     check_new_folder(out_dir)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     if out_dir.parent.is_dir():
-        remove_stale_temporaries(out_dir.parent, out_dir.name)
+        remove_stale_temporaries(out_dir.parent, f".{out_dir.name}.tmp-*")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)

@@ -23,11 +23,9 @@ from meddiff import runlock
 from meddiff.checkpoint import STATE_FILE
 from meddiff.config import save_config
 from meddiff.errors import UserError
-from meddiff.files import atomic_write, write_json
+from meddiff.files import atomic_write, remove_stale_temporaries, write_json
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
-# names of the temporaries of meddiff's atomic writes: ".x.tmp-PID", ".x.old-PID" (folders), ".x.RANDOM.tmp"
-_TEMPORARY = re.compile(r"^\..+(\.tmp-\d+|\.old-\d+|\.tmp)$")
 
 
 def checkpoint_name(step: int) -> str:
@@ -104,24 +102,13 @@ class RunDir:
         """Create the folder, take its writer lock (``meddiff.runlock``) and write ``config.yaml``; refuse to
         train over a trained run unless resuming, and while another process trains into the folder."""
         runlock.acquire(self.root)
-        self._remove_temporaries()
+        remove_stale_temporaries(self.root, recursive=True)  # what killed writes left
         if self.list_checkpoints() and not resume:
             raise UserError(
                 f"{self.root}: already holds a trained run; pass --resume to continue it or choose another "
                 "output folder"
             )
         save_config(config, self.config_file)
-
-    def _remove_temporaries(self) -> None:
-        """Delete the hidden temporary files and folders of writes a killed process left (checkpoints
-        ``.step_N.tmp-PID``, ``.step_N.old-PID``; atomic files ``.NAME.XXXX.tmp``). Called with the writer
-        lock held, so no other process can be writing them."""
-        for path in sorted(self.root.rglob(".*"), reverse=True):  # children before their folders
-            if _TEMPORARY.match(path.name):
-                if path.is_dir() and not path.is_symlink():
-                    shutil.rmtree(path, ignore_errors=True)
-                else:
-                    path.unlink(missing_ok=True)
 
     def start_log(self, step: int) -> None:
         """Create ``logs/`` and drop log records past ``step`` (they belong to an interrupted attempt)."""
