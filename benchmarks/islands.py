@@ -47,13 +47,29 @@ def main() -> None:
         row["min_island"] = chosen
         row["miou"] = row["island_miou"][str(chosen)] if chosen else plain
     table = island_table(rows)
+    changes = {}
+    for row in rows:
+        if row["method"] == ISLANDS:
+            plain = next(
+                r["miou"]
+                for r in rows
+                if (r["dataset"], r["labels"], r["seed"], r["method"])
+                == (row["dataset"], row["labels"], row["seed"], CORRECTED)
+            )
+            changes[(row["dataset"], row["labels"], row["seed"])] = 100 * (row["miou"] - plain)
+    worst = min(changes, key=changes.get)
+    verdict = (
+        f"Default - off over the {len(changes)} fits: {min(changes.values()):+.2f} to {max(changes.values()):+.2f} "
+        f"mIoU points; the default lowers no fit's mIoU: {'met' if changes[worst] >= 0 else 'NOT met'} (worst: "
+        f"{worst[0]}, {worst[1]} labels, seed {worst[2]})."
+    )
     body = (
         f"Re-read from `{args.source.name}` (its command: `{run['command']}`; datasets it finished: "
         f"{', '.join(settings)}): the mIoU of each "
         f"fit's prior-corrected test prediction with the island filter off, at each candidate size (pixels at the "
         f"working size) and at the default size, the largest of {list(CANDIDATE_SIZES)} whose filter changes at "
         f"most {LABEL_TOLERANCE:.1%} of the fit's own labelled pixels (else off), chosen from the labels alone. "
-        f"Mean over seeds; 'sizes chosen' lists each seed's.\n\n{table}\n"
+        f"Mean over seeds; 'sizes chosen' lists each seed's.\n\n{table}\n\n{verdict}\n"
     )
     write_result(
         "islands",
