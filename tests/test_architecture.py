@@ -10,7 +10,7 @@ PACKAGE = Path(meddiff.__file__).parent
 # Lowest first. Modules of the base layer may use each other; elsewhere, packages of one layer are
 # independent of each other. Everything may read meddiff.__version__.
 LAYERS = [
-    {"errors", "files", "devices", "progress", "config", "migrations", "checkpoint", "rundir"},
+    {"errors", "files", "devices", "progress", "config", "migrations", "checkpoint", "runlock", "rundir"},
     {"data", "nets"},
     {"text", "diffusion"},
     {"metrics", "report"},
