@@ -286,8 +286,21 @@ def _same_checkpoint(a: Path, b: Path) -> bool:
 
 
 def _leftovers(run: Path) -> int:
-    """Hidden temporary files and folders left in the run folder (``.x.tmp-PID``, ``.x.old-PID``)."""
-    return sum(1 for p in run.rglob(".*") if ".tmp" in p.name or ".old-" in p.name)
+    """Temporaries of killed writes left in the run folder (``files.stale_temporary``)."""
+    from meddiff.files import stale_temporary
+
+    return sum(1 for p in run.rglob(".*") if stale_temporary(p))
+
+
+def _checkpoints(run: Path) -> list[Path]:
+    from meddiff.rundir import RunDir
+
+    return RunDir(run).list_checkpoints() if run.exists() else []
+
+
+def _latest_step(run: Path) -> int:
+    found = _checkpoints(run)
+    return int(found[-1].name.removeprefix("step_")) if found else 0
 
 
 @dataclass
@@ -322,6 +335,12 @@ def _where(text: str) -> str:
     return "other write (" + text.split(" of ")[-1] + ")"
 
 
+def _count_finished(run: Path, reference: Path, row: TaskRow) -> None:
+    """A run that reached its end: count it, and whether its last checkpoint equals ``reference``."""
+    row.lives += 1
+    row.weights_identical += _same_checkpoint(_checkpoints(run)[-1], reference)
+
+
 def kill_task(task: str, work: Path, kills: int, rng: random.Random) -> TaskRow:
     """Train ``task`` through ``kills`` SIGKILLs and resumes; compare with the uninterrupted reference."""
     started = time.monotonic()
@@ -332,12 +351,12 @@ def kill_task(task: str, work: Path, kills: int, rng: random.Random) -> TaskRow:
     run_child("none", train_args(task, config, reference, resume=False))
     startup = time.monotonic() - t0
     ref_losses = _losses(reference)
-    ref_final = sorted((reference / "checkpoints").glob("step_*"))[-1]
+    ref_final = _checkpoints(reference)[-1]
 
     row = TaskRow(task)
     run = work / "killed" / task
     while row.kills < kills:
-        latest = max([int(p.name[5:]) for p in (run / "checkpoints").glob("step_*")], default=0)
+        latest = _latest_step(run)
         if task == "segment":  # one checkpoint of one file, written at the end, no pruning
             kind = rng.choice(["time", "step", "log", "file", "replace"])
             files, replaces, last = 1, 4, max(ref_losses)
@@ -357,8 +376,7 @@ def kill_task(task: str, work: Path, kills: int, rng: random.Random) -> TaskRow:
         row.resumes += resume
         _compare_losses(run, latest, ref_losses, row)
         if code == 0:  # the kill came too late: this life finished; compare it and start another
-            row.lives += 1
-            row.weights_identical += _same_checkpoint(sorted((run / "checkpoints").glob("step_*"))[-1], ref_final)
+            _count_finished(run, ref_final, row)
             shutil.rmtree(run)
             continue
         row.kills += 1
@@ -367,14 +385,12 @@ def kill_task(task: str, work: Path, kills: int, rng: random.Random) -> TaskRow:
         found, corrupt = _load_all(run) if run.exists() else (0, 0)
         row.corrupt += corrupt
         if task == "segment" and found and not corrupt:  # killed after its last write (the checkpoint): finished
-            row.lives += 1
-            row.weights_identical += _same_checkpoint(sorted((run / "checkpoints").glob("step_*"))[-1], ref_final)
+            _count_finished(run, ref_final, row)
             shutil.rmtree(run)
-    latest = max([int(p.name[5:]) for p in (run / "checkpoints").glob("step_*")], default=0)
-    code, _ = run_child("none", train_args(task, config, run, resume=run.exists()))
+    latest = _latest_step(run)
+    run_child("none", train_args(task, config, run, resume=run.exists()))
     _compare_losses(run, latest, ref_losses, row)
-    row.lives += 1
-    row.weights_identical += _same_checkpoint(sorted((run / "checkpoints").glob("step_*"))[-1], ref_final)
+    _count_finished(run, ref_final, row)
     row.resumes += 1
     row.leftovers = _leftovers(run)
     row.seconds = time.monotonic() - started

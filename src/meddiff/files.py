@@ -32,6 +32,17 @@ def is_write_failure(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS
 
 
+@contextmanager
+def _naming(path: str | Path) -> Iterator[None]:
+    """Turn a write failure (``is_write_failure``) inside the block into the ``UserError`` naming ``path``."""
+    try:
+        yield
+    except OSError as exc:
+        if is_write_failure(exc):
+            raise write_failure(path, exc) from None
+        raise
+
+
 def atomic_write(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary file in the same folder, then rename it into place.
 
@@ -40,24 +51,18 @@ def atomic_write(path: str | Path, data: bytes) -> Path:
     a read-only filesystem or a missing permission is a :class:`UserError` naming ``path``.
     """
     path = Path(path)
-    try:
+    with _naming(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         # the writer's pid in the name lets a later process tell a killed writer's leftover from a live one's
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
-    except OSError as exc:
-        if is_write_failure(exc):
-            raise write_failure(path, exc) from None
-        raise
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; these are shareable results, not secrets
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if is_write_failure(exc):
-            raise write_failure(path, exc) from None
-        raise
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.chmod(tmp, 0o644)  # mkstemp creates 0600; these are shareable results, not secrets
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     return path
 
 
@@ -124,18 +129,13 @@ def atomic_folder(out_dir: str | Path) -> Iterator[Path]:
     if out_dir.parent.is_dir():
         remove_stale_temporaries(out_dir.parent, f".{out_dir.name}.tmp-*")
     shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with _naming(out_dir):
         tmp.mkdir(parents=True)
-    except OSError as exc:
-        if is_write_failure(exc):
-            raise write_failure(out_dir, exc) from None
-        raise
     try:
-        yield tmp
-    except BaseException as exc:
+        with _naming(out_dir):
+            yield tmp
+    except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        if is_write_failure(exc):
-            raise write_failure(out_dir, exc) from None
         raise
     try:
         if out_dir.exists():

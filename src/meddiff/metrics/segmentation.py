@@ -52,18 +52,22 @@ class SegmentationScores:
         }
 
 
+def _iou_dice(confusion: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-class IoU and Dice (float64, NaN for a class in neither ground truth nor prediction) of one or a
+    batch of confusion matrices ``[..., K, K]`` (rows ground truth)."""
+    cm = confusion.double()
+    tp = cm.diagonal(dim1=-2, dim2=-1)
+    union = cm.sum(dim=-2) + cm.sum(dim=-1) - tp  # tp + fp + fn
+    nan = torch.full_like(tp, float("nan"))
+    iou = torch.where(union == 0, nan, tp / union.clamp(min=1))
+    dice = torch.where(union == 0, nan, 2 * tp / (union + tp).clamp(min=1))
+    return iou, dice
+
+
 def scores_from_confusion(confusion: torch.Tensor, include_background: bool = True) -> SegmentationScores:
     """IoU / Dice per class and their NaN-skipping means from a ``[K, K]`` confusion matrix."""
     confusion = confusion.to(torch.int64)
-    cm = confusion.double()
-    tp = cm.diagonal()
-    fp = cm.sum(dim=0) - tp
-    fn = cm.sum(dim=1) - tp
-    union = tp + fp + fn
-    absent = union == 0
-    nan = torch.full_like(tp, float("nan"))
-    iou = torch.where(absent, nan, tp / union.clamp(min=1))
-    dice = torch.where(absent, nan, 2 * tp / (union + tp).clamp(min=1))
+    iou, dice = _iou_dice(confusion)
     first = 0 if include_background else 1
     return SegmentationScores(
         iou=iou,
@@ -75,6 +79,29 @@ def scores_from_confusion(confusion: torch.Tensor, include_background: bool = Tr
     )
 
 
+def _check_num_classes(num_classes: int) -> None:
+    if num_classes < 2:
+        raise UserError(f"'num_classes' must be at least 2 (background + one class), got {num_classes}")
+
+
+def _check_masks(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> None:
+    """UserErrors for masks of other shapes, float masks and class ids outside ``0..num_classes - 1``."""
+    if pred.shape != target.shape:
+        raise UserError(f"'pred' has shape {tuple(pred.shape)} but 'target' has {tuple(target.shape)}; they must match")
+    if pred.is_floating_point() or target.is_floating_point():
+        raise UserError(
+            "'pred' and 'target' must be integer class-id masks, not float tensors "
+            "(take the argmax of the logits first)"
+        )
+    if pred.numel() and (pred.min() < 0 or pred.max() >= num_classes):
+        raise UserError(f"'pred' holds class ids outside 0..{num_classes - 1}")
+    labelled = target[target != IGNORE_INDEX]
+    if labelled.numel() and (labelled.min() < 0 or labelled.max() >= num_classes):
+        raise UserError(
+            f"'target' holds class ids outside 0..{num_classes - 1} (other than the ignore index {IGNORE_INDEX})"
+        )
+
+
 class SegmentationMeter:
     """Streaming segmentation scores: ``update`` with batches of masks, ``compute`` at the end.
 
@@ -82,8 +109,7 @@ class SegmentationMeter:
     """
 
     def __init__(self, num_classes: int, include_background: bool = True):
-        if num_classes < 2:
-            raise UserError(f"'num_classes' must be at least 2 (background + one class), got {num_classes}")
+        _check_num_classes(num_classes)
         self.num_classes = num_classes
         self.include_background = include_background
         self._confusion = MulticlassConfusionMatrix(num_classes, ignore_index=IGNORE_INDEX, validate_args=False)
@@ -91,23 +117,7 @@ class SegmentationMeter:
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         """Add a batch: ``pred`` and ``target`` int ``[N, H, W]`` (or ``[H, W]``) class ids; ``target`` may
         hold ``IGNORE_INDEX``."""
-        if pred.shape != target.shape:
-            raise UserError(
-                f"'pred' has shape {tuple(pred.shape)} but 'target' has {tuple(target.shape)}; they must match"
-            )
-        if pred.is_floating_point() or target.is_floating_point():
-            raise UserError(
-                "'pred' and 'target' must be integer class-id masks, not float tensors "
-                "(take the argmax of the logits first)"
-            )
-        if pred.numel() and (pred.min() < 0 or pred.max() >= self.num_classes):
-            raise UserError(f"'pred' holds class ids outside 0..{self.num_classes - 1}")
-        labelled = target[target != IGNORE_INDEX]
-        if labelled.numel() and (labelled.min() < 0 or labelled.max() >= self.num_classes):
-            raise UserError(
-                f"'target' holds class ids outside 0..{self.num_classes - 1} "
-                f"(other than the ignore index {IGNORE_INDEX})"
-            )
+        _check_masks(pred, target, self.num_classes)
         self._confusion.update(pred.long().reshape(-1), target.long().reshape(-1))
 
     def compute(self) -> SegmentationScores:
@@ -146,17 +156,13 @@ def per_image_scores(
 ) -> PerImageScores:
     """IoU and Dice of every image of ``pred`` / ``target`` (int ``[N, H, W]`` class ids, ``target`` may hold
     ``IGNORE_INDEX``), each from that image's own confusion matrix."""
-    SegmentationMeter(num_classes).update(pred, target)  # the same checks of shapes, types and ids
+    _check_num_classes(num_classes)
+    _check_masks(pred, target, num_classes)
     n = pred.shape[0]
     labelled = target != IGNORE_INDEX
     image = torch.arange(n).view(n, *([1] * (pred.dim() - 1))).expand_as(pred)
     cell = (image * num_classes + target.long()) * num_classes + pred.long()  # (image, truth, prediction)
     confusion = torch.bincount(cell[labelled], minlength=n * num_classes**2).view(n, num_classes, num_classes)
-    cm = confusion.double()
-    tp = cm.diagonal(dim1=1, dim2=2)
-    union = cm.sum(dim=1) + cm.sum(dim=2) - tp
-    nan = torch.full_like(tp, float("nan"))
-    iou = torch.where(union == 0, nan, tp / union.clamp(min=1))
-    dice = torch.where(union == 0, nan, 2 * tp / (union + tp).clamp(min=1))
+    iou, dice = _iou_dice(confusion)
     first = 0 if include_background else 1
     return PerImageScores(iou, dice, iou[:, first:].nanmean(dim=1), dice[:, first:].nanmean(dim=1), include_background)

@@ -16,6 +16,8 @@ import torch
 from scipy import ndimage
 from skimage import measure
 
+from meddiff.data.labels import IGNORE_INDEX
+
 
 def small_regions(labels: np.ndarray, min_size: int) -> np.ndarray:
     """Boolean ``[H, W]``: the pixels of the 4-connected single-class regions of ``labels`` (int ``[H, W]``)
@@ -49,13 +51,13 @@ CANDIDATE_SIZES = (32, 16, 8, 4)
 LABEL_TOLERANCE = 0.002
 
 
-def label_min_island(masks: torch.Tensor, ignore_index: int = 255) -> int:
+def label_min_island(masks: torch.Tensor) -> int:
     """The island filter's size that the labels themselves support: the largest of ``CANDIDATE_SIZES`` whose
-    filter changes at most ``LABEL_TOLERANCE`` of the labelled pixels of ``masks`` (int ``[N, H, W]``), else
-    0 (off). Labels drawn as smooth regions (cardiac structures) get a large size; labels with many true
-    specks (thresholded tissue maps, thin fragments) get a small one or none, since there the filter would
-    erase anatomy the annotators drew."""
-    labelled = masks != ignore_index
+    filter changes at most ``LABEL_TOLERANCE`` of the labelled (not ``IGNORE_INDEX``) pixels of ``masks``
+    (int ``[N, H, W]``), else 0 (off). Labels drawn as smooth regions (cardiac structures) get a large size;
+    labels with many true specks (thresholded tissue maps, thin fragments) get a small one or none, since
+    there the filter would erase anatomy the annotators drew."""
+    labelled = masks != IGNORE_INDEX
     total = int(labelled.sum())
     for size in CANDIDATE_SIZES:
         changed = sum(int(((fill_islands(m, size) != m) & v).sum()) for m, v in zip(masks, labelled, strict=True))
