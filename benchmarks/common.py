@@ -24,12 +24,12 @@ def machine() -> str:
     try:
         cpuinfo = Path("/proc/cpuinfo").read_text()
         model = next(line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name"))
-        flags = ", AMX-BF16" if "amx_bf16" in cpuinfo else ""
+        flags = ", AMX-BF16" if "amx_bf16" in cpuinfo else ", AVX512-BF16" if "avx512_bf16" in cpuinfo else ""
     except (OSError, StopIteration):
         model = platform.processor() or "unknown CPU"
     return (
-        f"{model}{flags}; {os.cpu_count()} logical CPUs, torch {torch.__version__} with "
-        f"{torch.get_num_threads()} threads; Python {platform.python_version()}"
+        f"{model} ({torch.backends.cpu.get_cpu_capability()}{flags}); {os.cpu_count()} logical CPUs, "
+        f"torch {torch.__version__} with {torch.get_num_threads()} threads; Python {platform.python_version()}"
     )
 
 

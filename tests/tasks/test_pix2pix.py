@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from meddiff import devices
 from meddiff.config import from_dict
 from meddiff.data.build import DataConfig, build_dataset
 from meddiff.errors import UserError
@@ -104,6 +105,7 @@ def test_a_trained_run_is_not_overwritten_and_unlabelled_data_is_refused(pix2pix
         pix2pix.fit(config, tmp_path / "run", progress=False)
 
 
-def test_bf16_training_keeps_losses_finite(tmp_path):
+def test_bf16_training_keeps_losses_finite(tmp_path, monkeypatch):
+    monkeypatch.setattr(devices, "native_bf16", lambda device: True)  # bf16 even where it is emulated
     result = pix2pix.fit(tiny_pix2pix_config(steps=3, mixed_precision="bf16"), tmp_path / "run", progress=False)
     assert result.step == 3 and all(np.isfinite(loss) for loss in result.losses.values())

@@ -13,6 +13,7 @@ import yaml
 from diffusers.training_utils import EMAModel
 from tests.conftest import tiny_generate_config
 
+from meddiff import devices
 from meddiff.checkpoint import load_checkpoint
 from meddiff.config import from_dict, to_dict
 from meddiff.data.build import DataConfig
@@ -209,7 +210,8 @@ def test_a_run_with_several_optimisers_resumes_exactly(tmp_path):
     assert resumed.losses == {s: full.losses[s] for s in (3, 4, 5)}
 
 
-def test_runs_in_one_process_may_use_different_precisions(tmp_path):
+def test_runs_in_one_process_may_use_different_precisions(tmp_path, monkeypatch):
+    monkeypatch.setattr(devices, "native_bf16", lambda device: True)  # bf16 even where it is emulated
     for precision in ("no", "bf16", "no"):  # a notebook training one run after another
         result = generate.fit(tiny_generate_config(steps=1, mixed_precision=precision), tmp_path / precision / "run")
         assert result.step == 1

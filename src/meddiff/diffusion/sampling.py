@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import inspect
-from contextlib import nullcontext
 
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
-from meddiff.devices import model_device
+from meddiff.devices import bf16_autocast, model_device
 from meddiff.diffusion.conditioning import Conditioning
 from meddiff.diffusion.objective import Diffusion
 from meddiff.diffusion.schedulers import SamplerConfig, inverse_scheduler, make_scheduler
@@ -67,7 +66,7 @@ def sample(
         # DPM-Solver++ 20; deriving the noise from the clipped x0 (deterministic DDIM = first-order
         # DPM-Solver++) gave 1.6 as well.
         step_kwargs.update(eta=sampler.eta, use_clipped_model_output=True)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if autocast_bf16 else nullcontext()
+    autocast = bf16_autocast(device, autocast_bf16)
     for t in progress_bar(
         scheduler.timesteps, description=f"sampling ({sampler.name}, {sampler.steps} steps)", enabled=progress
     ):

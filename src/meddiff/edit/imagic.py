@@ -15,13 +15,13 @@ channels) or a Stable Diffusion checkpoint (latent space); both train and sample
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
 from torch import nn
 
+from meddiff.devices import bf16_autocast
 from meddiff.diffusion.conditioning import Conditioning
 from meddiff.diffusion.objective import Diffusion
 from meddiff.diffusion.sampling import sample
@@ -96,8 +96,7 @@ class ImagicResult:
 
 
 def _autocast(model: EditableModel, enabled: bool):
-    device = next(model.unet.parameters()).device
-    return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else nullcontext()
+    return bf16_autocast(next(model.unet.parameters()).device, enabled)
 
 
 def _conditioning(model: EditableModel, tokens: torch.Tensor, mask: torch.Tensor, batch: int) -> Conditioning:

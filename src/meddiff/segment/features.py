@@ -10,14 +10,13 @@ never as a dense ``[H, W, D]`` volume (2.2 GB per 256-px image at 8,448 float32 
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from meddiff.data.arrays import resize_image
-from meddiff.devices import model_device
+from meddiff.devices import bf16_autocast, model_device
 from meddiff.diffusion.objective import Diffusion
 from meddiff.nets.unet import UNet
 
@@ -161,7 +160,7 @@ class FeatureExtractor:
             kwargs["class_labels"] = torch.full(
                 (batch,), self.model.config.num_classes, dtype=torch.long, device=device
             )
-        autocast = torch.autocast(device.type, dtype=torch.bfloat16) if self.config.bf16 else nullcontext()
+        autocast = bf16_autocast(device, self.config.bf16)
         maps = []
         for t in self.config.timesteps:
             steps = torch.full((batch,), t, dtype=torch.long, device=device)

@@ -44,6 +44,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from meddiff import __version__
 from meddiff.checkpoint import flatten_state, load_checkpoint, save_checkpoint, unflatten_state
+from meddiff.devices import use_bf16
 from meddiff.errors import UserError
 from meddiff.progress import TrainProgress
 from meddiff.rundir import RunDir
@@ -186,12 +187,15 @@ class Trainer:
         cfg = self.config
         if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
             raise UserError("train.mixed_precision fp16 needs a CUDA GPU; use bf16 on the CPU")
-        _forget_other_precision(cfg.mixed_precision)
+        on_gpu = torch.accelerator.is_available()
+        device = torch.accelerator.current_accelerator() if on_gpu else torch.device("cpu")
+        precision = "no" if cfg.mixed_precision == "bf16" and not use_bf16(device, True) else cfg.mixed_precision
+        _forget_other_precision(precision)
         # cpu=True when no GPU: lets `accelerate launch --multi_gpu` / torchrun start several CPU processes (gloo).
         accelerator = Accelerator(
-            mixed_precision=cfg.mixed_precision,
+            mixed_precision=precision,
             gradient_accumulation_steps=cfg.grad_accum,
-            cpu=not torch.accelerator.is_available(),
+            cpu=not on_gpu,
         )
         rank, world = accelerator.process_index, accelerator.num_processes
         per_step = cfg.grad_accum * world
