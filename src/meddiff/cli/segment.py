@@ -78,6 +78,27 @@ def sweep(
     console.print(f"sweep table: {table}")
 
 
+@app.command("self-train")
+def self_train(
+    config: Path = typer.Argument(
+        ..., help="YAML config with `task: segmenter` and a `self_training:` section (classifier run, unlabelled data)."
+    ),
+    out: Path | None = typer.Option(None, "--out", help="Run folder (default: runs/<config name>)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint."),
+) -> None:
+    """Self-training: the pixel classifier labels the unlabelled images and a U-Net learns from its surest
+    pixels beside the true labels (one or two rounds).
+
+    Example: `meddiff segment self-train configs/segment_brain_selftrain.yaml --out runs/brain_selftrain`
+    """
+    module, cfg = _config(config, "segmenter")
+    if cfg.self_training is None:
+        raise UserError(f"{config}: no `self_training:` section (the classifier run and the unlabelled images)")
+    result = module.fit(cfg, out or Path("runs") / config.stem, resume=resume)
+    best = f"; best held-out loss {result.best_score:.4f} at step {result.best_step}" if result.best_step else ""
+    console.print(f"trained to step {result.step} in {result.seconds / 60:.1f} min{best}")
+
+
 @app.command("baseline")
 def baseline(
     config: Path = typer.Argument(..., help="YAML config with `task: segmenter` (labelled data, U-Net, training)."),

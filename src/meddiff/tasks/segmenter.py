@@ -52,11 +52,46 @@ def _default_train() -> TrainConfig:
 
 
 @dataclass
+class SelfTraining:
+    """Self-training on unlabelled images (``meddiff segment self-train``, ``meddiff.tasks.selftrain``).
+
+    classifier:  run folder of a ``segment fit`` run at the same working size: the first teacher
+    unlabelled:  the unlabelled images (any image kind; masks, if any, are not read); images also named in
+                 the labelled set are left out
+    max_unlabelled: at most this many of them, evenly spaced through the set (None: all)
+    keep:        per class, the share of the teacher's pixels kept as labels, most confident first
+    max_disagreement: the classifier's pixels where more than this share of its members is outvoted are
+                 never kept
+    rounds:      1: the segmenter learns from the classifier; 2: a second segmenter learns from the first
+    """
+
+    classifier: Path | None = None
+    unlabelled: DataConfig = field(default_factory=DataConfig)
+    max_unlabelled: int | None = 512
+    keep: float = 0.8
+    max_disagreement: float = 0.0
+    rounds: int = 1
+
+    def __post_init__(self):
+        if self.classifier is None:
+            raise ValueError("'classifier' is required: the run folder of a `meddiff segment fit` run")
+        if not 0 < self.keep <= 1:
+            raise ValueError(f"keep must be in (0, 1], got {self.keep}")
+        if not 0 <= self.max_disagreement <= 1:
+            raise ValueError(f"max_disagreement must be in [0, 1], got {self.max_disagreement}")
+        if self.rounds not in (1, 2):
+            raise ValueError(f"rounds must be 1 or 2, got {self.rounds}")
+        if self.max_unlabelled is not None and self.max_unlabelled < 1:
+            raise ValueError(f"max_unlabelled must be >= 1, got {self.max_unlabelled}")
+
+
+@dataclass
 class SegmenterConfig:
     """``meddiff train`` config of the segmenter (``task: segmenter``).
 
     images:       names of the labelled images to train on (default: every image of ``data``)
     val_fraction: share of each image's labelled pixels held out for early stopping (never trained on)
+    self_training: also learn from a teacher's confident labels of unlabelled images (None: labelled only)
     """
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -64,6 +99,7 @@ class SegmenterConfig:
     train: TrainConfig = field(default_factory=_default_train)
     images: list[str] | None = None
     val_fraction: float = 0.1
+    self_training: SelfTraining | None = None
 
     def __post_init__(self):
         if not 0 < self.val_fraction < 1:
@@ -120,22 +156,52 @@ def split_pixels(dataset: ArrayDataset, fraction: float, seed: int) -> tuple[Arr
 
 
 def fit(config: SegmenterConfig, run_dir: Path, resume: bool = False, progress: bool = True) -> TrainResult:
-    """Train on ``config.data`` (restricted to ``config.images``); everything goes under ``run_dir``."""
+    """Train on ``config.data`` (restricted to ``config.images``), and with ``config.self_training`` on a
+    teacher's labels of unlabelled images too (``meddiff.tasks.selftrain``); everything goes under ``run_dir``."""
     dataset = select_images(build_dataset(config.data), config.images)
+    if config.self_training is not None:
+        from meddiff.tasks.selftrain import self_train
+
+        return self_train(config, run_dir, dataset, resume=resume, progress=progress)
     return fit_dataset(config, run_dir, dataset, resume=resume, progress=progress)
+
+
+def with_pseudo_labels(labelled: ArrayDataset, pseudo: ArrayDataset) -> ArrayDataset:
+    """``labelled`` repeated to at least the size of ``pseudo``, then ``pseudo``: a shuffled batch holds
+    as many labelled as pseudo-labelled images on average, so the few true labels are not drowned."""
+    repeats = max(1, -(-len(pseudo) // len(labelled)))
+    return ArrayDataset(
+        torch.cat([labelled.images.repeat(repeats, 1, 1, 1), pseudo.images]),
+        torch.cat([labelled.masks.repeat(repeats, 1, 1), pseudo.masks.to(labelled.masks.dtype)]),
+        list(labelled.names) * repeats + list(pseudo.names),
+        labelled.class_names,
+        labelled.hflip,
+        vflip=labelled.vflip,
+        mirror=labelled.mirror,
+        crop=labelled.crop,
+    )
 
 
 @releases_run_lock
 def fit_dataset(
-    config: SegmenterConfig, run_dir: Path, dataset: ArrayDataset, resume: bool = False, progress: bool = True
+    config: SegmenterConfig,
+    run_dir: Path,
+    dataset: ArrayDataset,
+    resume: bool = False,
+    progress: bool = True,
+    pseudo: ArrayDataset | None = None,
 ) -> TrainResult:
-    """Train on an in-memory labelled dataset (its flips and crop are the augmentations).
+    """Train on an in-memory labelled dataset (its flips and crop are the augmentations), plus ``pseudo``:
+    pseudo-labelled images (``IGNORE_INDEX`` where no label is kept) at the same size, trained on beside the
+    labelled ones (``with_pseudo_labels``) but never used for early stopping.
 
     ``config.data`` is only recorded; ``config.model`` gets the dataset's channels and classes.
     """
     if dataset.masks is None or dataset.images is None or dataset.num_classes < 2:
         raise UserError("the segmenter needs images with masks of at least 2 classes")
     train_set, val_labels = split_pixels(dataset, config.val_fraction, config.train.seed)
+    if pseudo is not None:
+        train_set = with_pseudo_labels(train_set, pseudo)
     config = replace(
         config, model=replace(config.model, in_channels=dataset.in_channels, num_classes=dataset.num_classes)
     )
