@@ -6,13 +6,16 @@ import dataclasses
 import pytest
 import torch
 import yaml
+from tests.conftest import tiny_generate_config
 
+import meddiff
 from meddiff.config import from_dict, to_dict
 from meddiff.data.build import DataConfig, build_dataset
 from meddiff.data.labels import IGNORE_INDEX
 from meddiff.errors import UserError
+from meddiff.nets.backbone import BackboneSegNet
 from meddiff.nets.segnet import SegNetConfig
-from meddiff.tasks import load_task_config, segmenter
+from meddiff.tasks import generate, load_task_config, segmenter
 from meddiff.train.engine import TrainConfig
 
 DATA = {"kind": "brain_mri", "size": 24, "hflip": True}
@@ -82,3 +85,40 @@ def test_config_file_with_task_segmenter_dispatches_here(tmp_path):
 def test_unknown_image_names_are_a_user_error(brain):
     with pytest.raises(UserError, match="'images': 'nope'"):
         segmenter.select_images(brain, ["nope"])
+
+
+@pytest.fixture(scope="module")
+def image_generator(tmp_path_factory):
+    """A tiny image-only brain generator (24 px), the backbone to fine-tune."""
+    root = tmp_path_factory.mktemp("backbone")
+    config = dataclasses.replace(
+        tiny_generate_config(steps=4), joint_mask=False, data=from_dict(DataConfig, {"kind": "brain_mri", "size": 24})
+    )
+    generate.fit(config, root / "run", progress=False)
+    return root / "run"
+
+
+def test_a_pretrained_backbone_starts_from_every_denoiser_weight_but_the_output(image_generator):
+    model, unet_config, time = segmenter.pretrained_backbone(image_generator, 50, in_channels=1, num_classes=4)
+    denoiser, *_ = generate.load(image_generator)
+    kept = model.unet.state_dict()
+    same = [k for k, v in denoiser.state_dict().items() if kept[k].shape == v.shape and torch.equal(v, kept[k])]
+    assert set(kept) - set(same) == {"out.2.weight", "out.2.bias"}  # the output convolution: 4 classes
+    assert unet_config["out_channels"] == 1 and time == 50  # the step itself (the model takes timesteps)
+
+
+def test_fine_tuning_the_backbone_trains_saves_and_predicts(brain, image_generator, tmp_path):
+    config = dataclasses.replace(_config(steps=6), backbone=image_generator, backbone_step=20)
+    result = segmenter.fit_dataset(config, tmp_path / "run", brain, progress=False)
+    assert result.step >= 3
+    model = meddiff.load(tmp_path / "run", device="cpu")
+    assert isinstance(model.model, BackboneSegNet) and float(model.model.time) == 20
+    masks = model.segment(torch.rand(2, 1, 24, 24) * 2 - 1)
+    assert masks.shape == (2, 24, 24) and masks.max() < 4
+
+
+def test_a_joint_generator_is_not_a_backbone(brain, tmp_path):
+    joint = tmp_path / "joint"
+    generate.fit(tiny_generate_config(steps=1), joint, progress=False)
+    with pytest.raises(UserError, match="image-only generator"):
+        segmenter.fit_dataset(dataclasses.replace(_config(), backbone=joint), tmp_path / "run", brain, progress=False)

@@ -19,17 +19,22 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from meddiff.checkpoint import load_checkpoint
+from meddiff.config import from_dict, to_dict
 from meddiff.data.arrays import ArrayDataset
 from meddiff.data.build import DataConfig, build_dataset
 from meddiff.data.labels import IGNORE_INDEX
 from meddiff.devices import model_device, resolve_device
 from meddiff.errors import UserError
+from meddiff.nets.backbone import BackboneSegNet
 from meddiff.nets.segnet import SegNet, SegNetConfig
+from meddiff.nets.unet import UNetConfig
 from meddiff.rundir import RunDir, resolve_checkpoint
 from meddiff.runlock import releases_run_lock
 from meddiff.segment.pixels import held_out_pixels
+from meddiff.tasks import generate
 from meddiff.tasks.runs import RunHandle, run_config
 from meddiff.train.engine import TrainConfig, Trainer, TrainResult, seed_everything
 
@@ -92,6 +97,8 @@ class SegmenterConfig:
     images:       names of the labelled images to train on (default: every image of ``data``)
     val_fraction: share of each image's labelled pixels held out for early stopping (never trained on)
     self_training: also learn from a teacher's confident labels of unlabelled images (None: labelled only)
+    backbone:     an image-only ``generate`` run: fine-tune its UNet end to end as the segmenter (the image
+                  enters at diffusion step ``backbone_step``) instead of training ``model`` from scratch
     """
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -100,10 +107,14 @@ class SegmenterConfig:
     images: list[str] | None = None
     val_fraction: float = 0.1
     self_training: SelfTraining | None = None
+    backbone: Path | None = None
+    backbone_step: int = 50
 
     def __post_init__(self):
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.backbone_step < 0:
+            raise ValueError(f"backbone_step must be >= 0, got {self.backbone_step}")
 
 
 def select_images(dataset: ArrayDataset, names: Sequence[str] | None) -> ArrayDataset:
@@ -207,8 +218,13 @@ def fit_dataset(
     )
     RunDir(run_dir).prepare(config, resume)
     seed_everything(config.train.seed)
-    model = SegNet(config.model)
     stored = {**run_config(TASK, config), "class_names": dataset.class_names}
+    if config.backbone is None:
+        model: nn.Module = SegNet(config.model)
+    else:
+        model, stored["backbone_unet"], stored["backbone_time"] = pretrained_backbone(
+            config.backbone, config.backbone_step, dataset.in_channels, dataset.num_classes
+        )
     val_images = dataset.images
 
     def loss_fn(net, batch, generator):
@@ -227,7 +243,24 @@ def fit_dataset(
     return trainer.fit(resume=resume)
 
 
-def load(run_or_checkpoint: Path, device: str | torch.device = "cpu") -> tuple[SegNet, dict]:
+def pretrained_backbone(run: Path, step: int, in_channels: int, num_classes: int) -> tuple[BackboneSegNet, dict, float]:
+    """The EMA UNet of an image-only ``generate`` run as a segmenter (``nets.backbone``), its UNet config
+    and the model time of ``step``, checked against the labelled images' channels."""
+    unet, diffusion, codec, _, path = generate.load(run)
+    if codec.num_classes or codec.image_channels != in_channels:
+        raise UserError(
+            f"{path}: the backbone must be an image-only generator (joint_mask: false) on {in_channels}-channel "
+            f"images; this one has {codec.image_channels} image and {codec.num_classes} label channels"
+        )
+    if step >= diffusion.config.num_train_timesteps:
+        raise UserError(f"backbone_step {step} is past the model's {diffusion.config.num_train_timesteps} steps")
+    time = float(diffusion.model_time(torch.tensor([step]))[0])
+    model = BackboneSegNet(unet.config, num_classes, time)
+    model.load_pretrained(unet.state_dict())
+    return model, to_dict(unet.config), time
+
+
+def load(run_or_checkpoint: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """The trained segmenter (EMA weights of ``checkpoints/best`` when the run has one, on ``device``) and its
     stored config."""
     path = Path(run_or_checkpoint)
@@ -236,9 +269,11 @@ def load(run_or_checkpoint: Path, device: str | torch.device = "cpu") -> tuple[S
     stored = state.get("config", {})
     if stored.get("task") != TASK:
         raise UserError(f"{path}: checkpoint of task '{stored.get('task')}', not '{TASK}'")
-    from meddiff.config import from_dict
-
-    model = SegNet(from_dict(SegNetConfig, stored["model"], "model."))
+    if "backbone_unet" in stored:
+        unet = from_dict(UNetConfig, stored["backbone_unet"], "backbone_unet.")
+        model: nn.Module = BackboneSegNet(unet, len(stored["class_names"]), stored["backbone_time"])
+    else:
+        model = SegNet(from_dict(SegNetConfig, stored["model"], "model."))
     model.load_state_dict(groups["ema"] if "ema" in groups else groups["model"])
     return model.eval().requires_grad_(False).to(resolve_device(device)), stored
 
@@ -249,7 +284,7 @@ class SegmenterModel(RunHandle):
 
     task: ClassVar[str] = TASK
     config_class: ClassVar[type] = SegmenterConfig
-    model: SegNet
+    model: nn.Module
     stored: dict
     path: Path
 
@@ -262,7 +297,7 @@ class SegmenterModel(RunHandle):
 
 
 @torch.no_grad()
-def predict(model: SegNet, images: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
+def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
     """Class-id masks ``[N, H, W]`` (int64, on the CPU) for images ``[N, C, H, W]`` in [-1, 1], of any size."""
     model.eval()
     device = model_device(model)
