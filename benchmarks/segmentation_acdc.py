@@ -3,7 +3,8 @@ split.csv, both phases, every slice), the other training patients unlabelled, sc
 patients as per-case (patient and phase) 3D Dice and HD95 of RV, myocardium and LV cavity.
 
     .venv/bin/python -m benchmarks.segmentation_acdc [--patients 1 3 7] [--seeds 0 1 2] [--size 128]
-                                                     [--methods unet mlp selftrain] [--work DIR]
+                                                     [--methods unet mlp selftrain finetune] [--work DIR]
+                                                     [--update]
 
 Stages (each one's wall time is printed and reported): (1) an image-only diffusion model (meddiff
 ``generate``, ``joint_mask: false``) trains on every training-patient slice, unlabelled, at ``--size`` padded
@@ -12,10 +13,12 @@ first labelled patient against the 10 validation patients (never a test patient)
 seed: the U-Net from scratch (``segment baseline``), the pixel MLP on diffusion features (``segment fit``:
 the segment defaults, the island filter at the size the labels support) and self-training (``segment
 self-train``: that classifier labels ``--max-unlabelled`` unlabelled slices, a U-Net learns from its surest
-80% per class beside the true labels). Every fit goes through the task's own entry point, so the numbers are
-those a user gets. Predictions are made at ``--size`` and brought back to each slice's native grid (pad
-removed, nearest neighbour) before scoring, as SSL4MIS-style evaluations do; HD95 is in native pixels with
-one slice counted as one pixel (the data carry no spacing).
+80% per class beside the true labels) and the diffusion UNet fine-tuned end to end as a segmenter (the
+segmenter's ``backbone``). Every fit goes through the task's own entry point, so the numbers are those a
+user gets. ``--update`` keeps the results file's rows of the methods, counts and seeds not rerun.
+Predictions are made at ``--size`` and brought back to each slice's native grid (pad removed, nearest
+neighbour) before scoring, as SSL4MIS-style evaluations do; HD95 is in native pixels with one slice counted
+as one pixel (the data carry no spacing).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from benchmarks.common import markdown_table, write_result
+from benchmarks.common import RESULTS, command_line, markdown_table, write_result
 from meddiff.config import from_dict
 from meddiff.data.arrays import ArrayDataset
 from meddiff.data.build import DataConfig, build_dataset
@@ -59,6 +62,7 @@ METHODS = {
     "unet": "U-Net from scratch",
     "mlp": "diffusion features + pixel MLP",
     "selftrain": "self-training (pixel MLP teacher, U-Net student)",
+    "finetune": "diffusion UNet fine-tuned end to end",
 }
 # mean Dice (%) at 1 / 3 / 7 labelled patients, from the UniMatch repository (../shared/reference/anchors.md)
 PUBLISHED = {
@@ -192,14 +196,15 @@ def train_diffusion(args, work: Path) -> tuple[Path, dict]:
 def choose_features(diffusion_run: Path, size: int, work: Path) -> dict:
     """Blocks and timesteps from the sweep: trained on the first labelled patient, scored on the validation
     patients (every 5th slice)."""
+    out = work / "sweep"
+    if (out / "sweep.json").is_file():
+        return json.loads((out / "sweep.json").read_text())["recommended"]
     model, diffusion, _ = load_diffusion(diffusion_run)
     train = select_images(build_dataset(data_config("train", size)), slice_names(labelled_patients(1)))
     val = build_dataset(data_config("val", size))
     val = ArrayDataset(val.images[::5], val.masks[::5], val.names[::5], val.class_names)
     sweep = SweepConfig(timesteps=[50, 150, 250], members=2, max_pixels=8000, top_blocks=3, top_timesteps=2)
     config = SegmentConfig(diffusion=diffusion_run, pixels=PixelConfig(prior_correction="fitted"), sweep=sweep)
-    out = work / "sweep"
-    shutil.rmtree(out, ignore_errors=True)
     run_sweep(model, diffusion, config, train, val, out)
     return json.loads((out / "sweep.json").read_text())["recommended"]
 
@@ -245,6 +250,8 @@ def run_method(method: str, args, names: list[str], seed: int, features: dict, d
         }
     model_config = SegNetConfig(base_channels=16, depth=4)
     config = SegmenterConfig(data=data, images=names, model=model_config, train=unet_train(args, seed))
+    if method == "finetune":
+        config.backbone = diffusion_run
     if method == "selftrain":
         config.self_training = SelfTraining(
             classifier=classifier_run, unlabelled=data, max_unlabelled=args.max_unlabelled, keep=args.keep
@@ -258,7 +265,7 @@ def run_method(method: str, args, names: list[str], seed: int, features: dict, d
     return (lambda images: segmenter.predict(model, images)), facts
 
 
-def summarise(rows: list[dict], counts: list[int], seeds: list[int]) -> tuple[str, list[dict]]:
+def summarise(rows: list[dict], counts: list[int]) -> tuple[str, list[dict]]:
     table = []
     for count in counts:
         for key, name in METHODS.items():
@@ -312,6 +319,9 @@ def main() -> None:
     parser.add_argument("--max-unlabelled", type=int, default=256)
     parser.add_argument("--keep", type=float, default=0.8)
     parser.add_argument("--work", type=Path, default=Path("/tmp/segmentation_acdc"))
+    parser.add_argument(
+        "--update", action="store_true", help="keep the results file's rows of other methods, counts and seeds"
+    )
     args = parser.parse_args()
     started = time.monotonic()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -354,12 +364,20 @@ def main() -> None:
                 )
                 mark = stage(f"{method} fits and test predictions", mark)
             shutil.rmtree(work, ignore_errors=True)
-    table_md, table = summarise(rows, args.patients, args.seeds)
+    for row in rows:
+        row["measured_by"] = command_line()
+    if args.update and (RESULTS / "segmentation_acdc.json").is_file():
+        rerun = {(r["patients"], r["seed"], r["method"]) for r in rows}
+        earlier = json.loads((RESULTS / "segmentation_acdc.json").read_text())
+        kept = [r for r in earlier["rows"] if (r["patients"], r["seed"], r["method"]) not in rerun]
+        rows = [{"measured_by": earlier["command"]} | r for r in kept] + rows
+    counts = sorted({r["patients"] for r in rows})
+    table_md, table = summarise(rows, counts)
     wall = time.monotonic() - started
     body = (
         f"Working size {args.size} px (slices padded to a square, then resized); {len(test.dataset)} test "
         f"slices in {len(test.cases)} cases (20 patients x 2 phases). Labelled slices: "
-        + ", ".join(f"{c} patient(s) = {len(slice_names(labelled_patients(c)))}" for c in args.patients)
+        + ", ".join(f"{c} patient(s) = {len(slice_names(labelled_patients(c)))}" for c in counts)
         + f". Diffusion model: {diffusion['images']} unlabelled training slices, {diffusion['steps']} steps on "
         f"random {args.crop}-px windows ({diffusion['minutes']:.1f} min), final loss {diffusion['final_loss']:.4f}"
         f"; features: decoder blocks {features['blocks']}, timesteps {features['timesteps']} (sweep on "
@@ -372,9 +390,10 @@ def main() -> None:
         "'missed structures' counts the pairs with an empty prediction (no HD95). Scores: mean ± sample std over "
         "seeds.\n\n"
         + table_md
-        + "\n\nWall time per stage (min): "
+        + "\n\nWall time per stage of this command (min): "
         + ", ".join(f"{k} {v / 60:.1f}" for k, v in stages.items())
-        + "."
+        + ".\n\nRows measured by: "
+        + "; ".join(f"`{c}`" for c in dict.fromkeys(r["measured_by"] for r in rows))
     )
     write_result(
         "segmentation_acdc",
