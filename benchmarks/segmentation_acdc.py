@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import re
 import shutil
 import statistics
@@ -37,7 +36,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from benchmarks.common import RESULTS, command_line, markdown_table, write_result
+from benchmarks.common import RESULTS, command_line, markdown_table, mean_std, write_result
 from meddiff.config import from_dict
 from meddiff.data.arrays import ArrayDataset
 from meddiff.data.build import DataConfig, build_dataset
@@ -273,21 +272,14 @@ def summarise(rows: list[dict], counts: list[int]) -> tuple[str, list[dict]]:
             if not runs:
                 continue
 
-            def spread(values: list[float]) -> str:
-                values = [v for v in values if not math.isnan(v)]
-                if not values:
-                    return "n/a"
-                std = statistics.stdev(values) if len(values) > 1 else 0.0
-                return f"{statistics.mean(values):.3f} ± {std:.3f}"
-
             table.append(
                 {
                     "labelled patients": count,
                     "method": name,
                     "seeds": len(runs),
-                    "mean Dice": spread([r["mean_dice"] for r in runs]),
-                    **{f"Dice {s}": spread([r["dice"][k] for r in runs]) for k, s in enumerate(STRUCTURES)},
-                    "HD95 (px)": spread([r["mean_hd95"] for r in runs]),
+                    "mean Dice": mean_std([r["mean_dice"] for r in runs]),
+                    **{f"Dice {s}": mean_std([r["dice"][k] for r in runs]) for k, s in enumerate(STRUCTURES)},
+                    "HD95 (px)": mean_std([r["mean_hd95"] for r in runs]),
                     "missed structures": sum(r["missed"] for r in runs),
                     "steps": round(statistics.mean(r["steps"] for r in runs)),
                     "stopped early": f"{sum(bool(r['stopped_early']) for r in runs)}/{len(runs)}",

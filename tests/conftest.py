@@ -88,6 +88,21 @@ def tiny_generate_config(steps: int = 120, **train):
     )
 
 
+def tiny_image_generator_config(steps: int, size: int = 24):
+    """``tiny_generate_config`` as an image-only generator on the brain slices at ``size`` px: the diffusion
+    model whose features (or weights) the segmentation tests build on."""
+    import dataclasses
+
+    from meddiff.config import from_dict
+    from meddiff.data.build import DataConfig
+
+    return dataclasses.replace(
+        tiny_generate_config(steps=steps),
+        joint_mask=False,
+        data=from_dict(DataConfig, {"kind": "brain_mri", "size": size}),
+    )
+
+
 @pytest.fixture(scope="session")
 def trained_generator(tmp_path_factory):
     """A briefly trained joint generator run folder (shared by tests that need a model that denoises)."""

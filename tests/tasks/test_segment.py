@@ -10,10 +10,9 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-from tests.conftest import tiny_generate_config
+from tests.conftest import tiny_generate_config, tiny_image_generator_config
 
 from meddiff.config import from_dict, to_dict
-from meddiff.data.build import DataConfig
 from meddiff.data.fit import Fit
 from meddiff.data.samples import brain_mri
 from meddiff.data.writers import write_pair_folder
@@ -31,9 +30,7 @@ def workspace(tmp_path_factory):
     """An image-only brain generator (24 px, a few steps), a labelled folder of 6 slices and 2 unlabelled
     images of another size and shape."""
     root = tmp_path_factory.mktemp("segment")
-    config = dataclasses.replace(
-        tiny_generate_config(steps=15), joint_mask=False, data=from_dict(DataConfig, {"kind": "brain_mri", "size": 24})
-    )
+    config = tiny_image_generator_config(steps=15)
     generate.fit(config, root / "diffusion", progress=False)
     slices = brain_mri(24)
     pick = [20, 40, 60, 80, 100, 120]

@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 import torch
 import yaml
-from tests.conftest import tiny_generate_config
+from tests.conftest import tiny_generate_config, tiny_image_generator_config
 
 import meddiff
 from meddiff.config import from_dict, to_dict
@@ -91,9 +91,7 @@ def test_unknown_image_names_are_a_user_error(brain):
 def image_generator(tmp_path_factory):
     """A tiny image-only brain generator (24 px), the backbone to fine-tune."""
     root = tmp_path_factory.mktemp("backbone")
-    config = dataclasses.replace(
-        tiny_generate_config(steps=4), joint_mask=False, data=from_dict(DataConfig, {"kind": "brain_mri", "size": 24})
-    )
+    config = tiny_image_generator_config(steps=4)
     generate.fit(config, root / "run", progress=False)
     return root / "run"
 

@@ -1,17 +1,15 @@
 """Self-training as a user runs it: a pixel classifier labels the unlabelled slices, a U-Net learns from
 its surest pixels beside the true labels, in one or two rounds; the result loads as a segmenter."""
 
-import dataclasses
 import json
 
 import pytest
 import torch
 import yaml
-from tests.conftest import tiny_generate_config
+from tests.conftest import tiny_image_generator_config
 
 import meddiff
 from meddiff.config import from_dict
-from meddiff.data.build import DataConfig
 from meddiff.data.labels import IGNORE_INDEX
 from meddiff.errors import UserError
 from meddiff.tasks import generate, segment, segmenter, selftrain
@@ -24,9 +22,7 @@ DATA = {"kind": "brain_mri", "size": 24, "hflip": True}
 def classifier(tmp_path_factory):
     """A pixel classifier on a tiny image-only brain generator's features, fitted on 3 labelled slices."""
     root = tmp_path_factory.mktemp("selftrain")
-    config = dataclasses.replace(
-        tiny_generate_config(steps=15), joint_mask=False, data=from_dict(DataConfig, {"kind": "brain_mri", "size": 24})
-    )
+    config = tiny_image_generator_config(steps=15)
     generate.fit(config, root / "diffusion", progress=False)
     fit = {
         "diffusion": str(root / "diffusion"),
