@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from meddiff.data.arrays import ArrayDataset
+from meddiff.data.arrays import ArrayDataset, rotate_sample
+from meddiff.data.labels import IGNORE_INDEX
 
 
 def _dataset(**kwargs) -> ArrayDataset:
@@ -60,3 +61,30 @@ def test_counts_must_agree():
         ArrayDataset(torch.zeros(2, 1, 4, 4), torch.zeros(3, 4, 4), ["a", "b"])
     with pytest.raises(ValueError):
         ArrayDataset(torch.zeros(2, 1, 4, 4), None, ["a"])
+
+
+def test_a_quarter_turn_moves_image_and_mask_together_and_loses_nothing():
+    image = torch.linspace(-1, 1, 36).reshape(1, 6, 6)
+    mask = torch.arange(36).reshape(6, 6).remainder(4).to(torch.uint8)
+    turned = rotate_sample({"image": image, "mask": mask}, 90.0)
+    k = 1 if torch.equal(turned["mask"], mask.rot90(1, dims=(-2, -1))) else -1
+    assert torch.equal(turned["mask"], mask.rot90(k, dims=(-2, -1)))
+    assert torch.allclose(turned["image"], image.rot90(k, dims=(-2, -1)), atol=1e-5)
+
+
+def test_what_a_rotation_brings_into_the_frame_is_black_and_ignored():
+    image, mask = torch.ones(1, 16, 16), torch.ones(16, 16, dtype=torch.uint8)
+    turned = rotate_sample({"image": image, "mask": mask}, 45.0)
+    corner = (slice(0, 2), slice(0, 2))
+    assert (turned["image"][0][corner] == -1).all() and (turned["mask"][corner] == IGNORE_INDEX).all()
+    assert turned["mask"][8, 8] == 1 and turned["image"][0, 8, 8] == pytest.approx(1.0)
+    assert set(turned["mask"].unique().tolist()) <= {1, IGNORE_INDEX}  # nearest: no blended class ids
+
+
+def test_rotations_vary_within_the_set_angle_and_replay_under_the_same_seed():
+    dataset = _dataset(rotate=30.0)
+    torch.manual_seed(1)
+    first = [dataset[0]["image"] for _ in range(4)]
+    torch.manual_seed(1)
+    assert all(torch.equal(a, dataset[0]["image"]) for a in first)
+    assert len({tuple(x.flatten().tolist()) for x in first}) == 4

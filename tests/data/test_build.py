@@ -99,3 +99,13 @@ def test_config_errors_name_the_key(data, message):
 def test_missing_root_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match=f"{tmp_path / 'absent'}: dataset folder not found"):
         build_dataset(DataConfig(kind="image_mask_folder", root=tmp_path / "absent"))
+
+
+def test_rotation_reaches_the_dataset_and_survives_choosing_images():
+    from meddiff.tasks.segmenter import select_images, split_pixels
+
+    dataset = build_dataset(from_dict(DataConfig, {"kind": "brain_mri", "size": 16, "rotate": 20}))
+    chosen = select_images(dataset, dataset.names[:2])
+    assert dataset.rotate == chosen.rotate == split_pixels(chosen, 0.1, seed=0)[0].rotate == 20
+    with pytest.raises(UserError, match="rotate"):
+        from_dict(DataConfig, {"kind": "brain_mri", "rotate": 200})

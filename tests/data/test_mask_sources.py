@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from meddiff.data.arrays import rotate_mask
 from meddiff.data.classmap import LabelSpec, label_spec
 from meddiff.data.fit import Fit
 from meddiff.data.mask_sources import (
@@ -17,7 +18,6 @@ from meddiff.data.mask_sources import (
     paste,
     read_cadis_maps,
     read_mask_folder,
-    rotate,
 )
 from meddiff.errors import UserError
 
@@ -72,9 +72,9 @@ def test_cadis_label_maps_are_remapped_to_the_task(shared_data):
 
 def test_rotation_keeps_class_ids_and_marks_new_corners_ignored():
     mask = np.ones((32, 32), np.uint8)
-    turned = rotate(mask, 45)
+    turned = rotate_mask(mask, 45)
     assert set(np.unique(turned)) == {1, 255} and turned[16, 16] == 1 and turned[0, 0] == 255
-    assert np.array_equal(rotate(mask, 0), mask)
+    assert np.array_equal(rotate_mask(mask, 0), mask)
 
 
 def test_elastic_deformation_moves_boundaries_but_keeps_the_classes():

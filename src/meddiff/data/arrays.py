@@ -5,10 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TypedDict
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 from torch.utils.data import Dataset
 
+from meddiff.data.labels import IGNORE_INDEX
 from meddiff.data.mirror import NO_MIRROR, Mirror, flip_mask
 
 
@@ -63,7 +66,8 @@ class ArrayDataset(Dataset):
     Masks may be stored in any integer dtype (uint8 saves memory); samples always carry int64 masks.
     Augmentation, applied identically to every tensor of a sample: ``crop`` takes a random ``crop`` x
     ``crop`` window, ``hflip`` / ``vflip`` flip left-right / top-bottom with probability 0.5, swapping the
-    mask ids of ``mirror``'s pairs (``flip_mask``). All of it draws from torch's global RNG, so a seeded
+    mask ids of ``mirror``'s pairs (``flip_mask``), ``rotate`` turns the sample by a uniform angle within
+    ± that many degrees (``rotate_sample``). All of it draws from torch's global RNG, so a seeded
     trainer replays the same augmentations on resume.
     """
 
@@ -81,6 +85,7 @@ class ArrayDataset(Dataset):
         attributes: torch.Tensor | None = None,
         attribute_names: Sequence[str] | None = None,
         mirror: Mirror = NO_MIRROR,
+        rotate: float = 0.0,
     ):
         if images is None and masks is None:
             raise ValueError("a dataset needs images or masks")
@@ -96,7 +101,7 @@ class ArrayDataset(Dataset):
         self.masks, self.names = masks, list(names)
         self.images_b = images_b.float() if images_b is not None else None
         self.class_names = list(class_names) if class_names is not None else None
-        self.hflip, self.vflip, self.crop, self.mirror = hflip, vflip, crop, mirror
+        self.hflip, self.vflip, self.crop, self.mirror, self.rotate = hflip, vflip, crop, mirror, rotate
         self.attributes = attributes.long() if attributes is not None else None
         self.attribute_names = list(attribute_names) if attribute_names is not None else None
 
@@ -131,8 +136,29 @@ class ArrayDataset(Dataset):
         for dim, on in ((-1, self.hflip), (-2, self.vflip)):
             if on and torch.rand(()) < 0.5:
                 parts = {k: flip_mask(v, dim, self.mirror) if k == "mask" else v.flip(dim) for k, v in parts.items()}
+        if self.rotate:
+            parts = rotate_sample(parts, float((torch.rand(()) * 2 - 1) * self.rotate))
         if "mask" in parts:
             parts["mask"] = parts["mask"].long()
         if self.attributes is not None:
             parts["attribute"] = self.attributes[index]
         return Sample(**parts, name=self.names[index])
+
+
+def rotate_mask(mask: np.ndarray, degrees: float) -> np.ndarray:
+    """A class-id map ``[H, W]`` turned about its centre (nearest neighbour, same size, new pixels 255)."""
+    return ndimage.rotate(mask, degrees, reshape=False, order=0, mode="constant", cval=IGNORE_INDEX)
+
+
+def rotate_sample(parts: dict[str, torch.Tensor], degrees: float) -> dict[str, torch.Tensor]:
+    """The images (``[C, H, W]`` in [-1, 1], bilinear) and mask (``[H, W]``, ``rotate_mask``) of one sample
+    turned by ``degrees`` about their centre; what enters the frame from outside is black in images and
+    ``IGNORE_INDEX`` in the mask, so no loss is computed on made-up labels."""
+    turned = {}
+    for key, value in parts.items():
+        if key == "mask":
+            turned[key] = torch.from_numpy(rotate_mask(value.numpy(), degrees))
+        else:
+            array = ndimage.rotate(value.numpy(), degrees, axes=(1, 2), reshape=False, order=1, cval=-1.0)
+            turned[key] = torch.from_numpy(array)
+    return turned

@@ -72,6 +72,7 @@ class DataConfig:
     channels:     1 or 3 to force grey / RGB (default: 1 if every image is grey, else 3)
     intensity:    range | percentile, for 16-bit and float images (8-bit is always divided by 255)
     hflip, vflip: random flips at training time
+    rotate:       random rotations at training time, uniform within ± this many degrees (0: none)
     images_dir, masks_dir: sub-folders of an image_mask_folder (matched by file name without extension)
     unpaired:     error | skip, for images without mask / masks without image (or unpaired modalities)
     class_map:    YAML list of {name, id, colour} describing the stored mask ids (and colours)
@@ -101,6 +102,7 @@ class DataConfig:
     intensity: Intensity = "range"
     hflip: bool = False
     vflip: bool = False
+    rotate: float = 0.0
     images_dir: str = "images"
     masks_dir: str = "masks"
     unpaired: Unpaired = "error"
@@ -121,6 +123,8 @@ class DataConfig:
     mirror_pairs_vertical: list[list[str | int]] | None = None
 
     def __post_init__(self) -> None:
+        if not 0 <= self.rotate <= 180:
+            raise ValueError(f"rotate must be in [0, 180] degrees, got {self.rotate}")
         for field in dataclasses.fields(self):
             kinds = _ONLY_FOR.get(field.name)
             if kinds and self.kind not in kinds and getattr(self, field.name) != field.default:
@@ -170,6 +174,7 @@ def build_dataset(config: DataConfig) -> ArrayDataset:
     with single_threaded():
         dataset = _build(config)
     dataset.mirror = data_mirror(config, dataset.class_names)
+    dataset.rotate = config.rotate
     check_flips(
         dataset.class_names,
         dataset.mirror,

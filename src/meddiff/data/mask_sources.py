@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from meddiff.data.arrays import rotate_mask
 from meddiff.data.cadis import CadisTask, cadis_label_maps
 from meddiff.data.classmap import LabelSpec
 from meddiff.data.fit import Fit, stack_common
@@ -202,17 +203,12 @@ def _geometry(
             mask, record[key] = flip_mask(torch.from_numpy(np.ascontiguousarray(mask)), dim, mirror).numpy(), True
     if config.rotate:
         angle = float(rng.uniform(-config.rotate, config.rotate))
-        mask = rotate(mask, angle)
+        mask = rotate_mask(mask, angle)
         record["rotate"] = round(angle, 2)
     if config.elastic:
         mask = elastic(mask, config.elastic, config.elastic_sigma, rng)
         record["elastic"] = config.elastic
     return mask, record
-
-
-def rotate(mask: np.ndarray, degrees: float) -> np.ndarray:
-    """Rotate a class-id map about its centre (nearest neighbour, same size, new pixels 255)."""
-    return ndimage.rotate(mask, degrees, reshape=False, order=0, mode="constant", cval=IGNORE_INDEX)
 
 
 def elastic(mask: np.ndarray, max_shift: float, sigma: float, rng: np.random.Generator) -> np.ndarray:

@@ -188,6 +188,7 @@ def training_set(dataset: ArrayDataset, rules: list[str]) -> tuple[ArrayDataset,
         hflip=dataset.hflip,
         vflip=dataset.vflip,
         crop=dataset.crop,
+        rotate=dataset.rotate,
     )
     record = {
         "score": "2 SSIM + VIF + 3 Qabf (published protocol, rule outputs clipped)",

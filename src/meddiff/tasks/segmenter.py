@@ -142,6 +142,7 @@ def select_images(dataset: ArrayDataset, names: Sequence[str] | None) -> ArrayDa
         mirror=dataset.mirror,
         images_b=pick(dataset.images_b),
         crop=dataset.crop,
+        rotate=dataset.rotate,
         attributes=pick(dataset.attributes),
         attribute_names=dataset.attribute_names,
     )
@@ -162,6 +163,7 @@ def split_pixels(dataset: ArrayDataset, fraction: float, seed: int) -> tuple[Arr
         vflip=dataset.vflip,
         mirror=dataset.mirror,
         crop=dataset.crop,
+        rotate=dataset.rotate,
     )
     return train_set, torch.where(held, masks, ignore)
 
@@ -190,6 +192,7 @@ def with_pseudo_labels(labelled: ArrayDataset, pseudo: ArrayDataset) -> ArrayDat
         vflip=labelled.vflip,
         mirror=labelled.mirror,
         crop=labelled.crop,
+        rotate=labelled.rotate,
     )
 
 
