@@ -62,7 +62,11 @@ METHODS = {
     "mlp": "diffusion features + pixel MLP",
     "selftrain": "self-training (pixel MLP teacher, U-Net student)",
     "finetune": "diffusion UNet fine-tuned end to end",
+    "unet+aug": "U-Net from scratch, flips and rotations",
+    "selftrain+aug": "self-training, student with flips and rotations",
 }
+# the augmentation of the "+aug" methods' networks: SSL4MIS's ACDC recipe (random flips, rotations to 20°)
+AUGMENT = {"hflip": True, "vflip": True, "rotate": 20.0}
 # mean Dice (%) at 1 / 3 / 7 labelled patients, from the UniMatch repository (../shared/reference/anchors.md)
 PUBLISHED = {
     "supervised only": (28.5, 41.5, 62.5),
@@ -73,7 +77,7 @@ PUBLISHED = {
 PUBLISHED_COUNTS = (1, 3, 7)
 
 
-def data_config(split: str, size: int) -> DataConfig:
+def data_config(split: str, size: int, augment: bool = False) -> DataConfig:
     return from_dict(
         DataConfig,
         {
@@ -84,6 +88,7 @@ def data_config(split: str, size: int) -> DataConfig:
             "split": split,
             "size": size,
             "fit": "pad",
+            **(AUGMENT if augment else {}),
         },
     )
 
@@ -227,6 +232,8 @@ def unet_train(args, seed: int) -> TrainConfig:
 def run_method(method: str, args, names: list[str], seed: int, features: dict, diffusion_run: Path, work: Path):
     """Fit one method through its task's entry point; returns a predictor of working-size images and facts."""
     data = data_config("train", args.size)
+    augment = method.endswith("+aug")
+    method = method.removesuffix("+aug")
     if method in ("mlp", "selftrain"):
         classifier_run = work / "classifier"
         if not (classifier_run / "metrics.json").is_file():
@@ -248,14 +255,16 @@ def run_method(method: str, args, names: list[str], seed: int, features: dict, d
             "min_island": stored["min_island"],
         }
     model_config = SegNetConfig(base_channels=16, depth=4)
-    config = SegmenterConfig(data=data, images=names, model=model_config, train=unet_train(args, seed))
+    config = SegmenterConfig(
+        data=data_config("train", args.size, augment), images=names, model=model_config, train=unet_train(args, seed)
+    )
     if method == "finetune":
         config.backbone = diffusion_run
     if method == "selftrain":
         config.self_training = SelfTraining(
             classifier=classifier_run, unlabelled=data, max_unlabelled=args.max_unlabelled, keep=args.keep
         )
-    run = work / method
+    run = work / f"{method}{'+aug' if augment else ''}"
     result = segmenter.fit(config, run, progress=False)
     model, _ = segmenter.load(run)
     facts = {"steps": result.step, "stopped_early": result.stopped_early, "best_step": result.best_step}
