@@ -365,8 +365,14 @@ def main() -> None:
                 )
                 mark = stage(f"{method} fits and test predictions", mark)
             shutil.rmtree(work, ignore_errors=True)
-    for row in rows:
-        row["measured_by"] = command_line()
+            write_report(args, rows, stages, test, diffusion, features, time.monotonic() - started, complete=False)
+    write_report(args, rows, stages, test, diffusion, features, time.monotonic() - started, complete=True)
+
+
+def write_report(args, rows, stages, test, diffusion, features, wall: float, complete: bool) -> None:
+    """The results file, rewritten after every patient count and seed so that a long run leaves what it
+    measured; until the run ends its body says which fits are still to come."""
+    rows = [{"measured_by": command_line()} | r for r in rows]
     if args.update and (RESULTS / "segmentation_acdc.json").is_file():
         rerun = {(r["patients"], r["seed"], r["method"]) for r in rows}
         earlier = json.loads((RESULTS / "segmentation_acdc.json").read_text())
@@ -374,8 +380,16 @@ def main() -> None:
         rows = [{"measured_by": earlier["command"]} | r for r in kept] + rows
     counts = sorted({r["patients"] for r in rows})
     table_md, table = summarise(rows, counts)
-    wall = time.monotonic() - started
-    body = (
+    status = (
+        ""
+        if complete
+        else (
+            "**Incomplete**: this command is still running (or was stopped); done so far: "
+            + ", ".join(f"{r['patients']} patient(s) seed {r['seed']} {r['method']}" for r in rows)
+            + ".\n\n"
+        )
+    )
+    body = status + (
         f"Working size {args.size} px (slices padded to a square, then resized); {len(test.dataset)} test "
         f"slices in {len(test.cases)} cases (20 patients x 2 phases). Labelled slices: "
         + ", ".join(f"{c} patient(s) = {len(slice_names(labelled_patients(c)))}" for c in counts)
