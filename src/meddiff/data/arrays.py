@@ -105,6 +105,20 @@ class ArrayDataset(Dataset):
         self.attributes = attributes.long() if attributes is not None else None
         self.attribute_names = list(attribute_names) if attribute_names is not None else None
 
+    def with_samples(self, images: torch.Tensor, masks: torch.Tensor, names: Sequence[str]) -> ArrayDataset:
+        """Other labelled samples with this dataset's classes and augmentations (flips, mirror, crop, rotation)."""
+        return ArrayDataset(
+            images,
+            masks,
+            names,
+            self.class_names,
+            self.hflip,
+            vflip=self.vflip,
+            mirror=self.mirror,
+            crop=self.crop,
+            rotate=self.rotate,
+        )
+
     @property
     def in_channels(self) -> int:
         return self.images.shape[1] if self.images is not None else 0

@@ -154,17 +154,7 @@ def split_pixels(dataset: ArrayDataset, fraction: float, seed: int) -> tuple[Arr
     masks = dataset.masks.long()
     held = held_out_pixels(masks, fraction, seed)
     ignore = torch.full_like(masks, IGNORE_INDEX)
-    train_set = ArrayDataset(
-        dataset.images,
-        torch.where(held, ignore, masks).to(torch.uint8),
-        dataset.names,
-        dataset.class_names,
-        dataset.hflip,
-        vflip=dataset.vflip,
-        mirror=dataset.mirror,
-        crop=dataset.crop,
-        rotate=dataset.rotate,
-    )
+    train_set = dataset.with_samples(dataset.images, torch.where(held, ignore, masks).to(torch.uint8), dataset.names)
     return train_set, torch.where(held, masks, ignore)
 
 
@@ -183,16 +173,10 @@ def with_pseudo_labels(labelled: ArrayDataset, pseudo: ArrayDataset) -> ArrayDat
     """``labelled`` repeated to at least the size of ``pseudo``, then ``pseudo``: a shuffled batch holds
     as many labelled as pseudo-labelled images on average, so the few true labels are not drowned."""
     repeats = max(1, -(-len(pseudo) // len(labelled)))
-    return ArrayDataset(
+    return labelled.with_samples(
         torch.cat([labelled.images.repeat(repeats, 1, 1, 1), pseudo.images]),
         torch.cat([labelled.masks.repeat(repeats, 1, 1), pseudo.masks.to(labelled.masks.dtype)]),
         list(labelled.names) * repeats + list(pseudo.names),
-        labelled.class_names,
-        labelled.hflip,
-        vflip=labelled.vflip,
-        mirror=labelled.mirror,
-        crop=labelled.crop,
-        rotate=labelled.rotate,
     )
 
 
