@@ -284,6 +284,8 @@ def candidates(mixed_precision: str) -> dict[str, Recipe]:
 
     min_snr = {"loss_weighting": "min_snr", "snr_gamma": 5.0}  # explicit: the studies name gamma 5
     beta2 = {"adam_beta2": 0.99}
+    c_noise = {**min_snr, "snr_floor": 1.0, "snr_gamma": 10.0}
+    lean = {"base_channels": 16, "channel_mults": [1, 2, 4, 8]}
     recipes: list[Recipe] = [
         a,
         DiffusersRecipe(mixed_precision),
@@ -309,6 +311,21 @@ def candidates(mixed_precision: str) -> dict[str, Recipe]:
             train=beta2,
         ),
         variant("minsnr-ema", "min-SNR + EMA 0.999", noise=min_snr, train={"ema_decay": 0.999}),
+        variant(
+            "lean",
+            "(c) with channels 16-[1,2,4,8]: width moved to the low-resolution levels, less than half the FLOPs",
+            model=lean,
+            noise=c_noise,
+            train=beta2,
+        ),
+        variant(
+            "lean-att3",
+            "lean with attention at the lowest level only",
+            model={**lean, "attention_levels": [3]},
+            noise=c_noise,
+            train=beta2,
+        ),
+        variant("lean-lr2e-3", "lean with lr 2e-3", model=lean, noise=c_noise, train={**beta2, "lr": 2e-3}),
         variant("b2", "(a) + Adam beta2 0.99", train=beta2),
         variant("minsnr-g20", "min-SNR-20 + Adam beta2 0.99", noise={**min_snr, "snr_gamma": 20.0}, train=beta2),
         variant("floor1", "min-SNR-5 floored at 1 + Adam beta2 0.99", noise={**min_snr, "snr_floor": 1.0}, train=beta2),
