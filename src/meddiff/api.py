@@ -37,10 +37,10 @@ def load(path: str | Path, device: str | torch.device = "auto") -> RunHandle:
 
     Returns the task's handle: ``GeneratorModel`` (``.sample``), ``Synthesizer`` and ``Pix2Pix``
     (``.synthesize``), ``SegmenterModel`` and ``PixelSegmenter`` (``.segment``), ``FusionModel``
-    (``.fuse``), ``TextModel`` (``.sample`` from prompts). Every handle has ``.config``, ``.device`` and
-    ``.to(device)``, and returns CPU tensors.
+    (``.fuse``), ``TextModel`` (``.sample`` from prompts), ``Upscaler`` (``.upscale``). Every handle has
+    ``.config``, ``.device`` and ``.to(device)``, and returns CPU tensors.
     """
-    from meddiff.tasks import fuse, generate, pix2pix, segment, segmenter, synthesize, textgen
+    from meddiff.tasks import fuse, generate, pix2pix, segment, segmenter, synthesize, textgen, upscale
 
     path = Path(path)
     task = run_task(path)
@@ -60,7 +60,9 @@ def load(path: str | Path, device: str | torch.device = "auto") -> RunHandle:
         return fuse.FusionModel(*fuse.load_model(path, device))
     if task == textgen.TASK:
         return textgen.load(path, device=device)
+    if task == upscale.TASK:
+        return upscale.load(path, device)
     raise UserError(
         f"{path}: runs of task '{task}' cannot be loaded (known: generate, synthesize, pix2pix, "
-        "segmenter, segment, fuse, textgen)"
+        "segmenter, segment, fuse, textgen, upscale)"
     )

@@ -59,6 +59,20 @@ def test_brain_mri_kind_passes_size_and_flips(monkeypatch):
     assert calls == [(32, True, 3)] and dataset.vflip
 
 
+def test_brain_mri_random_crops_are_windows_of_slices_at_the_short_side(monkeypatch):
+    calls = []
+
+    def fake_brain_mri(size, hflip, levels):
+        calls.append(size)
+        return ArrayDataset(torch.zeros(2, 1, size, size), torch.zeros(2, size, size), ["a", "b"], ["bg"])
+
+    monkeypatch.setattr(build, "brain_mri", fake_brain_mri)
+    dataset = build_dataset(DataConfig(size=32, fit="random_crop", short_side=128))
+    assert calls == [128] and dataset.crop == 32 and dataset[0]["image"].shape == (1, 32, 32)
+    with pytest.raises(ValueError, match="resize or random_crop"):
+        DataConfig(fit="pad")
+
+
 def test_yaml_config_with_class_map_and_remap(tmp_path):
     image_mask_folder(tmp_path / "set", classes=4)
     (tmp_path / "classes.yaml").write_text("".join(f"- {{name: c{i}, id: {i}}}\n" for i in range(4)))

@@ -110,7 +110,7 @@ def report(run: Path = typer.Argument(..., help="Run folder.")) -> None:
 
 def _add_groups() -> None:
     """Sub-command groups, one module each (imports inside their commands keep startup fast)."""
-    from meddiff.cli import data, edit, fuse, generate, segment, synth
+    from meddiff.cli import data, edit, fuse, generate, segment, synth, upscale
 
     for name, group in [
         ("data", data),
@@ -119,6 +119,7 @@ def _add_groups() -> None:
         ("segment", segment),
         ("edit", edit),
         ("fuse", fuse),
+        ("upscale", upscale),
     ]:
         app.add_typer(group.app, name=name)
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from meddiff.cli.upscale import UPSCALE_AUG_HELP, UPSCALE_HELP, UPSCALE_STEPS_HELP, cascade_options
 from meddiff.devices import DEVICE_HELP
 from meddiff.errors import UserError
 
@@ -48,8 +49,12 @@ def run(
     ),
     bf16: bool = typer.Option(False, "--bf16", help="Run the UNet in bf16 autocast (faster on AMX CPUs)."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    upscale: Path | None = typer.Option(None, "--upscale", help=UPSCALE_HELP),
+    upscale_steps: int = typer.Option(20, "--upscale-steps", min=1, help=UPSCALE_STEPS_HELP),
+    upscale_aug_level: float | None = typer.Option(None, "--upscale-aug-level", help=UPSCALE_AUG_HELP),
 ) -> None:
-    """Sample labelled pairs from a trained joint generator into a dataset folder the image+mask loader reads.
+    """Sample labelled pairs from a trained joint generator into a dataset folder the image+mask loader reads
+    (with --upscale, enlarged by a super-resolution run: the cascade).
 
     Example: `meddiff generate run runs/brain --n 64 --out runs/brain/pairs --sampler dpm++ --steps 20 --guidance 2`
     """
@@ -60,6 +65,15 @@ def run(
         raise UserError(f"--sampler '{sampler}' is not one of {', '.join(SAMPLERS)}")
     settings = SamplerConfig(name=sampler, steps=steps, guidance_scale=guidance, eta=eta)
     folder = generate.run(
-        run_dir, n, out, settings, seed=seed, size=size, autocast_bf16=bf16, attribute=attribute, device=device
+        run_dir,
+        n,
+        out,
+        settings,
+        seed=seed,
+        size=size,
+        autocast_bf16=bf16,
+        attribute=attribute,
+        device=device,
+        cascade=cascade_options(upscale, upscale_steps, upscale_aug_level),
     )
     console.print(f"wrote {n} pairs to {folder}")

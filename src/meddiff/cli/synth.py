@@ -8,6 +8,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
+from meddiff.cli.upscale import UPSCALE_AUG_HELP, UPSCALE_HELP, UPSCALE_STEPS_HELP, cascade_options
 from meddiff.devices import DEVICE_HELP
 from meddiff.errors import UserError
 
@@ -124,8 +125,12 @@ def run(
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images sampled at once."),
     bf16: bool = typer.Option(False, "--bf16", help="Run the UNet in bf16 autocast (faster on AMX CPUs)."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    upscale: Path | None = typer.Option(None, "--upscale", help=UPSCALE_HELP),
+    upscale_steps: int = typer.Option(20, "--upscale-steps", min=1, help=UPSCALE_STEPS_HELP),
+    upscale_aug_level: float | None = typer.Option(None, "--upscale-aug-level", help=UPSCALE_AUG_HELP),
 ) -> None:
-    """Synthesise images for label maps with a trained mask-to-image model into a dataset folder.
+    """Synthesise images for label maps with a trained mask-to-image model into a dataset folder (with
+    --upscale, enlarged by a super-resolution run: the cascade).
 
     Example: `meddiff synth run runs/synth_brain --masks my_masks/ --out runs/synth_brain/synthetic
     --n-per-mask 2 --sampler dpm++ --steps 20 --guidance 1.5 --seed 0`
@@ -149,6 +154,7 @@ def run(
         batch_size=batch_size,
         autocast_bf16=bf16,
         device=device,
+        cascade=cascade_options(upscale, upscale_steps, upscale_aug_level),
     )
     console.print(f"wrote {folder}")
 

@@ -36,8 +36,8 @@ _LABELLED = {"image_mask_folder", "nifti"}
 # another kind is an error rather than silently ignored.
 _ONLY_FOR: dict[str, set[str]] = {
     "root": _FOLDERS | _VOLUMES,
-    "fit": _FOLDERS | _VOLUMES,
-    "short_side": _FOLDERS | _VOLUMES,
+    "fit": _FOLDERS | _VOLUMES | {"brain_mri"},
+    "short_side": _FOLDERS | _VOLUMES | {"brain_mri"},
     "channels": _FOLDERS,
     "intensity": _FOLDERS - {"cadis"},
     "images_dir": {"image_mask_folder"},
@@ -131,6 +131,8 @@ class DataConfig:
                 raise ValueError(
                     f"'{field.name}' does not apply to kind '{self.kind}' (only to {', '.join(sorted(kinds))})"
                 )
+        if self.kind == "brain_mri" and self.fit not in ("resize", "random_crop"):
+            raise ValueError(f"brain_mri slices are square: 'fit' must be resize or random_crop, got '{self.fit}'")
         if self.kind != "brain_mri" and self.root is None:
             raise ValueError(f"'root' is required for kind '{self.kind}'")
         if self.channels not in (None, 1, 3):
@@ -212,9 +214,9 @@ def _build(config: DataConfig) -> ArrayDataset:
     c = config
     fit = Fit(c.size, c.fit, c.short_side)
     flips = {"hflip": c.hflip, "vflip": c.vflip}
-    if c.kind == "brain_mri":
-        dataset = brain_mri(c.size, hflip=c.hflip, levels=c.levels)
-        dataset.vflip = c.vflip
+    if c.kind == "brain_mri":  # random_crop: size-px windows of slices at short_side px
+        dataset = brain_mri(c.short_side or c.size, hflip=c.hflip, levels=c.levels)
+        dataset.vflip, dataset.crop = c.vflip, fit.crop
         return dataset
     assert c.root is not None  # checked by DataConfig
     if c.kind == "image_mask_folder":

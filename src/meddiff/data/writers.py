@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,16 +15,16 @@ from meddiff.files import atomic_folder
 
 def write_pair_folder(
     out_dir: Path,
-    images: np.ndarray,
-    masks: np.ndarray | None,
+    images: np.ndarray | Sequence[np.ndarray],
+    masks: np.ndarray | Sequence[np.ndarray] | None,
     names: list[str],
     manifest: dict[str, Any],
     extra: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Write ``images/`` (uint8 ``[N, H, W]`` gray or ``[N, H, W, 3]`` RGB PNGs), ``masks/`` (uint8 class-id
-    PNGs), ``manifest.json`` and whatever ``extra(folder)`` adds (a grid, figures, metrics). All files go to a
-    temporary sibling folder renamed into place at the end, so a failure or a kill never leaves a
-    half-written dataset."""
+    """Write ``images/`` (uint8 ``[H, W]`` gray or ``[H, W, 3]`` RGB PNGs, one per name: an array or a list of
+    arrays of any sizes), ``masks/`` (uint8 class-id PNGs), ``manifest.json`` and whatever ``extra(folder)``
+    adds (a grid, figures, metrics). All files go to a temporary sibling folder renamed into place at the
+    end, so a failure or a kill never leaves a half-written dataset."""
     with atomic_folder(out_dir) as tmp:
         (tmp / "images").mkdir()
         if masks is not None:

@@ -19,6 +19,7 @@ TASKS = {
     "segmenter": ("meddiff.tasks.segmenter", "SegmenterConfig"),
     "textgen": ("meddiff.tasks.textgen", "TextGenConfig"),
     "fuse": ("meddiff.tasks.fuse", "FuseConfig"),
+    "upscale": ("meddiff.tasks.upscale", "UpscaleConfig"),
 }
 
 

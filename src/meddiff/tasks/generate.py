@@ -34,6 +34,7 @@ from meddiff.nets.unet import UNet, UNetConfig
 from meddiff.report.grids import image_grid, pairs_grid, save_png
 from meddiff.rundir import RunDir
 from meddiff.runlock import releases_run_lock
+from meddiff.tasks import upscale
 from meddiff.tasks.runs import RunHandle, load_trained, run_config, to_uint8
 from meddiff.train.engine import TrainConfig, Trainer, TrainResult, seed_everything
 
@@ -351,10 +352,13 @@ def run(
     autocast_bf16: bool = False,
     attribute: str | None = None,
     device: str = "cpu",
+    cascade: upscale.Cascade | None = None,
 ) -> Path:
-    """``meddiff generate run`` / ``meddiff sample``: ``n`` samples into the dataset folder ``out_dir``."""
+    """``meddiff generate run`` / ``meddiff sample``: ``n`` samples into the dataset folder ``out_dir``; with
+    ``cascade``, upscaled by its super-resolution run (the manifest records both stages)."""
     check_new_folder(out_dir)
     handle = GeneratorModel(*load(run_or_checkpoint, device))
+    upscaler = upscale.load(cascade.run, device) if cascade is not None else None  # checked before sampling
     samples = handle.sample(
         n,
         sampler.steps,
@@ -368,4 +372,25 @@ def run(
         autocast_bf16,
         progress,
     )
+    if upscaler is not None and cascade is not None:
+        seeds = [r["seed"] for r in samples.records]
+        class_names = handle.class_names
+        result, stage = upscale.cascade(
+            upscaler,
+            samples.images,
+            samples.masks,
+            class_names,
+            seeds,
+            cascade.steps,
+            cascade.aug_level,
+            autocast_bf16,
+            progress,
+        )
+        samples = replace(
+            samples,
+            images=result.images,
+            masks=result.masks,
+            records=[{**r, "upscale": stage} for r in samples.records],
+            model={**samples.model, "upscaler": stage["checkpoint"]},
+        )
     return samples.save(out_dir)

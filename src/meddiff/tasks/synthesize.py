@@ -40,6 +40,7 @@ from meddiff.nets.unet import UNet, UNetConfig
 from meddiff.report.grids import pairs_grid, save_png
 from meddiff.rundir import RunDir, list_checkpoints
 from meddiff.runlock import releases_run_lock
+from meddiff.tasks import upscale
 from meddiff.tasks.runs import RunHandle, load_trained, run_config, to_uint8
 from meddiff.train.engine import TrainConfig, Trainer, TrainResult, seed_everything
 
@@ -396,14 +397,31 @@ def run(
     progress: bool = True,
     autocast_bf16: bool = False,
     device: str = "cpu",
+    cascade: upscale.Cascade | None = None,
 ) -> Path:
     """Synthesise ``n_per_mask`` images for every mask of ``masks`` (see ``read_masks``) into the dataset
-    folder ``out_dir``; everything is read and checked before anything is sampled or written."""
+    folder ``out_dir``; with ``cascade``, the pairs are upscaled by its super-resolution run (the manifest
+    records both stages). Everything is read and checked before anything is sampled or written."""
     check_new_folder(out_dir)
     synth = load(run_or_checkpoint, device)
+    upscaler = upscale.load(cascade.run, device) if cascade is not None else None
     mask_set = read_masks(synth.stored, synth.class_names, masks, cadis_task, n_masks, seed, progress)
     job = plan(mask_set, n_per_mask, seed, augment, augment_mirror(synth.stored, synth.class_names, augment))
     images = synthesize(synth, job.masks, sampler, job.seeds, batch_size, progress, autocast_bf16)
     settings = {"sampler": sampler.name, "steps": sampler.steps, "guidance": sampler.guidance_scale, "eta": sampler.eta}
     model = {"checkpoint": str(synth.path), "task": TASK, "mask_conditioning": synth.mask_conditioning}
+    if upscaler is not None and cascade is not None:
+        result, stage = upscale.cascade(
+            upscaler,
+            images,
+            job.masks,
+            synth.class_names,
+            job.seeds,
+            cascade.steps,
+            cascade.aug_level,
+            autocast_bf16,
+            progress,
+        )
+        images, model = result.images, {**model, "upscaler": stage["checkpoint"]}
+        job = replace(job, masks=result.masks, records=[{**r, "upscale": stage} for r in job.records])
     return export(out_dir, images, job, model, settings, synth.class_names)
