@@ -170,7 +170,8 @@ def test_the_cascade_upscales_a_joint_generators_pairs_and_records_both_stages(l
 
 def test_the_cascade_refuses_a_label_aware_upscaler_of_other_classes(label_aware_run, tmp_path):
     model = meddiff.load(label_aware_run)
+    stage = upscale.Cascade(label_aware_run, steps=2)
     with pytest.raises(UserError, match="trained on classes"):
-        upscale.cascade(model, torch.zeros(1, 1, 8, 8), torch.zeros(1, 8, 8).long(), ["a", "b"], [0])
+        upscale.cascade(model, stage, torch.zeros(1, 1, 8, 8), torch.zeros(1, 8, 8).long(), ["a", "b"], [0])
     with pytest.raises(UserError, match="makes no label maps"):
-        upscale.cascade(model, torch.zeros(1, 1, 8, 8), None, None, [0])
+        upscale.cascade(model, stage, torch.zeros(1, 1, 8, 8), None, None, [0])

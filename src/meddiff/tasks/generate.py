@@ -372,19 +372,10 @@ def run(
         autocast_bf16,
         progress,
     )
-    if upscaler is not None and cascade is not None:
+    if upscaler is not None and cascade is not None:  # both or neither; mypy needs to see it
         seeds = [r["seed"] for r in samples.records]
-        class_names = handle.class_names
         result, stage = upscale.cascade(
-            upscaler,
-            samples.images,
-            samples.masks,
-            class_names,
-            seeds,
-            cascade.steps,
-            cascade.aug_level,
-            autocast_bf16,
-            progress,
+            upscaler, cascade, samples.images, samples.masks, handle.class_names, seeds, autocast_bf16, progress
         )
         samples = replace(
             samples,

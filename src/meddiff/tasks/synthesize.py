@@ -410,17 +410,9 @@ def run(
     images = synthesize(synth, job.masks, sampler, job.seeds, batch_size, progress, autocast_bf16)
     settings = {"sampler": sampler.name, "steps": sampler.steps, "guidance": sampler.guidance_scale, "eta": sampler.eta}
     model = {"checkpoint": str(synth.path), "task": TASK, "mask_conditioning": synth.mask_conditioning}
-    if upscaler is not None and cascade is not None:
+    if upscaler is not None and cascade is not None:  # both or neither; mypy needs to see it
         result, stage = upscale.cascade(
-            upscaler,
-            images,
-            job.masks,
-            synth.class_names,
-            job.seeds,
-            cascade.steps,
-            cascade.aug_level,
-            autocast_bf16,
-            progress,
+            upscaler, cascade, images, job.masks, synth.class_names, job.seeds, autocast_bf16, progress
         )
         images, model = result.images, {**model, "upscaler": stage["checkpoint"]}
         job = replace(job, masks=result.masks, records=[{**r, "upscale": stage} for r in job.records])

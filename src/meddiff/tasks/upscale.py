@@ -175,9 +175,11 @@ def fit(config: UpscaleConfig, run_dir: Path, resume: bool = False, progress: bo
     def sample_fn(net, path):
         low = downsample(grid_high, factor)
         generators = [torch.Generator().manual_seed(config.train.seed + i) for i in range(len(low))]
-        lr_masks = None if grid_masks is None else grid_masks[:, ::factor, ::factor]
+        label_maps = (
+            None if grid_masks is None else enlarge_masks(grid_masks[:, ::factor, ::factor], grid_high.shape[-2:])
+        )
         result = upscale_images(
-            net, diffusion, config.sampler, low, factor, config.aug_level, lr_masks, num_classes, generators
+            net, diffusion, config.sampler, low, factor, config.aug_level, label_maps, num_classes, generators
         )
         save_png(comparison_grid(low, result, grid_high), path)
 
@@ -193,23 +195,21 @@ def upscale_images(
     low: torch.Tensor,
     factor: int,
     aug_level: float,
-    masks: torch.Tensor | None,
+    label_maps: torch.Tensor | None,
     num_classes: int,
     generators: list[torch.Generator],
     autocast_bf16: bool = False,
 ) -> torch.Tensor:
-    """One batch: low-resolution images ``[B, C, h, w]`` in [-1, 1] (and their class-id masks for a
-    label-aware model) -> ``[B, C, h * factor, w * factor]``; sample ``i`` draws all its noise from
-    ``generators[i]``."""
+    """One batch: low-resolution images ``[B, C, h, w]`` in [-1, 1] (and, for a label-aware model, class-id
+    maps ``[B, h * factor, w * factor]`` at the output size) -> ``[B, C, h * factor, w * factor]``; sample
+    ``i`` draws all its noise from ``generators[i]``."""
     device = model_device(model)
     size = (low.shape[-2] * factor, low.shape[-1] * factor)
     upsampled = bicubic(low, size).to(device)
     shape = (low.shape[0], low.shape[1], *size)
     noise = torch.cat([torch.randn((1, *shape[1:]), generator=g) for g in generators]).to(device)
     levels = torch.full((low.shape[0],), aug_level, device=device)
-    label_map = (
-        one_hot(enlarge_masks(masks, size), num_classes).to(device) if num_classes and masks is not None else None
-    )
+    label_map = one_hot(label_maps, num_classes).to(device) if num_classes and label_maps is not None else None
     cond = conditioning(upsampled, levels, noise, diffusion, label_map)
     return sample(model, diffusion, sampler, shape, cond, generator=generators, autocast_bf16=autocast_bf16).cpu()
 
@@ -299,11 +299,13 @@ class Upscaler(RunHandle):
         images = self._check(images, masks)
         settings = SamplerConfig(name=sampler, steps=steps)
         num_classes = len(self.class_names or [])
+        size = (images.shape[-2] * self.factor, images.shape[-1] * self.factor)
+        enlarged = enlarge_masks(masks, size) if masks is not None else None  # the output's masks, SPADE's maps
         outputs = []
         for start in progress_bar(range(0, images.shape[0], batch_size), "upscaling", enabled=progress):
             chunk = slice(start, start + batch_size)
             generators = [torch.Generator().manual_seed(s) for s in seeds[chunk]]
-            batch_masks = masks[chunk] if masks is not None and num_classes else None
+            batch_maps = enlarged[chunk] if enlarged is not None and num_classes else None
             outputs.append(
                 upscale_images(
                     self.model,
@@ -312,15 +314,13 @@ class Upscaler(RunHandle):
                     images[chunk],
                     self.factor,
                     level,
-                    batch_masks,
+                    batch_maps,
                     num_classes,
                     generators,
                     bf16,
                 )
             )
-        high = torch.cat(outputs)
-        enlarged = enlarge_masks(masks, tuple(high.shape[-2:])) if masks is not None else None
-        return Upscaled(high, enlarged)
+        return Upscaled(torch.cat(outputs), enlarged)
 
     def _check(self, images: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
         if images.dim() != 4:
@@ -490,17 +490,16 @@ class Cascade:
 
 def cascade(
     upscaler: Upscaler,
+    stage: Cascade,
     images: torch.Tensor,
     masks: torch.Tensor | None,
     class_names: Sequence[str] | None,
     seeds: Sequence[int],
-    steps: int = 20,
-    aug_level: float | None = None,
     bf16: bool = False,
     progress: bool = False,
 ) -> tuple[Upscaled, dict]:
-    """The cascade's second stage for a generator's pairs (classes ``class_names``): the upscaled pairs and
-    the record of this stage for the manifest."""
+    """The cascade's second ``stage`` (``upscaler`` is its loaded run) for a generator's pairs (classes
+    ``class_names``): the upscaled pairs and the record of this stage for the manifest."""
     if upscaler.class_names:
         if masks is None:
             raise UserError(f"{upscaler.path}: this upscaler is label-aware, but the generator makes no label maps")
@@ -509,7 +508,7 @@ def cascade(
                 f"{upscaler.path}: the upscaler was trained on classes {upscaler.class_names}, the generator "
                 f"makes {list(class_names or [])}"
             )
-    level = float(upscaler.stored["aug_level"]) if aug_level is None else aug_level
-    result = upscaler.upscale_seeded(images, masks, seeds, steps, "dpm++", level, bf16=bf16, progress=progress)
-    record = {"checkpoint": str(upscaler.path), "factor": upscaler.factor, "steps": steps, "aug_level": level}
+    level = float(upscaler.stored["aug_level"]) if stage.aug_level is None else stage.aug_level
+    result = upscaler.upscale_seeded(images, masks, seeds, stage.steps, "dpm++", level, bf16=bf16, progress=progress)
+    record = {"checkpoint": str(upscaler.path), "factor": upscaler.factor, "steps": stage.steps, "aug_level": level}
     return result, record
