@@ -220,7 +220,7 @@ def run_dataset(data: Data, args: argparse.Namespace, work: Path) -> tuple[str, 
     truth = data.held_out
     factor = args.factor
     low = upscale.downsample(truth, factor)
-    low_masks = data.held_out_masks[:, ::factor, ::factor] if data.held_out_masks is not None else None
+    low_masks = upscale.shrink_masks(data.held_out_masks, factor) if data.held_out_masks is not None else None
     feature_net, _ = train_domain_net(data.train.images, DomainNetConfig(image_size=SIZE))
     truth_features = extract_features(truth, feature_net)
     halves = scores_from_features(truth_features[0::2], truth_features[1::2], feature_net.name, kid_subsets=100)

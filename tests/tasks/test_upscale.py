@@ -69,6 +69,23 @@ def test_masks_are_enlarged_by_nearest_neighbour():
     assert big.tolist() == [[[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 255, 255], [2, 2, 255, 255]]]
 
 
+def test_label_aware_training_sees_the_blocky_map_that_upscaling_gets(tmp_path, monkeypatch):
+    seen = []
+    record = upscale.conditioning
+
+    def recording(upsampled, levels, noise, diffusion, label_map):
+        seen.append(label_map)
+        return record(upsampled, levels, noise, diffusion, label_map)
+
+    monkeypatch.setattr(upscale, "conditioning", recording)
+    upscale.fit(tiny_upscale_config(steps=2), tmp_path / "run", progress=False)
+    maps = [m for m in seen if m is not None]
+    assert maps
+    for label_map in maps:  # one-hot [B, K, 32, 32], constant over every 2x2 block of the 16-px map
+        blocky = label_map[..., ::2, ::2].repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)
+        assert torch.equal(label_map, blocky)
+
+
 def test_the_factor_must_divide_the_training_crop():
     with pytest.raises(ValueError, match="multiple of factor"):
         tiny_upscale_config(factor=3)

@@ -10,9 +10,10 @@ Cascade noise augmentation: the conditioning image is itself noised to a random 
 and s enters the UNet as one more constant input channel, so that at sampling time a level > 0 makes the
 model ignore the artefacts of a generator's 64-px output instead of copying them.
 
-Label-aware upscaling (``label_aware``, for labelled data): the high-resolution label map (the low-resolution
-map enlarged by nearest neighbour) drives SPADE in every middle and decoder block, so an upscaled pair stays
-aligned.
+Label-aware upscaling (``label_aware``, for labelled data): the low-resolution label map, enlarged by nearest
+neighbour, drives SPADE in every middle and decoder block, so an upscaled pair stays aligned. Training builds
+the map the same way from the crop's mask (subsampled, then enlarged), never from the high-resolution mask:
+a model trained on the sharp map it never gets at run time would copy the enlarged map's blocks.
 """
 
 from __future__ import annotations
@@ -104,6 +105,11 @@ def bicubic(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(images.float(), size=size, mode="bicubic", align_corners=False).clamp(-1, 1)
 
 
+def shrink_masks(masks: torch.Tensor, factor: int) -> torch.Tensor:
+    """The low-resolution version of ``[B, H, W]`` class ids: every ``factor``-th pixel (nearest neighbour)."""
+    return masks[:, ::factor, ::factor]
+
+
 def enlarge_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """``[B, h, w]`` class ids enlarged to ``size`` by nearest neighbour (class ids stay valid)."""
     return F.interpolate(masks[:, None].float(), size=size, mode="nearest")[:, 0].long()
@@ -164,7 +170,11 @@ def fit(config: UpscaleConfig, run_dir: Path, resume: bool = False, progress: bo
         upsampled = bicubic(downsample(high, factor), tuple(high.shape[-2:]))
         levels = rand((high.shape[0],), generator, device) * config.max_aug_level
         noise = randn(tuple(high.shape), generator, device, high.dtype)
-        label_map = one_hot(batch["mask"], num_classes) if label_aware else None
+        label_map = (
+            one_hot(enlarge_masks(shrink_masks(batch["mask"], factor), tuple(high.shape[-2:])), num_classes)
+            if label_aware
+            else None
+        )
         return diffusion.loss(net, high, conditioning(upsampled, levels, noise, diffusion, label_map), generator)
 
     index = torch.linspace(0, len(dataset) - 1, min(config.grid_samples, len(dataset))).round().long()
@@ -176,7 +186,7 @@ def fit(config: UpscaleConfig, run_dir: Path, resume: bool = False, progress: bo
         low = downsample(grid_high, factor)
         generators = [torch.Generator().manual_seed(config.train.seed + i) for i in range(len(low))]
         label_maps = (
-            None if grid_masks is None else enlarge_masks(grid_masks[:, ::factor, ::factor], grid_high.shape[-2:])
+            None if grid_masks is None else enlarge_masks(shrink_masks(grid_masks, factor), grid_high.shape[-2:])
         )
         result = upscale_images(
             net, diffusion, config.sampler, low, factor, config.aug_level, label_maps, num_classes, generators
