@@ -247,7 +247,7 @@ class DiffusersRecipe(Recipe):
         return Trainer(run, net, dataset, train, loss_fn, stored, progress=False).fit(resume=resume)
 
     def load(self, run: Path) -> Trained:
-        net, stored, _ = load_trained(run, build=lambda kwargs: DiffusersAdapter(UNet2DModel(**kwargs)))
+        net, stored, _ = load_trained(run, build=lambda stored: DiffusersAdapter(UNet2DModel(**stored["model"])))
         codec = PairCodec(stored["codec"]["image_channels"], stored["codec"]["num_classes"])
         return Trained(net, Diffusion(self.noise), codec, None)
 

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 from tests.cli.conftest import CLASSES, user_data, write_config
 
@@ -125,3 +126,58 @@ def test_mask_flips_of_synth_runs_swap_declared_sided_classes_and_refuse_undecla
     written = np.asarray(Image.open(tmp_path / "gan" / flipped[0]["mask"]))
     swap = np.array([0, 2, 1, 3])
     assert np.array_equal(written, swap[source[:, ::-1]])
+
+
+def test_pretrain_adapt_synthesise_segment_on_a_user_folder(cli, user_folder, tmp_path):
+    """The two-step recipe of docs/synthesis.md: one image-only model pretrained on every image serves the
+    mask-to-image model (adapted from it) and the few-label segmenter (its features)."""
+    small = {
+        "base_channels": 8,
+        "channel_mults": [1, 2],
+        "blocks_per_level": 1,
+        "attention_levels": [],
+        "norm_groups": 4,
+    }
+    pretrain = write_config(
+        tmp_path / "pretrain.yaml",
+        {
+            "task": "generate",
+            "data": {"kind": "image_folder", "root": str(user_folder / "images"), "size": 32},
+            "joint_mask": False,
+            "model": small,
+            "train": {"steps": 2, **TRAIN},
+            "sampler": {"name": "ddim", "steps": 2},
+            "grid_samples": 1,
+        },
+    )
+    cli("generate", "fit", pretrain, "--out", tmp_path / "pretrained")
+    adapt = write_config(
+        tmp_path / "adapt.yaml",
+        {
+            "task": "synthesize",
+            "data": user_data(user_folder),
+            "train": {"steps": 2, **TRAIN},
+            "sampler": {"name": "ddim", "steps": 2},
+            "grid_samples": 2,
+        },
+    )
+    cli("synth", "fit", adapt, "--init-from", tmp_path / "pretrained", "--out", tmp_path / "adapted")
+    stored = yaml.safe_load((tmp_path / "adapted" / "config.yaml").read_text())
+    assert stored["init_from"] == str(tmp_path / "pretrained") and stored["model"]["base_channels"] == 8
+    cli("synth", "run", tmp_path / "adapted", "--masks", user_folder, "--out", tmp_path / "synthetic", "--steps", 2)
+    _loads(tmp_path / "synthetic", 8)
+    segment = write_config(
+        tmp_path / "segment.yaml",
+        {
+            "task": "segment",
+            "diffusion": str(tmp_path / "pretrained"),
+            "data": user_data(tmp_path / "synthetic"),
+            "features": {"blocks": [1, 3], "timesteps": [50]},
+            "pixels": {"max_pixels": 600, "val_pixels": 100},
+            "ensemble": {"members": 2, "hidden": [8], "eval_every": 5, "patience": 1, "max_epochs": 1},
+        },
+    )
+    cli("segment", "fit", segment, "--out", tmp_path / "segmenter")
+    cli("segment", "predict", tmp_path / "segmenter", "--images", user_folder / "images", "--out", tmp_path / "pred")
+    masks = [np.array(Image.open(f)) for f in sorted((tmp_path / "pred" / "masks").glob("*.png"))]
+    assert len(masks) == 8 and all(m.shape == (32, 32) and m.max() < len(CLASSES) for m in masks)

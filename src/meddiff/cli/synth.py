@@ -21,8 +21,9 @@ MASKS_HELP = (
 )
 
 
-def load_config(path: Path, task: str) -> Any:
-    """The config of ``task`` in the YAML file ``path`` (its ``task:`` key, if present, must be ``task``)."""
+def load_config(path: Path, task: str, overrides: dict | None = None) -> Any:
+    """The config of ``task`` in the YAML file ``path`` (its ``task:`` key, if present, must be ``task``), with
+    the top-level keys of ``overrides`` (command-line options) in place of the file's."""
     import importlib
 
     from meddiff.config import from_dict, read_yaml
@@ -35,6 +36,7 @@ def load_config(path: Path, task: str) -> Any:
     found = data.pop("task", task)
     if found != task:
         raise UserError(f"{path}: 'task' is '{found}', but this command trains '{task}'")
+    data.update(overrides or {})
     module_name, class_name = TASKS[task]
     try:
         return from_dict(getattr(importlib.import_module(module_name), class_name), data)
@@ -85,14 +87,21 @@ def fit(
     config: Path = typer.Argument(..., help="YAML config of the synthesize task (data, model, noise, train, ...)."),
     out: Path | None = typer.Option(None, "--out", help="Run folder (default: runs/<config name>)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint."),
+    init_from: Path | None = typer.Option(
+        None,
+        "--init-from",
+        help="Start from this pretrained image-only run (`meddiff train`, joint_mask: false) instead of the "
+        "config's init_from; its model and noise replace the config's.",
+    ),
 ) -> None:
-    """Train a mask-to-image diffusion model (SPADE / concat conditioning, guidance dropout) on image+mask pairs.
+    """Train a mask-to-image diffusion model (SPADE / concat / ControlNet conditioning, guidance dropout) on
+    image+mask pairs, from scratch or adapted from a model pretrained on all your images.
 
-    Example: `meddiff synth fit configs/synth_brain.yaml --out runs/synth_brain`
+    Example: `meddiff synth fit configs/synth_brain.yaml --init-from runs/brain_image --out runs/synth_brain`
     """
     from meddiff.tasks import synthesize
 
-    cfg = load_config(config, synthesize.TASK)
+    cfg = load_config(config, synthesize.TASK, {"init_from": str(init_from)} if init_from else None)
     result = synthesize.fit(cfg, out or Path("runs") / config.stem, resume=resume)
     console.print(f"trained to step {result.step} in {result.seconds / 60:.1f} min; checkpoint {result.checkpoint}")
 

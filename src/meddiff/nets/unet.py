@@ -110,7 +110,9 @@ class _Block(nn.Module):
 class UNet(nn.Module):
     """Diffusion UNet: ``forward(x_t, t, **conditioning) -> prediction`` with the shape of ``x_t``."""
 
-    def __init__(self, config: UNetConfig):
+    def __init__(self, config: UNetConfig, encoder_only: bool = False):
+        """``encoder_only``: build the embeddings, input convolution, encoder and middle only (a ControlNet's
+        trainable copy, ``meddiff.nets.controlnet``)."""
         super().__init__()
         self.config = cfg = config
         ch = cfg.base_channels
@@ -146,7 +148,12 @@ class UNet(nn.Module):
             ]
         )
 
+        self.skip_channels = list(skips)  # of the encoder's outputs, in order (what a ControlNet adds to)
+        self.middle_channels = current
         self.decoder = nn.ModuleList()
+        self.out = None
+        if encoder_only:
+            return
         for level in reversed(range(len(cfg.channel_mults))):
             out_ch = ch * cfg.channel_mults[level]
             for i in range(cfg.blocks_per_level + 1):
@@ -192,13 +199,15 @@ class UNet(nn.Module):
         context: torch.Tensor | None = None,
         context_mask: torch.Tensor | None = None,
         class_labels: torch.Tensor | None = None,
+        control: nn.Module | None = None,
     ) -> torch.Tensor:
         """Predict noise / v / x0 (the caller's choice) for ``x`` ``[B, C, H, W]`` at times ``t`` ``[B]``.
 
         ``t`` may be fractional (e.g. a scaled continuous noise level). Any H, W: inputs are padded to a
-        multiple of ``config.size_multiple`` and the output is cropped back.
+        multiple of ``config.size_multiple`` and the output is cropped back. ``control`` (a ControlNet
+        branch) is called on the padded inputs and returns residuals added to every skip and to the middle.
         """
-        out, _ = self._run(x, t, cond_image, label_map, context, context_mask, class_labels, blocks=())
+        out, _ = self._run(x, t, cond_image, label_map, context, context_mask, class_labels, blocks=(), control=control)
         return out
 
     def decoder_features(
@@ -223,7 +232,7 @@ class UNet(nn.Module):
         )
         return [features[b] for b in blocks]
 
-    def _run(self, x, t, cond_image, label_map, context, context_mask, class_labels, blocks):
+    def _run(self, x, t, cond_image, label_map, context, context_mask, class_labels, blocks, control=None):
         cfg = self.config
         h_in, w_in = x.shape[-2:]
         m = cfg.size_multiple
@@ -238,27 +247,13 @@ class UNet(nn.Module):
                 label_map = F.pad(label_map, (0, pad_w, 0, pad_h))
 
         t = t.expand(x.shape[0]) if t.dim() == 0 else t
-        emb = self.time_embed(sinusoidal_embedding(t, cfg.base_channels).to(x.dtype))
-        if self.class_embed is not None:
-            if class_labels is None:
-                raise ValueError(
-                    f"this UNet has a class embedding: pass class_labels (0..{cfg.num_classes}, "
-                    f"{cfg.num_classes} = no class)"
-                )
-            emb = emb + self.class_embed(class_labels)
-        if self.context_embed is not None:
-            if context is None:
-                raise ValueError("this UNet is text-conditioned: pass context (and context_mask)")
-            emb = emb + self.context_embed(masked_mean(context, context_mask).to(emb.dtype))
-
+        emb = self.embedding(t, x.dtype, class_labels, context, context_mask)
         cond = (label_map, context, context_mask)
-        h = self.input_conv(x)
-        skips = [h]
-        for block in self.encoder:
-            h = block(h) if isinstance(block, Downsample) else block(h, emb, *cond)
-            skips.append(h)
-        for block in self.middle:
-            h = block(h, emb, *cond)
+        h, skips = self.encode(x, emb, cond)
+        if control is not None:
+            skip_residuals, middle_residual = control(x, t, label_map, class_labels, context, context_mask)
+            skips = [s + r for s, r in zip(skips, skip_residuals, strict=True)]
+            h = h + middle_residual
 
         features: dict[int, torch.Tensor] = {}
         last_needed = max(blocks) if blocks else None
@@ -270,6 +265,47 @@ class UNet(nn.Module):
             if last_needed is not None and index == last_needed:
                 return None, features
         return self.out(h)[..., :h_in, :w_in], features
+
+    def embedding(
+        self,
+        t: torch.Tensor,
+        dtype: torch.dtype,
+        class_labels: torch.Tensor | None,
+        context: torch.Tensor | None,
+        context_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The embedding ``[B, 4 * base_channels]`` every residual block is scaled and shifted by: time, plus
+        the class and pooled-text embeddings where the UNet has them."""
+        cfg = self.config
+        emb = self.time_embed(sinusoidal_embedding(t, cfg.base_channels).to(dtype))
+        if self.class_embed is not None:
+            if class_labels is None:
+                raise ValueError(
+                    f"this UNet has a class embedding: pass class_labels (0..{cfg.num_classes}, "
+                    f"{cfg.num_classes} = no class)"
+                )
+            emb = emb + self.class_embed(class_labels)
+        if self.context_embed is not None:
+            if context is None:
+                raise ValueError("this UNet is text-conditioned: pass context (and context_mask)")
+            emb = emb + self.context_embed(masked_mean(context, context_mask).to(emb.dtype))
+        return emb
+
+    def encode(
+        self, x: torch.Tensor, emb: torch.Tensor, cond: tuple, input_residual: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The middle's output and the encoder's outputs (the skips, input convolution first) for padded
+        ``x`` (with its condition channels); ``input_residual`` is added to the input convolution's output."""
+        h = self.input_conv(x)
+        if input_residual is not None:
+            h = h + input_residual
+        skips = [h]
+        for block in self.encoder:
+            h = block(h) if isinstance(block, Downsample) else block(h, emb, *cond)
+            skips.append(h)
+        for block in self.middle:
+            h = block(h, emb, *cond)
+        return h, skips
 
     def example_inputs(self, batch: int, height: int, width: int, context_len: int = 8) -> tuple[tuple, dict]:
         """Random inputs of the right shapes for every enabled conditioning (for tests, FLOPs, benchmarks)."""

@@ -33,7 +33,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from meddiff.checkpoint import STATE_FILE
 from meddiff.config import from_dict
 from meddiff.data.arrays import ArrayDataset
 from meddiff.data.build import DataConfig, build_dataset
@@ -52,7 +51,7 @@ from meddiff.metrics.fusion import METRICS, OutputRange, fusion_scores, read_gra
 from meddiff.nets.restormer import FusionDenoiser, FusionNetConfig
 from meddiff.progress import progress_bar
 from meddiff.report.grids import image_grid, save_png
-from meddiff.rundir import RunDir, resolve_checkpoint
+from meddiff.rundir import RunDir
 from meddiff.runlock import releases_run_lock
 from meddiff.tasks.runs import RunHandle, load_trained, run_config
 from meddiff.tasks.runs import to_uint8 as unit_to_uint8
@@ -283,14 +282,11 @@ def load_model(
 ) -> tuple[FusionDenoiser, Diffusion, dict, Path]:
     """A trained fusion run: its EMA denoiser (on ``device``), diffusion process, stored config and checkpoint
     path."""
-    path = resolve_checkpoint(Path(run_or_checkpoint))
-    task = json.loads((path / STATE_FILE).read_text()).get("config", {}).get("task")
-    if task != TASK:
-        raise UserError(f"{path}: checkpoint of task '{task}', not a fusion run ('{TASK}')")
     model, stored, path = load_trained(
-        path,
-        build=lambda model_config: FusionDenoiser(from_dict(FusionNetConfig, model_config, "model.")),
+        run_or_checkpoint,
+        build=lambda stored: FusionDenoiser(from_dict(FusionNetConfig, stored["model"], "model.")),
         device=device,
+        task=TASK,
     )
     model = model.to(memory_format=torch.channels_last)
     return model, Diffusion(from_dict(NoiseConfig, stored["noise"], "noise.")), stored, path

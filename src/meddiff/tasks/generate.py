@@ -217,9 +217,7 @@ def load(run_or_checkpoint: Path, device: str | torch.device = "cpu") -> tuple[U
     path."""
     from meddiff.config import from_dict
 
-    model, stored, path = load_trained(run_or_checkpoint, device=device)
-    if stored.get("task") != TASK:
-        raise UserError(f"{path}: checkpoint of task '{stored.get('task')}', not '{TASK}'")
+    model, stored, path = load_trained(run_or_checkpoint, device=device, task=TASK)
     codec_info = stored["codec"]
     codec = PairCodec(
         codec_info["image_channels"], codec_info["num_classes"], codec_info.get("mask_encoding", "onehot")

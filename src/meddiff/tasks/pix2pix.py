@@ -33,7 +33,7 @@ from meddiff.nets.pix2pix import Discriminator, Generator, Pix2PixNetConfig
 from meddiff.report.grids import save_png
 from meddiff.rundir import RunDir, resolve_checkpoint
 from meddiff.runlock import releases_run_lock
-from meddiff.tasks.runs import RunHandle, run_config
+from meddiff.tasks.runs import RunHandle, check_task, run_config
 from meddiff.tasks.synthesize import augment_mirror, comparison_grid, export, grid_indices, plan, read_masks
 from meddiff.train.engine import TrainConfig, Trainer, TrainResult, seed_everything
 
@@ -202,8 +202,7 @@ def load(run_or_checkpoint: Path, device: str | torch.device = "cpu") -> Pix2Pix
     path = resolve_checkpoint(Path(run_or_checkpoint))
     groups, state = load_checkpoint(path)
     stored = state.get("config", {})
-    if stored.get("task") != TASK:
-        raise UserError(f"{path}: checkpoint of task '{stored.get('task')}', not '{TASK}'")
+    check_task(stored, TASK, path)
     pair = _networks(stored)
     pair.load_state_dict(groups["model"])
     generator = pair.generator.requires_grad_(False).to(resolve_device(device))

@@ -25,25 +25,35 @@ def run_config(task: str, config: Any) -> dict:
     return {"task": task, **to_dict(config)}
 
 
+def check_task(stored: dict, task: str, path: Path) -> None:
+    """Refuse, naming it, the checkpoint ``path`` of a task other than ``task``."""
+    if stored.get("task") != task:
+        raise UserError(f"{path}: checkpoint of task '{stored.get('task')}', not '{task}'")
+
+
 def load_trained(
     run_or_checkpoint: Path,
     ema: bool = True,
     build: Callable[[dict], nn.Module] | None = None,
     device: str | torch.device = "cpu",
+    task: str | None = None,
 ) -> tuple[nn.Module, dict, Path]:
     """The network of a run (a UNet unless ``build`` says otherwise; EMA weights by default) on ``device``
     (see ``meddiff.devices.resolve_device``), its stored config and the checkpoint path.
 
-    ``build`` makes the network from the stored ``model`` config dict, for tasks whose network is not a UNet.
+    ``build`` makes the network from the stored config, for tasks whose network is not a plain UNet.
+    ``task``: refuse a checkpoint of another task before building anything.
     """
     from meddiff.config import from_dict
 
     path = resolve_checkpoint(Path(run_or_checkpoint))
     groups, state = load_checkpoint(path)
     config = state.get("config", {})
+    if task is not None:
+        check_task(config, task, path)
     if "model" not in config:
         raise UserError(f"{path}: checkpoint has no model config")
-    model = build(config["model"]) if build else UNet(from_dict(UNetConfig, config["model"], "model."))
+    model = build(config) if build else UNet(from_dict(UNetConfig, config["model"], "model."))
     weights = groups["ema"] if ema and "ema" in groups else groups["model"]
     missing = set(model.state_dict()) - set(weights)
     if missing:

@@ -35,7 +35,7 @@ from meddiff.rundir import RunDir, resolve_checkpoint
 from meddiff.runlock import releases_run_lock
 from meddiff.segment.pixels import held_out_pixels
 from meddiff.tasks import generate
-from meddiff.tasks.runs import RunHandle, run_config
+from meddiff.tasks.runs import RunHandle, check_task, run_config
 from meddiff.train.engine import TrainConfig, Trainer, TrainResult, seed_everything
 
 TASK = "segmenter"
@@ -254,8 +254,7 @@ def load(run_or_checkpoint: Path, device: str | torch.device = "cpu") -> tuple[n
     best = RunDir(path).best
     groups, state = load_checkpoint(best if best.is_dir() else resolve_checkpoint(path))
     stored = state.get("config", {})
-    if stored.get("task") != TASK:
-        raise UserError(f"{path}: checkpoint of task '{stored.get('task')}', not '{TASK}'")
+    check_task(stored, TASK, path)
     if "backbone_unet" in stored:
         unet = from_dict(UNetConfig, stored["backbone_unet"], "backbone_unet.")
         model: nn.Module = BackboneSegNet(unet, len(stored["class_names"]), stored["backbone_time"])

@@ -6,6 +6,10 @@ input as in SR3 (``concat``), or both (``spade+concat``). For classifier-free gu
 zeroed for ``cond_drop_prob`` of the training samples (0.2, as SDM); sampling then uses
 ``u + s * (c - u)`` with the sampler's ``guidance_scale`` s (1: the conditional model alone).
 
+``init_from`` starts the model from a pretrained image-only generate run (``meddiff.tasks.pretrained``): its
+architecture and noise process, with SPADE or the concatenated channels zero-initialised so that step 0
+predicts what the backbone predicts, or (``controlnet``) the backbone steered by a ControlNet branch.
+
 ``run`` turns a folder of masks (or a joint generator's samples, optionally augmented) into a dataset
 folder of images/, masks/ and manifest.json (model, seed, sampler, steps, guidance per file) that
 meddiff's image+mask loader reads directly. ``export`` is shared with the pix2pix baseline.
@@ -20,6 +24,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
+from torch import nn
 
 from meddiff.config import from_dict
 from meddiff.data.build import DataConfig, build_dataset, data_mirror
@@ -36,16 +41,19 @@ from meddiff.diffusion.sampling import sample
 from meddiff.diffusion.schedulers import NoiseConfig, SamplerConfig
 from meddiff.errors import UserError
 from meddiff.files import check_new_folder
+from meddiff.nets.adapt import adapt_unet
+from meddiff.nets.controlnet import ControlledUNet
 from meddiff.nets.unet import UNet, UNetConfig
 from meddiff.report.grids import pairs_grid, save_png
 from meddiff.rundir import RunDir, list_checkpoints
 from meddiff.runlock import releases_run_lock
 from meddiff.tasks import upscale
+from meddiff.tasks.pretrained import Backbone, TrainParts, load_backbone, trainable_parameters
 from meddiff.tasks.runs import RunHandle, load_trained, run_config, to_uint8
 from meddiff.train.engine import TrainConfig, Trainer, TrainResult, seed_everything
 
 TASK = "synthesize"
-MaskConditioning = Literal["spade", "concat", "spade+concat"]
+MaskConditioning = Literal["spade", "concat", "spade+concat", "controlnet"]
 
 
 @dataclass
@@ -57,13 +65,29 @@ class SynthesizeConfig:
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sampler: SamplerConfig = field(default_factory=lambda: SamplerConfig(guidance_scale=1.5))  # training grids
-    mask_conditioning: MaskConditioning = "spade"
+    mask_conditioning: MaskConditioning = "spade"  # controlnet: needs init_from
     cond_drop_prob: float = 0.2  # share of training samples whose whole map is dropped (for guidance)
     grid_samples: int = 8
+    # a pretrained image-only generate run to start from; its model and noise replace the two sections above
+    init_from: str | None = None
+    # with init_from, what trains: all, or only the new parts over the frozen backbone (default: adapters
+    # for controlnet, all otherwise)
+    train_parts: TrainParts | None = None
 
     def __post_init__(self):
         if not 0.0 <= self.cond_drop_prob < 1.0:
             raise ValueError(f"cond_drop_prob must be in [0, 1), got {self.cond_drop_prob}")
+        if self.mask_conditioning == "controlnet" and not self.init_from:
+            raise ValueError("mask_conditioning controlnet steers a pretrained model: set init_from")
+        if self.train_parts is not None and not self.init_from:
+            raise ValueError("train_parts chooses what trains of a pretrained model: set init_from")
+
+    @property
+    def trained_parts(self) -> TrainParts:
+        """What the optimiser updates (``train_parts`` or its default)."""
+        if self.train_parts is not None:
+            return self.train_parts
+        return "adapters" if self.mask_conditioning == "controlnet" else "all"
 
 
 @dataclass(repr=False)
@@ -72,7 +96,7 @@ class Synthesizer(RunHandle):
 
     task: ClassVar[str] = TASK
     config_class: ClassVar[type] = SynthesizeConfig
-    model: UNet
+    model: UNet | ControlledUNet
     diffusion: Diffusion
     image_channels: int
     class_names: tuple[str, ...]
@@ -114,12 +138,15 @@ def conditioning(masks: torch.Tensor, num_classes: int, mode: MaskConditioning) 
     """The label-map conditioning of class-id masks ``[B, H, W]`` (ignored pixels: all-zero one-hot)."""
     m = one_hot(masks, num_classes)
     return Conditioning(
-        label_map=m if "spade" in mode else None, cond_image=m if "concat" in mode else None, guide_cond_image=True
+        label_map=m if "spade" in mode or mode == "controlnet" else None,
+        cond_image=m if "concat" in mode else None,
+        guide_cond_image=True,
     )
 
 
 def model_config(config: SynthesizeConfig, image_channels: int, num_classes: int) -> UNetConfig:
-    """The UNet of ``config`` for data with these image channels and classes."""
+    """The UNet of ``config`` for data with these image channels and classes (for controlnet: the controlled
+    UNet, which has no conditioning of its own)."""
     mode = config.mask_conditioning
     return replace(
         config.model,
@@ -147,10 +174,10 @@ def fit(config: SynthesizeConfig, run_dir: Path, resume: bool = False, progress:
     if dataset.images is None:
         raise UserError(f"{config.data.root}: masks-only data; synthesis training needs images with their masks")
     num_classes, mode = dataset.num_classes, config.mask_conditioning
-    config = replace(config, model=model_config(config, dataset.in_channels, num_classes))
+    config, backbone = with_backbone(config, dataset.in_channels, num_classes)
     RunDir(run_dir).prepare(config, resume)
     seed_everything(config.train.seed)
-    model = UNet(config.model)
+    model, trained = new_model(config, num_classes, backbone)
     diffusion = Diffusion(config.noise)
     stored = run_config(TASK, config)
     stored["synth"] = {
@@ -172,8 +199,46 @@ def fit(config: SynthesizeConfig, run_dir: Path, resume: bool = False, progress:
         fake = synthesize(synth, grid_masks, config.sampler, seeds=range(len(grid)))
         save_png(comparison_grid(fake, grid_masks, num_classes, grid_images), path)
 
-    trainer = Trainer(run_dir, model, dataset, config.train, loss_fn, stored, sample_fn, progress)
+    trainer = Trainer(
+        run_dir, model, dataset, config.train, loss_fn, stored, sample_fn, progress, param_groups={"model": trained}
+    )
     return trainer.fit(resume=resume)
+
+
+def with_backbone(
+    config: SynthesizeConfig, image_channels: int, num_classes: int
+) -> tuple[SynthesizeConfig, Backbone | None]:
+    """``config`` with its model set for the data (and, with ``init_from``, the backbone's architecture and
+    noise process in place of its own), and the backbone (None without ``init_from``)."""
+    backbone = load_backbone(config.init_from, image_channels) if config.init_from else None
+    if backbone is not None:
+        noise = from_dict(NoiseConfig, backbone.noise, "noise.")
+        config = replace(config, model=backbone.model.config, noise=noise)
+    return replace(config, model=model_config(config, image_channels, num_classes)), backbone
+
+
+def new_model(
+    config: SynthesizeConfig, num_classes: int, backbone: Backbone | None
+) -> tuple[UNet | ControlledUNet, list[nn.Parameter]]:
+    """The untrained network of ``config`` (started from ``backbone`` if given) and the parameters to train."""
+    if backbone is None:
+        model = UNet(config.model)
+        return model, list(model.parameters())
+    if config.mask_conditioning == "controlnet":
+        controlled = ControlledUNet.from_backbone(backbone.model, num_classes)
+        adapters = {name for name, _ in controlled.named_parameters() if name.startswith("control.")}
+        return controlled, trainable_parameters(controlled, adapters, config.trained_parts)
+    adapted, adapters = adapt_unet(backbone.model, config.model)
+    return adapted, trainable_parameters(adapted, adapters, config.trained_parts)
+
+
+def build_network(stored: dict) -> UNet | ControlledUNet:
+    """The (untrained) network a stored synthesis config describes."""
+    model = from_dict(UNetConfig, stored["model"], "model.")
+    info = stored["synth"]
+    if info["mask_conditioning"] == "controlnet":
+        return ControlledUNet(model, len(info["class_names"]))
+    return UNet(model)
 
 
 def comparison_grid(
@@ -225,9 +290,7 @@ def synthesize(
 
 def load(run_or_checkpoint: Path, device: str | torch.device = "cpu") -> Synthesizer:
     """A trained mask-to-image model (EMA weights, on ``device``) from its run or checkpoint folder."""
-    model, stored, path = load_trained(run_or_checkpoint, device=device)
-    if stored.get("task") != TASK:
-        raise UserError(f"{path}: checkpoint of task '{stored.get('task')}', not '{TASK}' (mask-to-image)")
+    model, stored, path = load_trained(run_or_checkpoint, build=build_network, device=device, task=TASK)
     info = stored["synth"]
     return Synthesizer(
         model,

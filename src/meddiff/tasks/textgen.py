@@ -252,9 +252,7 @@ def generate_from_text(
 def load(run_or_checkpoint: Path, ema: bool = True, device: str | torch.device = "cpu") -> TextModel:
     """A trained text-conditioned model (EMA weights by default, on ``device``) with its text encoder (whose
     token embeddings move to the model's device when sampling)."""
-    unet, stored, path = load_trained(run_or_checkpoint, ema=ema, device=device)
-    if stored.get("task") != TASK:
-        raise UserError(f"{path}: checkpoint of task '{stored.get('task')}', not '{TASK}'")
+    unet, stored, path = load_trained(run_or_checkpoint, ema=ema, device=device, task=TASK)
     encoder = load_text_encoder(stored["text"]["encoder"], stored["text"]["max_length"])
     if encoder.dim != unet.config.context_dim:
         raise UserError(

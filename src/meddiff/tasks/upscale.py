@@ -354,9 +354,7 @@ class Upscaler(RunHandle):
 
 def load(run_or_checkpoint: Path, device: str | torch.device = "cpu") -> Upscaler:
     """A trained super-resolution model (EMA weights) on ``device``."""
-    model, stored, path = load_trained(run_or_checkpoint, device=device)
-    if stored.get("task") != TASK:
-        raise UserError(f"{path}: checkpoint of task '{stored.get('task')}', not '{TASK}'")
+    model, stored, path = load_trained(run_or_checkpoint, device=device, task=TASK)
     return Upscaler(model, Diffusion(from_dict(NoiseConfig, stored["noise"], "noise.")), stored, path)
 
 
