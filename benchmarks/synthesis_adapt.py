@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import command_line, markdown_table, write_result
+from benchmarks.common import RESULTS, command_line, markdown_table, write_result
 from benchmarks.segmentation import DATA, _write_pngs, choose_labels
 from benchmarks.synthesis import (
     SIZE,
@@ -222,7 +222,7 @@ def section(name: str, r: dict, cap: int) -> str:
         f"## {name}\n\n{r['description']}. Backbone: {bb['images']} unlabelled images, {bb['steps']} steps in "
         f"{bb['minutes']:.1f} min (not counted in the generators' budgets). Generators on {r['labelled']} "
         f"labelled pairs: {gens}. Judge: every pool pair ({r['pool']}), {r['judge_steps']} steps; KID features: "
-        f"`{r['feature_net']}`. {r['minutes']:.0f} min in all.\n\n"
+        f"`{r['feature_net']}`. {r['minutes']:.0f} min in all, run by `{r['command']}` on {r['date']}.\n\n"
         f"### Semantic consistency and KID (test masks)\n\n{markdown_table(r['fidelity'], columns)}\n\n"
         f"### Downstream ({r['labelled']} real pairs + {r['synthetic']} synthetic, {r['test']} real test pairs)\n\n"
         f"{markdown_table(down, list(down[0]))}\n\n{verdicts(r['downstream'])}. {stopped} of "
@@ -251,8 +251,10 @@ def main() -> None:
     if not args.quick:
         b = dataclasses.replace(b, segmenter_train=dataclasses.replace(b.segmenter_train, steps=args.segmenter_steps))
     work = args.work or Path(tempfile.mkdtemp(prefix="meddiff-adapt-"))
-    results, started = {}, time.monotonic()
     name = "synthesis_adapt_quick" if args.quick else "synthesis_adapt"
+    previous = RESULTS / f"{name}.json"  # datasets of earlier runs that this one does not redo are kept
+    kept = json.loads(previous.read_text())["datasets"] if previous.is_file() else {}
+    results = {k: v for k, v in kept.items() if k not in args.datasets}
     for dataset in args.datasets:
         results[dataset] = {**run_dataset(dataset, args, b, work), "synthetic": args.synthetic}
         body = (
@@ -269,7 +271,7 @@ def main() -> None:
             "Pretrain once, adapt: mask-to-image generators started from an unlabelled-image backbone",
             data=", ".join(results) + " (../shared/data and nilearn's MNI152)",
             seed=str(args.seeds),
-            wall_seconds=time.monotonic() - started,
+            wall_seconds=sum(60 * r["minutes"] for r in results.values()),
             body=body,
             numbers={"datasets": results, "budget": dataclasses.asdict(b)},
         )

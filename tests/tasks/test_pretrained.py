@@ -1,17 +1,20 @@
-"""Pretrain once, adapt to every task: a mask-to-image model started from an image-only generate run."""
+"""Pretrain once, adapt to every task: mask-to-image, joint and text-conditioned models started from an
+image-only generate run."""
 
 import dataclasses
 
 import pytest
 import torch
-from tests.conftest import tiny_generate_config, tiny_image_generator_config
+import yaml
+from tests.conftest import tiny_generate_config, tiny_image_generator_config, tiny_textgen_config
 from tests.tasks.test_synthesize import tiny_synth_config
 
 from meddiff.checkpoint import load_checkpoint
 from meddiff.errors import UserError
 from meddiff.nets.controlnet import ControlledUNet
 from meddiff.rundir import resolve_checkpoint
-from meddiff.tasks import generate, synthesize
+from meddiff.tasks import generate, synthesize, textgen
+from meddiff.tasks.pretrained import new_unet, task_model
 
 CLASSES = 4  # the brain slices' classes
 
@@ -103,3 +106,32 @@ def test_controlnet_and_train_parts_need_a_backbone():
         tiny_synth_config(mask_conditioning="controlnet")
     with pytest.raises(UserError, match="init_from"):
         tiny_synth_config(train_parts="adapters")
+
+
+def test_a_joint_generator_adapted_from_the_backbone_starts_with_its_images_and_silent_mask_channels(
+    backbone_run, tmp_path
+):
+    config = dataclasses.replace(tiny_generate_config(steps=2), init_from=str(backbone_run))
+    channels = 1 + CLASSES
+    model_config, _, backbone = task_model(
+        config.init_from, 1, config.model, config.noise, in_channels=channels, out_channels=channels
+    )
+    model, _ = new_unet(model_config, backbone, "all")
+    torch.manual_seed(0)
+    x, t = torch.randn(2, channels, 32, 32), torch.tensor([50, 600])
+    with torch.no_grad():
+        out = model(x, t)
+        assert torch.allclose(out[:, :1], backbone.model(x[:, :1], t), atol=1e-5)
+        assert not out[:, 1:].any()
+    generate.fit(config, tmp_path / "run", progress=False)
+    _, _, codec, stored, _ = generate.load(tmp_path / "run")
+    assert codec.num_classes == CLASSES and stored["init_from"] == str(backbone_run)
+
+
+def test_a_text_model_adapted_from_the_backbone_keeps_its_architecture_and_trains(backbone_run, tmp_path):
+    config = tiny_textgen_config(steps=2, init_from=str(backbone_run), alignment={"steps": 0})
+    textgen.fit(config, tmp_path / "run", progress=False)
+    stored = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert stored["model"]["attention_levels"] == [2] and stored["model"]["context_dim"] == 384
+    handle = textgen.load(tmp_path / "run")
+    assert handle.unet.config.context_dim == 384 and handle.unet.config.attention_levels == [2]

@@ -72,7 +72,8 @@ def mask_folder(tmp_path, brain):
 
 @pytest.mark.parametrize("mode, spade, concat", [("spade", 4, 0), ("concat", 0, 4), ("spade+concat", 4, 4)])
 def test_mask_enters_through_spade_in_middle_and_decoder_or_at_the_input(mode, spade, concat):
-    config = synthesize.model_config(tiny_synth_config(mask_conditioning=mode), image_channels=1, num_classes=4)
+    config, _ = synthesize.with_backbone(tiny_synth_config(mask_conditioning=mode), image_channels=1, num_classes=4)
+    config = config.model
     assert (config.spade_classes, config.cond_channels, config.in_channels) == (spade, concat, 1)
     model = UNet(config)
     assert not any(block.res.spade for block in model.encoder if hasattr(block, "res"))

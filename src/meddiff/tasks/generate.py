@@ -35,6 +35,7 @@ from meddiff.report.grids import image_grid, pairs_grid, save_png
 from meddiff.rundir import RunDir
 from meddiff.runlock import releases_run_lock
 from meddiff.tasks import upscale
+from meddiff.tasks.pretrained import TrainParts, check_pretrained_options, new_unet, task_model
 from meddiff.tasks.runs import RunHandle, load_trained, run_config, to_uint8
 from meddiff.train.engine import TrainConfig, Trainer, TrainResult, seed_everything
 
@@ -55,6 +56,13 @@ class GenerateConfig:
     conditional: bool = False  # condition on the data's image-level attribute
     cond_drop_prob: float = 0.1  # share of training samples whose attribute is dropped (for guidance)
     grid_samples: int = 16
+    # a pretrained image-only generate run to start from (its model and noise replace the sections above);
+    # the mask channels and attribute embedding start at zero, so step 0 draws the backbone's images
+    init_from: str | None = None
+    train_parts: TrainParts = "all"  # with init_from: all, or only the new parts (adapters)
+
+    def __post_init__(self):
+        check_pretrained_options(self.init_from, self.train_parts)
 
 
 @dataclass(frozen=True)
@@ -125,15 +133,19 @@ def fit(config: GenerateConfig, run_dir: Path, resume: bool = False, progress: b
     num_attributes = dataset.num_attributes if config.conditional else 0
     if config.conditional and not num_attributes:
         raise UserError("conditional is true but the data has no attributes (e.g. data.levels for brain_mri)")
-    config = replace(
-        config,
-        model=replace(
-            config.model, in_channels=codec.channels, out_channels=codec.channels, num_classes=num_attributes
-        ),
+    model_config, noise, backbone = task_model(
+        config.init_from,
+        dataset.in_channels,
+        config.model,
+        config.noise,
+        in_channels=codec.channels,
+        out_channels=codec.channels,
+        num_classes=num_attributes,
     )
+    config = replace(config, model=model_config, noise=noise)
     RunDir(run_dir).prepare(config, resume)
     seed_everything(config.train.seed)
-    model = UNet(config.model)
+    model, trained = new_unet(config.model, backbone, config.train_parts)
     diffusion = Diffusion(config.noise)
     stored = run_config(TASK, config)
     stored["codec"] = {
@@ -162,7 +174,9 @@ def fit(config: GenerateConfig, run_dir: Path, resume: bool = False, progress: b
         )
         save_png(_grid(images, masks, codec), path)
 
-    trainer = Trainer(run_dir, model, dataset, config.train, loss_fn, stored, sample_fn, progress)
+    trainer = Trainer(
+        run_dir, model, dataset, config.train, loss_fn, stored, sample_fn, progress, param_groups={"model": trained}
+    )
     return trainer.fit(resume=resume)
 
 

@@ -9,14 +9,17 @@ trains either everything (``train_parts: all``) or only those new parts over the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
 from torch import nn
 
+from meddiff.config import from_dict
+from meddiff.diffusion.schedulers import NoiseConfig
 from meddiff.errors import UserError
-from meddiff.nets.unet import UNet
+from meddiff.nets.adapt import adapt_unet
+from meddiff.nets.unet import UNet, UNetConfig
 
 TrainParts = Literal["all", "adapters"]
 
@@ -51,6 +54,33 @@ def load_backbone(run: str | Path, image_channels: int) -> Backbone:
             f"init_from: {path} models {codec.image_channels}-channel images, the data has {image_channels}"
         )
     return Backbone(model, stored["noise"], path)
+
+
+def task_model(
+    init_from: str | None, image_channels: int, model: UNetConfig, noise: NoiseConfig, **conditioning
+) -> tuple[UNetConfig, NoiseConfig, Backbone | None]:
+    """A task's model and noise configs with its ``conditioning`` fields (``UNetConfig`` fields: channels,
+    SPADE classes, ...): its own, or with ``init_from`` the backbone's architecture and noise process, and the
+    backbone (None without ``init_from``)."""
+    if not init_from:
+        return replace(model, **conditioning), noise, None
+    backbone = load_backbone(init_from, image_channels)
+    return replace(backbone.model.config, **conditioning), from_dict(NoiseConfig, backbone.noise, "noise."), backbone
+
+
+def new_unet(config: UNetConfig, backbone: Backbone | None, parts: TrainParts) -> tuple[UNet, list[nn.Parameter]]:
+    """The untrained UNet of ``config`` (adapted from ``backbone`` if given) and the parameters to train."""
+    if backbone is None:
+        model = UNet(config)
+        return model, list(model.parameters())
+    model, adapters = adapt_unet(backbone.model, config)
+    return model, trainable_parameters(model, adapters, parts)
+
+
+def check_pretrained_options(init_from: str | None, train_parts: TrainParts | None) -> None:
+    """Config validation shared by the tasks that can start from a backbone."""
+    if train_parts not in (None, "all") and not init_from:
+        raise ValueError("train_parts chooses what trains of a pretrained model: set init_from")
 
 
 def trainable_parameters(model: nn.Module, adapters: set[str], parts: TrainParts) -> list[nn.Parameter]:

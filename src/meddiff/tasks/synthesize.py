@@ -41,14 +41,20 @@ from meddiff.diffusion.sampling import sample
 from meddiff.diffusion.schedulers import NoiseConfig, SamplerConfig
 from meddiff.errors import UserError
 from meddiff.files import check_new_folder
-from meddiff.nets.adapt import adapt_unet
 from meddiff.nets.controlnet import ControlledUNet
 from meddiff.nets.unet import UNet, UNetConfig
 from meddiff.report.grids import pairs_grid, save_png
 from meddiff.rundir import RunDir, list_checkpoints
 from meddiff.runlock import releases_run_lock
 from meddiff.tasks import upscale
-from meddiff.tasks.pretrained import Backbone, TrainParts, load_backbone, trainable_parameters
+from meddiff.tasks.pretrained import (
+    Backbone,
+    TrainParts,
+    check_pretrained_options,
+    new_unet,
+    task_model,
+    trainable_parameters,
+)
 from meddiff.tasks.runs import RunHandle, load_trained, run_config, to_uint8
 from meddiff.train.engine import TrainConfig, Trainer, TrainResult, seed_everything
 
@@ -79,8 +85,7 @@ class SynthesizeConfig:
             raise ValueError(f"cond_drop_prob must be in [0, 1), got {self.cond_drop_prob}")
         if self.mask_conditioning == "controlnet" and not self.init_from:
             raise ValueError("mask_conditioning controlnet steers a pretrained model: set init_from")
-        if self.train_parts is not None and not self.init_from:
-            raise ValueError("train_parts chooses what trains of a pretrained model: set init_from")
+        check_pretrained_options(self.init_from, self.train_parts)
 
     @property
     def trained_parts(self) -> TrainParts:
@@ -144,17 +149,24 @@ def conditioning(masks: torch.Tensor, num_classes: int, mode: MaskConditioning) 
     )
 
 
-def model_config(config: SynthesizeConfig, image_channels: int, num_classes: int) -> UNetConfig:
-    """The UNet of ``config`` for data with these image channels and classes (for controlnet: the controlled
-    UNet, which has no conditioning of its own)."""
+def with_backbone(
+    config: SynthesizeConfig, image_channels: int, num_classes: int
+) -> tuple[SynthesizeConfig, Backbone | None]:
+    """``config`` with its model set for the data (with ``init_from``: the backbone's architecture and noise
+    process in place of its own; for controlnet, the controlled UNet, which has no conditioning of its own)
+    and the backbone (None without ``init_from``)."""
     mode = config.mask_conditioning
-    return replace(
+    model, noise, backbone = task_model(
+        config.init_from,
+        image_channels,
         config.model,
+        config.noise,
         in_channels=image_channels,
         out_channels=image_channels,
         spade_classes=num_classes if "spade" in mode else 0,
         cond_channels=num_classes if "concat" in mode else 0,
     )
+    return replace(config, model=model, noise=noise), backbone
 
 
 def grid_indices(n_data: int, n: int) -> torch.Tensor:
@@ -205,31 +217,15 @@ def fit(config: SynthesizeConfig, run_dir: Path, resume: bool = False, progress:
     return trainer.fit(resume=resume)
 
 
-def with_backbone(
-    config: SynthesizeConfig, image_channels: int, num_classes: int
-) -> tuple[SynthesizeConfig, Backbone | None]:
-    """``config`` with its model set for the data (and, with ``init_from``, the backbone's architecture and
-    noise process in place of its own), and the backbone (None without ``init_from``)."""
-    backbone = load_backbone(config.init_from, image_channels) if config.init_from else None
-    if backbone is not None:
-        noise = from_dict(NoiseConfig, backbone.noise, "noise.")
-        config = replace(config, model=backbone.model.config, noise=noise)
-    return replace(config, model=model_config(config, image_channels, num_classes)), backbone
-
-
 def new_model(
     config: SynthesizeConfig, num_classes: int, backbone: Backbone | None
 ) -> tuple[UNet | ControlledUNet, list[nn.Parameter]]:
     """The untrained network of ``config`` (started from ``backbone`` if given) and the parameters to train."""
-    if backbone is None:
-        model = UNet(config.model)
-        return model, list(model.parameters())
-    if config.mask_conditioning == "controlnet":
+    if backbone is not None and config.mask_conditioning == "controlnet":
         controlled = ControlledUNet.from_backbone(backbone.model, num_classes)
         adapters = {name for name, _ in controlled.named_parameters() if name.startswith("control.")}
         return controlled, trainable_parameters(controlled, adapters, config.trained_parts)
-    adapted, adapters = adapt_unet(backbone.model, config.model)
-    return adapted, trainable_parameters(adapted, adapters, config.trained_parts)
+    return new_unet(config.model, backbone, config.trained_parts)
 
 
 def build_network(stored: dict) -> UNet | ControlledUNet:

@@ -48,6 +48,7 @@ from meddiff.report.grids import image_grid, pairs_grid, save_png
 from meddiff.rundir import RunDir
 from meddiff.runlock import releases_run_lock
 from meddiff.tasks.generate import PairCodec
+from meddiff.tasks.pretrained import TrainParts, check_pretrained_options, new_unet, task_model
 from meddiff.tasks.runs import RunHandle, load_trained, run_config
 from meddiff.text.captions import CaptionConfig, Captioner
 from meddiff.text.encoders import MINILM, TextEncoder, TextEncoding, load_text_encoder
@@ -77,8 +78,13 @@ class TextGenConfig:
     tone: ToneConfig = field(default_factory=ToneConfig)  # intensity variants named in the caption
     alignment: AlignmentTrainConfig = field(default_factory=AlignmentTrainConfig)  # steps 0: skip
     grid_samples: int = 8
+    # a pretrained image-only generate run to start from (its model and noise replace the sections above);
+    # cross-attention, the pooled text embedding and the mask channels start silent
+    init_from: str | None = None
+    train_parts: TrainParts = "all"  # with init_from: all, or only the new parts (adapters)
 
     def __post_init__(self) -> None:
+        check_pretrained_options(self.init_from, self.train_parts)
         if not 0.0 <= self.caption_drop_prob < 1.0:
             raise ValueError(f"caption_drop_prob must be in [0, 1), got {self.caption_drop_prob}")
 
@@ -153,8 +159,6 @@ def dataset_captions(captioner: Captioner, dataset) -> list[str]:
 @releases_run_lock
 def fit(config: TextGenConfig, run_dir: Path, resume: bool = False, progress: bool = True) -> TrainResult:
     """Train the text-conditioned model (then its text-alignment network) on ``config.data``."""
-    if not config.model.attention_levels:
-        raise UserError("model.attention_levels is empty: cross-attention to the text needs at least one level")
     dataset = build_dataset(config.data)
     captioner = Captioner(
         config.captions, dataset.names, dataset.class_names, dataset.attribute_names, config.data.kind
@@ -162,21 +166,26 @@ def fit(config: TextGenConfig, run_dir: Path, resume: bool = False, progress: bo
     encoder = load_text_encoder(config.text_encoder, config.text_max_length)
     codec = _codec(config, dataset.in_channels, dataset.num_classes)
     size = tuple(dataset[0]["image"].shape[-2:])
-    config = replace(
-        config,
-        model=replace(
-            config.model,
-            in_channels=codec.channels,
-            out_channels=codec.channels,
-            context_dim=encoder.dim,
-            num_classes=0,
-        ),
+    model_config, noise, backbone = task_model(
+        config.init_from,
+        dataset.in_channels,
+        config.model,
+        config.noise,
+        in_channels=codec.channels,
+        out_channels=codec.channels,
+        context_dim=encoder.dim,
+        context_pooled=config.model.context_pooled,
+        num_classes=0,
     )
+    if not model_config.attention_levels:
+        where = f"the backbone {config.init_from}" if backbone else "model"
+        raise UserError(f"attention_levels of {where} is empty: cross-attention to the text needs at least one level")
+    config = replace(config, model=model_config, noise=noise)
     RunDir(run_dir).prepare(config, resume)
     captions = dataset_captions(captioner, dataset)
     _write_captions(Path(run_dir) / CAPTIONS_FILE, dataset.names, captions)
     seed_everything(config.train.seed)
-    model = UNet(config.model)
+    model, trained = new_unet(config.model, backbone, config.train_parts)
     diffusion = Diffusion(config.noise)
     null = encoder.encode([""])
     stored = run_config(TASK, config)
@@ -203,7 +212,10 @@ def fit(config: TextGenConfig, run_dir: Path, resume: bool = False, progress: bo
         )
         save_png(_grid(images, masks, codec), path)
 
-    result = Trainer(run_dir, model, dataset, config.train, loss_fn, stored, sample_fn, progress).fit(resume=resume)
+    trainer = Trainer(
+        run_dir, model, dataset, config.train, loss_fn, stored, sample_fn, progress, param_groups={"model": trained}
+    )
+    result = trainer.fit(resume=resume)
     alignment_dir = Path(run_dir) / ALIGNMENT_DIR
     if config.alignment.steps and not (resume and has_aligner(alignment_dir)):
         images = dataset.images
