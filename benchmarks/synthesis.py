@@ -451,6 +451,18 @@ def fidelity(
     return rows, {"real": (real, masks), **samples}
 
 
+def with_synthetic(labelled: ArrayDataset, images: torch.Tensor, masks: torch.Tensor) -> ArrayDataset:
+    """The labelled pairs followed by synthetic ``images`` for ``masks`` (named ``synthetic_<i>``)."""
+    return ArrayDataset(
+        torch.cat([labelled.images, images]),
+        torch.cat([labelled.masks.long(), masks.long()]),
+        list(labelled.names) + [f"synthetic_{i}" for i in range(len(images))],
+        labelled.class_names,
+        labelled.hflip,
+        vflip=labelled.vflip,
+    )
+
+
 def downstream(
     setting: Setting, g: Generators, labelled: ArrayDataset, m: int, seeds: list[int], b: Budget, work: Path
 ) -> list[dict]:
@@ -462,14 +474,7 @@ def downstream(
     sets = {"real only": labelled}
     for which in GENERATORS:
         fake, fake_masks = draw(g, which, aug if which != "joint diffusion" else None, m, 1000)
-        sets[f"real + {which}"] = ArrayDataset(
-            torch.cat([labelled.images, fake]),
-            torch.cat([labelled.masks.long(), fake_masks.long()]),
-            list(labelled.names) + [f"synthetic_{i}" for i in range(m)],
-            labelled.class_names,
-            labelled.hflip,
-            vflip=labelled.vflip,
-        )
+        sets[f"real + {which}"] = with_synthetic(labelled, fake, fake_masks)
     for seed in seeds:
         for name, data in sets.items():
             started = time.monotonic()

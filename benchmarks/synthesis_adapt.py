@@ -51,6 +51,7 @@ from benchmarks.synthesis import (
     load_setting,
     summarise_downstream,
     verdicts,
+    with_synthetic,
 )
 from meddiff.config import from_dict
 from meddiff.data.arrays import ArrayDataset
@@ -159,15 +160,7 @@ def downstream(setting, generators: dict, labelled: ArrayDataset, m: int, seeds:
     aug = augmented_masks(labelled, setting, m, 1000)
     sets = {"real only": labelled}
     for name, synth in generators.items():
-        fake = draw(synth, aug, 1000)
-        sets[f"real + {name}"] = ArrayDataset(
-            torch.cat([labelled.images, fake]),
-            torch.cat([labelled.masks.long(), aug.long()]),
-            list(labelled.names) + [f"synthetic_{i}" for i in range(m)],
-            labelled.class_names,
-            labelled.hflip,
-            vflip=labelled.vflip,
-        )
+        sets[f"real + {name}"] = with_synthetic(labelled, draw(synth, aug, 1000), aug)
     for seed in seeds:
         for name, data in sets.items():
             model, result = fit_segmenter(data, _segmenter_config(b, seed), work / "segmenter")

@@ -135,3 +135,16 @@ def test_a_text_model_adapted_from_the_backbone_keeps_its_architecture_and_train
     assert stored["model"]["attention_levels"] == [2] and stored["model"]["context_dim"] == 384
     handle = textgen.load(tmp_path / "run")
     assert handle.unet.config.context_dim == 384 and handle.unet.config.attention_levels == [2]
+
+
+def test_a_controlnet_run_over_a_frozen_backbone_resumes_exactly(backbone_run, tmp_path):
+    def config(steps, checkpoint_every):
+        base = adapted_config(backbone_run, "controlnet")
+        train = dataclasses.replace(base.train, steps=steps, checkpoint_every=checkpoint_every, log_every=1)
+        return dataclasses.replace(base, train=train)
+
+    straight = synthesize.fit(config(4, 2), tmp_path / "a", progress=False)
+    synthesize.fit(config(2, 2), tmp_path / "b", progress=False)
+    resumed = synthesize.fit(config(4, 2), tmp_path / "b", resume=True, progress=False)
+    assert list(resumed.losses) == [3, 4]
+    assert [resumed.losses[s] for s in (3, 4)] == pytest.approx([straight.losses[s] for s in (3, 4)], rel=1e-5)
